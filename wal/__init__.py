@@ -1,0 +1,1 @@
+"""The write-ahead log: record format, group-commit writer, replaying reader."""

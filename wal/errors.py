@@ -1,0 +1,163 @@
+"""Every exception lsmvec raises, in one module.
+
+It lives in the bottom layer (``wal``) so that every layer can raise the same types without
+importing upward; ``engine.errors`` re-exports it as the public path.
+
+    LsmvecError
+    ├── InvalidArgumentError (ValueError)      a caller's value is wrong
+    │   ├── DimensionMismatchError             vector length differs from the index dimension
+    │   ├── InvalidVectorError                 NaN / inf / zero vector under cosine / bad shape
+    │   ├── InvalidIdError                     empty, too long, not str / int
+    │   ├── InvalidMetadataError               not a JSON-like dict, too deep, too large
+    │   ├── InvalidContentsError               not bytes / str, or bytes where text is needed
+    │   ├── InvalidIndexNameError              unsafe or malformed index name
+    │   ├── InvalidKeyError                    index_key is not 32 bytes
+    │   ├── FilterError                        malformed filter or unknown operator
+    │   └── MissingVectorError                 no vector and nothing to embed it from
+    ├── InvalidTypeError (TypeError)           a caller's value has the wrong type
+    ├── IndexNotFoundError (ValueError)        load / delete of an unknown index
+    ├── IndexExistsError (ValueError)          create of an existing index
+    ├── WrongKeyError (ValueError)             the key does not open this index
+    ├── IndexLockedError (RuntimeError)        another process holds the index
+    ├── ClosedError (RuntimeError)             use after close()
+    ├── EmbeddingModelUnavailable (RuntimeError)
+    ├── StorageError (OSError)                 the file system failed us
+    │   ├── StorageFullError                   ENOSPC / EDQUOT
+    │   └── LogPoisonedError                   an fsync failed; writes refused until reopen
+    └── CorruptionError                        stored bytes are damaged (path + offset)
+"""
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "LsmvecError",
+    "InvalidArgumentError",
+    "DimensionMismatchError",
+    "InvalidVectorError",
+    "InvalidIdError",
+    "InvalidMetadataError",
+    "InvalidContentsError",
+    "InvalidIndexNameError",
+    "InvalidKeyError",
+    "FilterError",
+    "MissingVectorError",
+    "InvalidTypeError",
+    "IndexNotFoundError",
+    "IndexExistsError",
+    "WrongKeyError",
+    "IndexLockedError",
+    "ClosedError",
+    "EmbeddingModelUnavailable",
+    "StorageError",
+    "StorageFullError",
+    "LogPoisonedError",
+    "CorruptionError",
+    "storage_error_from",
+]
+
+
+class LsmvecError(Exception):
+    """Base of every lsmvec error."""
+
+
+class InvalidArgumentError(LsmvecError, ValueError):
+    """A value the caller passed is wrong; nothing was written."""
+
+
+class DimensionMismatchError(InvalidArgumentError):
+    pass
+
+
+class InvalidVectorError(InvalidArgumentError):
+    pass
+
+
+class InvalidIdError(InvalidArgumentError):
+    pass
+
+
+class InvalidMetadataError(InvalidArgumentError):
+    pass
+
+
+class InvalidContentsError(InvalidArgumentError):
+    pass
+
+
+class InvalidIndexNameError(InvalidArgumentError):
+    pass
+
+
+class InvalidKeyError(InvalidArgumentError):
+    pass
+
+
+class FilterError(InvalidArgumentError):
+    pass
+
+
+class MissingVectorError(InvalidArgumentError):
+    pass
+
+
+class InvalidTypeError(LsmvecError, TypeError):
+    """A value the caller passed has the wrong type; nothing was written."""
+
+
+class IndexNotFoundError(LsmvecError, ValueError):
+    pass
+
+
+class IndexExistsError(LsmvecError, ValueError):
+    pass
+
+
+class WrongKeyError(LsmvecError, ValueError):
+    """The supplied index_key does not open this index (checked before any data is read)."""
+
+
+class IndexLockedError(LsmvecError, RuntimeError):
+    """Another process has this index open for writing."""
+
+
+class ClosedError(LsmvecError, RuntimeError):
+    pass
+
+
+class EmbeddingModelUnavailable(LsmvecError, RuntimeError):
+    pass
+
+
+class StorageError(LsmvecError, OSError):
+    """The file system refused an operation. The failed call had no visible effect."""
+
+
+class StorageFullError(StorageError):
+    pass
+
+
+class LogPoisonedError(StorageError):
+    """An fsync failed earlier. Retrying fsync can report success for lost pages (fsyncgate),
+    so the log refuses every write until the index is reopened and recovered."""
+
+
+class CorruptionError(LsmvecError):
+    """Stored bytes are damaged or were tampered with. Carries the file and, where known, the
+    byte offset of the damage."""
+
+    def __init__(self, message: str, path: str | None = None, offset: int | None = None):
+        self.path = str(path) if path is not None else None
+        self.offset = offset
+        where = ""
+        if self.path is not None:
+            where = f" [file {self.path}" + (f", offset {offset}" if offset is not None else "") + "]"
+        super().__init__(message + where)
+
+
+def storage_error_from(exc: OSError, what: str) -> StorageError:
+    """Wrap an OSError as the typed error a user can act on (full disk vs anything else)."""
+    cls = StorageFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    err = cls(exc.errno or 0, f"{what}: {exc.strerror or exc}")
+    err.__cause__ = exc
+    return err
