@@ -1,0 +1,302 @@
+"""The sealed-file format: one encrypted, authenticated, place-bound file (writer + reader).
+
+Every file of a segment is stored this way; nothing of a segment is ever on disk in plaintext.
+
+    header (40 bytes, big-endian)
+        magic          8s   b"LSMVSEAL"
+        version        u16  1
+        flags          u16  0 (reserved; must be 0)
+        chunk_size     u32  plaintext bytes per chunk, 1 .. 1 MiB
+        salt           16s  random per file
+        plaintext_len  u64
+    chunks, count = max(1, ceil(plaintext_len / chunk_size))
+        AES-256-GCM(ciphertext of <= chunk_size bytes) || 16-byte tag
+
+Keys and nonces: the per-file key is HKDF-SHA256(segment_key, salt, info=FILE_KEY_INFO); the
+salt is fresh for every file, so the nonce can simply be the chunk number (12 bytes) without
+ever repeating under one key.
+
+Associated data of chunk i = u32 len(context) || context || header || u64 i || u8 last. So:
+the header (lengths, salt) is authenticated by every chunk; a file moved to another name,
+segment or index (a different ``context``) fails; chunks swapped or reordered fail (nonce and
+index); a file cut at a chunk boundary fails (plaintext_len says how many chunks there must be,
+and the last one carries the flag). An empty plaintext still has one (empty) chunk, so even its
+header is authenticated.
+
+Every failure to read -- bad magic, wrong length, a changed byte, a wrong key or context --
+raises ``CorruptionError`` naming the file and, when known, the byte offset of the damage.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from wal.errors import CorruptionError, InvalidKeyError, storage_error_from
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "CHUNK_SIZE",
+    "HEADER_SIZE",
+    "TAG_SIZE",
+    "FILE_KEY_INFO",
+    "SealedFileInfo",
+    "sealed_size",
+    "write_sealed",
+    "read_sealed",
+    "file_sha256",
+]
+
+MAGIC = b"LSMVSEAL"
+VERSION = 1
+CHUNK_SIZE = 1 << 20
+"""1 MiB: large enough that per-chunk overhead (one AEAD call, 16 bytes) is negligible, small
+enough that a damaged byte is located to within 1 MiB and buffers stay small."""
+TAG_SIZE = 16
+FILE_KEY_INFO = b"lsmvec/v1/segment-file"
+KEY_SIZE = 32
+
+_HEADER = struct.Struct(">8sHHI16sQ")
+HEADER_SIZE = _HEADER.size
+_CHUNK_AD = struct.Struct(">QB")
+_CONTEXT_LEN = struct.Struct(">I")
+_SALT_SIZE = 16
+_NONCE_TAIL = struct.Struct(">4xQ")  # 12-byte big-endian chunk number
+_HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+
+
+class SealedFileInfo(NamedTuple):
+    """What a writer produced: the on-disk size and the SHA-256 of the sealed bytes (hex)."""
+
+    size: int
+    sha256: str
+
+
+def sealed_size(plaintext_len: int, chunk_size: int = CHUNK_SIZE) -> int:
+    """Exact on-disk size of a sealed file holding ``plaintext_len`` bytes."""
+    return HEADER_SIZE + plaintext_len + TAG_SIZE * _chunk_count(plaintext_len, chunk_size)
+
+
+def _chunk_count(plaintext_len: int, chunk_size: int) -> int:
+    return max(1, -(-plaintext_len // chunk_size))
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise InvalidKeyError(f"segment key must be bytes, got {type(key).__name__}")
+    key = bytes(key)
+    if len(key) != KEY_SIZE:
+        raise InvalidKeyError(f"segment key must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+def _file_aead(key: bytes, salt: bytes) -> AESGCM:
+    file_key = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt,
+                    info=FILE_KEY_INFO).derive(key)
+    return AESGCM(file_key)
+
+
+def _ad_prefix(context: bytes, header: bytes) -> bytes:
+    context = bytes(context)
+    return _CONTEXT_LEN.pack(len(context)) + context + header
+
+
+def write_sealed(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
+                 key: bytes, context: bytes, *, chunk_size: int = CHUNK_SIZE) -> SealedFileInfo:
+    """Seal ``data`` into a new file at ``path`` and fsync it (not its folder: the caller
+    fsyncs the folder once after all its files).
+
+    ``data`` may be any C-contiguous buffer (bytes, numpy array); it is read in place, chunk by
+    chunk, never concatenated. Raises InvalidKeyError for a key that is not 32 bytes,
+    ValueError for a bad chunk size, StorageError when the file system fails (the partial file
+    is removed), FileExistsError-as-StorageError when ``path`` exists (files are never
+    overwritten).
+    """
+    key = _check_key(key)
+    if not 1 <= chunk_size <= CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in 1..{CHUNK_SIZE}, got {chunk_size}")
+    view = memoryview(data).cast("B")
+    total = view.nbytes
+    salt = os.urandom(_SALT_SIZE)
+    header = _HEADER.pack(MAGIC, VERSION, 0, chunk_size, salt, total)
+    aead = _file_aead(key, salt)
+    prefix = _ad_prefix(context, header)
+    digest = hashlib.sha256(header)
+    count = _chunk_count(total, chunk_size)
+    out = bytearray(min(total, chunk_size) + TAG_SIZE)
+    out_view = memoryview(out)
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise storage_error_from(exc, f"create {path}") from exc
+    try:
+        _write_all(fd, header)
+        for index in range(count):
+            start = index * chunk_size
+            piece = view[start:start + chunk_size]
+            last = index == count - 1
+            nonce = _NONCE_TAIL.pack(index)
+            ad = prefix + _CHUNK_AD.pack(index, last)
+            sealed = out_view[:len(piece) + TAG_SIZE]
+            if _HAS_INTO:
+                aead.encrypt_into(nonce, piece, ad, sealed)
+            else:  # cryptography < 44: one extra copy per chunk
+                sealed[:] = aead.encrypt(nonce, bytes(piece), ad)
+            digest.update(sealed)
+            _write_all(fd, sealed)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise storage_error_from(exc, f"write {path}") from exc
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+    return SealedFileInfo(HEADER_SIZE + total + TAG_SIZE * count, digest.hexdigest())
+
+
+def read_sealed(path: str | os.PathLike[str], key: bytes, context: bytes, *,
+                expected_size: int | None = None,
+                expected_sha256: str | None = None) -> bytearray:
+    """Open a sealed file and return its plaintext (a fresh bytearray: ``np.frombuffer`` on it
+    gives an array without another copy).
+
+    Raises CorruptionError (with the path, and the chunk's offset when one fails to
+    authenticate) when the file is missing, shorter or longer than its header says, has a bad
+    magic / version / flags / chunk size, does not match ``expected_size`` or
+    ``expected_sha256`` (hex SHA-256 of the whole sealed file), or any chunk fails AES-GCM
+    authentication (a changed byte, wrong key, wrong context). Raises InvalidKeyError for a key
+    that is not 32 bytes; StorageError for other I/O failures.
+    """
+    key = _check_key(key)
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise CorruptionError("sealed file is missing", path) from exc
+    except OSError as exc:
+        raise storage_error_from(exc, f"open {path}") from exc
+    try:
+        return _read_open_file(fd, path, key, context, expected_size, expected_sha256)
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {path}") from exc
+    finally:
+        os.close(fd)
+
+
+def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
+                    expected_size: int | None, expected_sha256: str | None) -> bytearray:
+    size = os.fstat(fd).st_size
+    if expected_size is not None and size != expected_size:
+        raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
+    header = _read_exact(fd, HEADER_SIZE)
+    if len(header) < HEADER_SIZE:
+        raise CorruptionError(f"sealed file header truncated ({len(header)} bytes)", path, 0)
+    magic, version, flags, chunk_size, salt, total = _HEADER.unpack(header)
+    if magic != MAGIC:
+        raise CorruptionError("not a sealed file (bad magic)", path, 0)
+    if version != VERSION or flags != 0:
+        raise CorruptionError(f"unsupported sealed file version {version} flags {flags}", path, 0)
+    if not 1 <= chunk_size <= CHUNK_SIZE:
+        raise CorruptionError(f"bad chunk size {chunk_size} in header", path, 0)
+    # Checked before allocating anything of the header's claimed length.
+    if size != sealed_size(total, chunk_size):
+        raise CorruptionError(
+            f"sealed file is {size} bytes but its header describes "
+            f"{sealed_size(total, chunk_size)} (truncated or extended)", path,
+            min(size, sealed_size(total, chunk_size)))
+    aead = _file_aead(key, salt)
+    prefix = _ad_prefix(context, header)
+    digest = hashlib.sha256(header) if expected_sha256 is not None else None
+    plaintext = bytearray(total)
+    plain_view = memoryview(plaintext)
+    count = _chunk_count(total, chunk_size)
+    buffer = bytearray(min(total, chunk_size) + TAG_SIZE)
+    buffer_view = memoryview(buffer)
+    offset = HEADER_SIZE
+    for index in range(count):
+        start = index * chunk_size
+        length = min(chunk_size, total - start)
+        sealed = buffer_view[:length + TAG_SIZE]
+        got = _readinto_exact(fd, sealed)
+        if got != len(sealed):  # the file shrank under us
+            raise CorruptionError("sealed file truncated while reading", path, offset + got)
+        if digest is not None:
+            digest.update(sealed)
+        nonce = _NONCE_TAIL.pack(index)
+        ad = prefix + _CHUNK_AD.pack(index, index == count - 1)
+        try:
+            if _HAS_INTO:
+                aead.decrypt_into(nonce, sealed, ad, plain_view[start:start + length])
+            else:
+                plain_view[start:start + length] = aead.decrypt(nonce, bytes(sealed), ad)
+        except InvalidTag:
+            raise CorruptionError(
+                f"chunk {index} failed authentication (damaged, moved, or wrong key)",
+                path, offset) from None
+        offset += len(sealed)
+    if digest is not None and digest.hexdigest() != expected_sha256:
+        raise CorruptionError("sealed file does not match its recorded SHA-256", path)
+    return plaintext
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    parts = []
+    remaining = size
+    while remaining:
+        part = os.read(fd, remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _readinto_exact(fd: int, view: memoryview) -> int:
+    done = 0
+    total = len(view)
+    while done < total:
+        got = os.readv(fd, [view[done:]])
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (for verify tools). Raises StorageError on I/O failure."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            while got := f.readinto(buffer):
+                digest.update(view[:got])
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {Path(path)}") from exc
+    return digest.hexdigest()

@@ -1,0 +1,132 @@
+"""The manifest's view of a segment folder: which sealed files it holds, and the checks that
+run before anything in the folder is decrypted or handed to ScaNN.
+
+``segment.json`` (sealed) describes the segment itself; its parser lives here too so that every
+rule about what a valid segment folder is sits in one module.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from compaction.filenames import SEGMENT_FILES, SEGMENT_META_FILE, VECTORS_FILE
+from compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams
+from wal.errors import CorruptionError, storage_error_from
+
+__all__ = ["SEGMENT_FORMAT", "FileEntry", "SegmentFiles", "expected_entries", "check_listing",
+           "encode_meta", "parse_meta"]
+
+SEGMENT_FORMAT = 1
+"""Version of segment.json; bumped (append-only) when the folder layout changes."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One sealed file of a segment as the manifest records it."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SegmentFiles:
+    """What ``build_segment`` produced: the manifest's description of a segment folder."""
+
+    files: tuple[FileEntry, ...]
+    n: int
+    dim: int
+    metric: str
+    kind: str
+    n_lists: int
+
+    @property
+    def total_size(self) -> int:
+        """Bytes on disk."""
+        return sum(entry.size for entry in self.files)
+
+    def as_dict(self) -> dict[str, Any]:
+        """msgpack / JSON-ready form (no pickle)."""
+        return {"files": [[e.name, e.size, e.sha256] for e in self.files], "n": self.n,
+                "dim": self.dim, "metric": self.metric, "kind": self.kind,
+                "n_lists": self.n_lists}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentFiles:
+        """Inverse of ``as_dict``. Raises CorruptionError when the mapping is malformed."""
+        try:
+            files = tuple(FileEntry(str(name), int(size), str(sha)) for name, size, sha
+                          in data["files"])
+            return cls(files, int(data["n"]), int(data["dim"]), str(data["metric"]),
+                       str(data["kind"]), int(data["n_lists"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptionError(f"malformed segment description: {exc!r}") from exc
+
+
+def expected_entries(entries: Iterable[FileEntry | tuple[str, int, str]],
+                     directory: Path) -> dict[str, FileEntry]:
+    """Normalise the manifest's file list. Raises CorruptionError when it names a file a
+    segment may not hold (e.g. ``scann_docids.pkl``), repeats one, or lacks a required one."""
+    expected: dict[str, FileEntry] = {}
+    for entry in entries:
+        entry = entry if isinstance(entry, FileEntry) else FileEntry(*entry)
+        if entry.name not in SEGMENT_FILES or entry.name in expected:
+            raise CorruptionError(f"manifest names an invalid or repeated segment file "
+                                  f"{entry.name!r}", str(directory))
+        expected[entry.name] = entry
+    for required in (SEGMENT_META_FILE, VECTORS_FILE):
+        if required not in expected:
+            raise CorruptionError(f"manifest lacks {required}", str(directory))
+    return expected
+
+
+def check_listing(directory: Path, expected: Mapping[str, FileEntry]) -> None:
+    """Raises CorruptionError unless the folder holds exactly the expected names, each a
+    regular file (no symlink) of the expected size; StorageError when it cannot be listed."""
+    try:
+        with os.scandir(directory) as scan:
+            found = {}
+            for entry in scan:
+                if not entry.is_file(follow_symlinks=False):
+                    raise CorruptionError("segment folder holds an entry that is not a regular "
+                                          "file", entry.path)
+                found[entry.name] = entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError as exc:
+        raise CorruptionError("segment folder is missing", str(directory)) from exc
+    except OSError as exc:
+        raise storage_error_from(exc, f"list segment folder {directory}") from exc
+    extra = sorted(found.keys() - expected.keys())
+    if extra:
+        raise CorruptionError(f"unexpected file {extra[0]!r} in segment folder",
+                              str(directory / extra[0]))
+    for name, entry in expected.items():
+        if name not in found:
+            raise CorruptionError("segment file is missing", str(directory / name))
+        if found[name] != entry.size:
+            raise CorruptionError(f"segment file is {found[name]} bytes, manifest says "
+                                  f"{entry.size}", str(directory / name))
+
+
+def encode_meta(params: SearchParams, n: int, dim: int, dataset_stored: bool) -> bytes:
+    """segment.json's bytes (inverse of ``parse_meta``)."""
+    meta = {"format": SEGMENT_FORMAT, "n": n, "dim": dim, "params": params.as_dict(),
+            "dataset_stored": dataset_stored}
+    return json.dumps(meta, sort_keys=True).encode("utf-8")
+
+
+def parse_meta(raw: bytes | bytearray, path: str) -> tuple[SearchParams, int, int, bool]:
+    """Decode segment.json into (params, n, dim, dataset_stored). Raises CorruptionError."""
+    try:
+        meta = json.loads(bytes(raw).decode("utf-8"))
+        if meta["format"] != SEGMENT_FORMAT:
+            raise ValueError(f"unsupported segment format {meta['format']}")
+        params = SearchParams.from_dict(meta["params"])
+        n, dim, dataset_stored = int(meta["n"]), int(meta["dim"]), bool(meta["dataset_stored"])
+        if n < 1 or dim < 1 or params.kind not in (KIND_BRUTE, KIND_TREE_AH):
+            raise ValueError(f"bad shape or kind: n={n} dim={dim} kind={params.kind}")
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"malformed segment description: {exc}", path) from exc
+    return params, n, dim, dataset_stored

@@ -1,0 +1,118 @@
+"""A folder of indexes: names, atomic create and delete, and the one-open-core-per-process rule.
+
+Create builds the index under a hidden temporary name and renames it into place, so a crash
+never leaves a half-made index under its real name; delete renames it away first, so a crash
+mid-delete leaves only hidden garbage, collected by the next Client.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import secrets
+import threading
+from pathlib import Path
+
+from wal import fsio
+
+from .errors import (IndexExistsError, IndexNotFoundError, InvalidIndexNameError,
+                     InvalidTypeError, storage_error_from)
+from .lockfile import LockFile
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+CREATING = ".creating-"
+DELETING = ".deleting-"
+ROOT_LOCK = ".catalog.lock"
+
+
+def check_index_name(name: object) -> str:
+    """Raises InvalidIndexNameError unless 1-128 of [A-Za-z0-9_.-], not starting with '.'."""
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"index_name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name) or name.startswith("."):
+        raise InvalidIndexNameError(
+            f"invalid index_name {name[:140]!r}: use 1-128 letters, digits, '_', '-', '.', "
+            "not starting with '.'")
+    return name
+
+
+class Catalog:
+    """The root folder. Structural changes (create, delete) hold a root lock across processes."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error_from(exc, f"cannot create folder {self.root}") from None
+        self._lock = threading.Lock()
+        self.collect_garbage()
+
+    def folder(self, name: str) -> Path:
+        return self.root / check_index_name(name)
+
+    def names(self) -> list[str]:
+        out = []
+        for entry in sorted(os.listdir(self.root)):
+            if not entry.startswith(".") and (self.root / entry / "CONFIG").is_file():
+                out.append(entry)
+        return out
+
+    def exists(self, name: str) -> bool:
+        return (self.folder(name) / "CONFIG").is_file()
+
+    def _root_lock(self) -> LockFile:
+        return LockFile(self.root / ROOT_LOCK, f"the catalog {self.root}")
+
+    def collect_garbage(self) -> None:
+        """Remove leftovers of creates and deletes that a crash interrupted."""
+        try:
+            entries = os.listdir(self.root)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.startswith((CREATING, DELETING)):
+                shutil.rmtree(self.root / entry, ignore_errors=True)
+                log.info("removed leftover %s", entry)
+
+    def create(self, name: str, populate) -> Path:
+        """Make `name` by calling populate(tmp_folder) and renaming it in. Raises IndexExistsError."""
+        final = self.folder(name)
+        with self._lock:
+            lock = self._root_lock()
+            try:
+                if final.exists():
+                    raise IndexExistsError(f"index {name!r} already exists in {self.root}")
+                tmp = self.root / f"{CREATING}{name}-{secrets.token_hex(4)}"
+                try:
+                    tmp.mkdir(mode=0o700)
+                    populate(tmp)
+                    fsio.fsync_dir(tmp)
+                    os.rename(tmp, final)
+                    fsio.fsync_dir(self.root)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            finally:
+                lock.release()
+        return final
+
+    def delete(self, name: str) -> None:
+        final = self.folder(name)
+        with self._lock:
+            lock = self._root_lock()
+            try:
+                if not (final / "CONFIG").is_file():
+                    raise IndexNotFoundError(f"index {name!r} not found in {self.root}")
+                doomed = self.root / f"{DELETING}{name}-{secrets.token_hex(4)}"
+                try:
+                    os.rename(final, doomed)
+                    fsio.fsync_dir(self.root)
+                except OSError as exc:
+                    raise storage_error_from(exc, f"cannot delete index {name!r}") from None
+                shutil.rmtree(doomed, ignore_errors=True)
+            finally:
+                lock.release()

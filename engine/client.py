@@ -1,0 +1,173 @@
+"""Client: a folder of indexes (the sync face). AsyncClient wraps the same object.
+
+One open IndexCore per index folder per process: opening an index that is already open returns
+a new Index face over the same core (reference counted), never a second writer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, check_index_name
+from .config import METRICS, config_exists, new_config, read_config, write_config
+from .core import DURABILITY, IndexCore
+from .crypto import IndexCipher, check_key, generate_key
+from .errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
+from .index import Index
+from .lockfile import LOCK_NAME, LockFile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Client", "generate_key"]
+
+_registry_lock = threading.Lock()
+_registry: dict[str, list] = {}  # realpath -> [core, refcount]
+
+
+def _acquire_core(folder: Path, index_key: bytes, durability: str) -> IndexCore:
+    key = os.path.realpath(folder)
+    with _registry_lock:
+        entry = _registry.get(key)
+        if entry is not None:
+            read_config(folder, index_key)  # the key must open it, even when already open
+            entry[1] += 1
+            return entry[0]
+        core = IndexCore(folder, index_key, durability=durability)
+        _registry[key] = [core, 1]
+        return core
+
+
+def _release_core(core: IndexCore) -> None:
+    key = os.path.realpath(core.folder)
+    with _registry_lock:
+        entry = _registry.get(key)
+        if entry is None or entry[0] is not core:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _registry[key]
+    core.close()
+
+
+def _check_durability(durability: object) -> str:
+    if durability not in DURABILITY:
+        raise InvalidArgumentError(f"durability must be one of {DURABILITY}, got {durability!r}")
+    return durability  # type: ignore[return-value]
+
+
+class Client:
+    """`Client(path)`: a folder (created if missing) holding any number of indexes."""
+
+    def __init__(self, path: str | os.PathLike, *, durability: str = "fsync"):
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        self._catalog = Catalog(path)
+        self._durability = _check_durability(durability)
+        self._open: list[Index] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._catalog.root
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("client is closed")
+
+    def _face(self, core: IndexCore) -> Index:
+        index = Index(core, _release_core, self)
+        with self._lock:
+            self._open.append(index)
+        return index
+
+    def create_index(self, index_name: str, index_key: bytes, *, dimension: int | None = None,
+                     metric: str = "euclidean", embedding_model: str | None = None,
+                     index_config: dict | None = None, durability: str | None = None,
+                     **tuning: Any) -> Index:
+        """Create and open an index. Raises IndexExistsError, InvalidIndexNameError, InvalidKeyError."""
+        self._check_open()
+        check_index_name(index_name)
+        key = check_key(index_key)
+        if index_config:  # the reference product passes dimension / metric inside a config dict
+            dimension = index_config.get("dimension", dimension)
+            metric = index_config.get("metric", metric)
+        if metric is None:
+            metric = "euclidean"
+        if metric not in METRICS:
+            raise InvalidArgumentError(f"metric must be one of {METRICS}, got {metric!r}")
+        if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int)
+                                      or not 1 <= dimension <= 65536):
+            raise InvalidArgumentError(f"dimension must be an int in 1..65536, got {dimension!r}")
+        durability = _check_durability(durability or self._durability)
+        if embedding_model is not None:
+            from .embedding import model_dimension
+            dimension = model_dimension(embedding_model, dimension)
+        config = new_config(index_name, key, dimension=dimension, metric=metric,
+                            embedding_model=embedding_model, options=dict(tuning))
+        cipher = IndexCipher(key, config.uuid_bytes)
+        folder = self._catalog.create(index_name, lambda tmp: write_config(tmp, config, cipher))
+        return self._face(_acquire_core(folder, key, durability))
+
+    def load_index(self, index_name: str, index_key: bytes, *, durability: str | None = None) -> Index:
+        """Open an existing index. Raises IndexNotFoundError, WrongKeyError (before any data is read)."""
+        self._check_open()
+        check_index_name(index_name)
+        key = check_key(index_key)
+        folder = self._catalog.folder(index_name)
+        if not config_exists(folder):
+            raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
+        return self._face(_acquire_core(folder, key, _check_durability(durability or self._durability)))
+
+    def list_indexes(self) -> list[str]:
+        self._check_open()
+        return self._catalog.names()
+
+    def delete_index(self, index_name: str, index_key: bytes | None = None) -> None:
+        """Delete an index and its files. Open faces of it in this client are closed first."""
+        self._check_open()
+        check_index_name(index_name)
+        folder = self._catalog.folder(index_name)
+        if not config_exists(folder):
+            raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
+        if index_key is not None:
+            read_config(folder, check_key(index_key))
+        real = os.path.realpath(folder)
+        with self._lock:
+            mine = [ix for ix in self._open if os.path.realpath(ix._core.folder) == real]
+        for index in mine:
+            index.close()
+        with _registry_lock:
+            if real in _registry:
+                raise InvalidArgumentError(f"index {index_name!r} is still open elsewhere in this process")
+        lock = LockFile(folder / LOCK_NAME, f"index {index_name!r}")  # refuse if another process has it
+        lock.release()
+        self._catalog.delete(index_name)
+
+    def _forget(self, index: Index) -> None:
+        with self._lock:
+            if index in self._open:
+                self._open.remove(index)
+
+    def close(self) -> None:
+        """Close every index opened through this client. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            faces, self._open = self._open, []
+        for index in faces:
+            index.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({str(self.path)!r})"

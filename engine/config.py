@@ -1,0 +1,87 @@
+"""CONFIG: the per-index settings file, written atomically and authenticated.
+
+Format: one JSON object. ``key_check`` (a one-way fingerprint of the key) lets a wrong key be
+refused before anything else is read; ``mac`` (HMAC under a subkey) detects an edited field
+(say, a changed metric) once the key is known good. The key itself is never stored.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wal import fsio
+
+from .crypto import IndexCipher, key_check_value
+from .errors import CorruptionError, WrongKeyError
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "CONFIG"
+METRICS = ("euclidean", "squared_euclidean", "cosine")
+
+
+@dataclass
+class IndexConfig:
+    name: str
+    uuid: str
+    dimension: int | None
+    metric: str
+    embedding_model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+    key_check: str = ""
+
+    def canonical(self) -> bytes:
+        body = asdict(self)
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return uuidlib.UUID(self.uuid).bytes
+
+
+def new_config(name: str, index_key: bytes, *, dimension: int | None, metric: str,
+               embedding_model: str | None, options: dict[str, Any]) -> IndexConfig:
+    uid = uuidlib.uuid4()
+    return IndexConfig(name=name, uuid=str(uid), dimension=dimension, metric=metric,
+                       embedding_model=embedding_model, options=options,
+                       key_check=key_check_value(index_key, uid.bytes).hex())
+
+
+def write_config(folder: Path, config: IndexConfig, cipher: IndexCipher) -> None:
+    """Atomic replace: temp file, fsync, rename, fsync the folder."""
+    body = json.loads(config.canonical())
+    body["mac"] = cipher.config_mac(config.canonical()).hex()
+    data = (json.dumps(body, sort_keys=True, indent=1) + "\n").encode()
+    fsio.atomic_write(folder / CONFIG_NAME, data)
+
+
+def read_config(folder: Path, index_key: bytes) -> tuple[IndexConfig, IndexCipher]:
+    """Raises WrongKeyError for another key (constant-time compare, before any data is read),
+    CorruptionError when CONFIG is unreadable or its fields were edited."""
+    path = folder / CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+        body = json.loads(raw)
+        mac = bytes.fromhex(body.pop("mac"))
+        config = IndexConfig(**body)
+        uid = config.uuid_bytes
+        stored_check = bytes.fromhex(config.key_check)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptionError(f"index config unreadable ({exc.__class__.__name__})", path) from None
+    if not hmac.compare_digest(key_check_value(index_key, uid), stored_check):
+        raise WrongKeyError(f"wrong index_key for index {config.name!r}: the key does not open it")
+    cipher = IndexCipher(index_key, uid)
+    if not hmac.compare_digest(cipher.config_mac(config.canonical()), mac):
+        raise CorruptionError("index config fails its authentication (edited or damaged)", path)
+    if config.format != FORMAT_VERSION or config.metric not in METRICS:
+        raise CorruptionError(f"index config has unknown format {config.format} / metric", path)
+    return config, cipher
+
+
+def config_exists(folder: Path) -> bool:
+    return os.path.isfile(folder / CONFIG_NAME)

@@ -1,0 +1,117 @@
+"""The index key: subkeys, AEAD sealing, keyed id hashing and the key-check value.
+
+Every subkey is HKDF-SHA256 of the 32-byte index key, salted with the index's random uuid, one
+per purpose, so a leak of one (say, the id-hash key through a timing side channel) reveals nothing
+of the others, and two indexes under the same key share no subkey. The index key itself is held
+only inside this object and is never written, logged or shown in a repr.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import CorruptionError, InvalidKeyError, InvalidTypeError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+ID_HASH_BYTES = 16
+_INFO = "lsmvec/v1/"
+
+
+def generate_key() -> bytes:
+    """32 random bytes from the OS CSPRNG: a fresh index key."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def check_key(index_key: object) -> bytes:
+    """Return the key as bytes. Raises InvalidTypeError / InvalidKeyError (never echoing it)."""
+    if isinstance(index_key, (bytearray, memoryview)):
+        index_key = bytes(index_key)
+    if not isinstance(index_key, bytes):
+        raise InvalidTypeError(
+            f"index_key must be 32 bytes (bytes, bytearray or memoryview), got {type(index_key).__name__}")
+    if len(index_key) != KEY_BYTES:
+        raise InvalidKeyError(f"index_key must be exactly {KEY_BYTES} bytes, got {len(index_key)} bytes")
+    return index_key
+
+
+def _hkdf(key: bytes, salt: bytes, purpose: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt,
+                info=(_INFO + purpose).encode()).derive(key)
+
+
+def key_check_value(index_key: bytes, uuid: bytes) -> bytes:
+    """A one-way fingerprint of the key, stored in CONFIG so a wrong key is refused up front."""
+    return _hkdf(index_key, uuid, "key-check")
+
+
+class Aead:
+    """AES-256-GCM with a random 96-bit nonce in front of each ciphertext.
+
+    Random nonces are safe far past any index's record count (2^32 seals per key keeps the
+    collision chance below 2^-32). Associated data binds each ciphertext to its place.
+    """
+
+    __slots__ = ("_gcm", "_where")
+
+    def __init__(self, key: bytes, where: str):
+        self._gcm = AESGCM(key)
+        self._where = where
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._gcm.encrypt(nonce, bytes(plaintext), aad)
+
+    def open(self, sealed: bytes | memoryview, aad: bytes, path: str | None = None,
+             offset: int | None = None) -> bytes:
+        """Raises CorruptionError (naming `path`) when the bytes were changed, moved or forged."""
+        sealed = bytes(sealed)
+        if len(sealed) < NONCE_BYTES + 16:
+            raise CorruptionError(f"{self._where}: sealed value too short", path, offset)
+        try:
+            return self._gcm.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise CorruptionError(f"{self._where}: authentication failed (damaged or tampered)",
+                                  path, offset) from None
+
+    def __repr__(self) -> str:
+        return f"<Aead {self._where}>"
+
+    def __reduce__(self):  # never let a key ride along in a pickle
+        raise TypeError("key material cannot be pickled")
+
+
+class IndexCipher:
+    """All key material of one open index, derived once at open."""
+
+    def __init__(self, index_key: bytes, uuid: bytes):
+        self.uuid = uuid
+        self.wal = Aead(_hkdf(index_key, uuid, "wal"), "wal record")
+        self.store = Aead(_hkdf(index_key, uuid, "store"), "store value")
+        self.segment_key = _hkdf(index_key, uuid, "segment")
+        self._id_key = _hkdf(index_key, uuid, "id-hash")
+        self._config_key = _hkdf(index_key, uuid, "config-mac")
+
+    def id_hash(self, item_id: str) -> bytes:
+        """Keyed hash of an id: the LMDB key, so ids never appear in plain text on disk."""
+        return hmac.new(self._id_key, item_id.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()[:ID_HASH_BYTES]
+
+    def config_mac(self, canonical: bytes) -> bytes:
+        return hmac.new(self._config_key, canonical, hashlib.sha256).digest()
+
+    def segment_context(self, segment_id: int, file_name: str) -> bytes:
+        return b"|".join((self.uuid, b"seg", str(segment_id).encode(), file_name.encode()))
+
+    def __repr__(self) -> str:
+        return "<IndexCipher>"
+
+    def __reduce__(self):
+        raise TypeError("key material cannot be pickled")

@@ -1,0 +1,212 @@
+"""Index: the synchronous face of one open index (argument handling only; IndexCore does the work).
+
+Method names, arguments and result shapes follow the reference product (see docs/api.md), so a
+user switches by changing an import.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .crypto import check_key
+from .config import read_config
+from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
+                     WrongKeyError)
+from .filters import compile_filter
+from .items import normalize_ids, normalize_query, normalize_upsert
+from .reads import check_include
+
+_DEFAULT_QUERY_INCLUDE = ("distance",)
+_DEFAULT_GET_INCLUDE = ("vector", "contents", "metadata")
+
+
+class Index:
+    """A handle on an open index. Thread-safe. Closing it releases the core when last."""
+
+    def __init__(self, core, release: Callable, client=None):
+        self._core = core
+        self._release = release
+        self._client = client
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _live(self):
+        if self._closed:
+            raise ClosedError(f"index {self._core.config.name!r} is closed")
+        return self._core
+
+    def _check_call_key(self, index_key: object) -> None:
+        """The reference's newest API passes index_key on every call: it must match."""
+        if index_key is None:
+            return
+        try:
+            read_config(self._core.folder, check_key(index_key))
+        except WrongKeyError:
+            raise WrongKeyError(f"index_key passed to this call does not match index "
+                                f"{self._core.config.name!r}") from None
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def upsert(self, items: Any = None, vectors: Any = None, *, ids: Any = None,
+               index_key: bytes | None = None) -> None:
+        """Insert or overwrite items; durable and visible when it returns.
+
+        Forms: upsert([{"id", "vector", "contents", "metadata"}, ...]), upsert([(id, vector), ...]),
+        upsert(ids=array, vectors=array) and positional upsert(ids_array, vectors_array).
+        Raises (before anything is written) the InvalidArgumentError / InvalidTypeError family
+        naming the item and field.
+        """
+        core = self._live()
+        self._check_call_key(index_key)
+        if vectors is not None and ids is None and items is not None:
+            items, ids = None, items  # positional NumPy overload: upsert(ids, vectors)
+        batch = normalize_upsert(items, ids=ids, vectors=vectors, dimension=core.dimension,
+                                 metric=core.config.metric, embeds=core.embedder is not None)
+        if len(batch.embed_rows):
+            batch = core.embed_batch(batch)
+        core.upsert(batch)
+
+    def delete(self, ids: Any, *, index_key: bytes | None = None) -> None:
+        """Remove items; unknown ids are ignored. Durable when it returns."""
+        core = self._live()
+        self._check_call_key(index_key)
+        core.delete(normalize_ids(ids))
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def query(self, query_vectors: Any = None, query_contents: Any = None, top_k: int = 100,
+              n_probes: int | None = None, filters: dict | None = None,
+              include: Sequence[str] | None = _DEFAULT_QUERY_INCLUDE, greedy: bool = False,
+              *, index_key: bytes | None = None) -> list:
+        """Nearest neighbours, ascending distance. One query -> list[dict]; a batch (2-D array,
+        list of vectors or list of strings) -> list[list[dict]]."""
+        core = self._live()
+        self._check_call_key(index_key)
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
+        if n_probes is not None and (isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer))
+                                     or n_probes < 1):
+            raise InvalidArgumentError(f"n_probes must be a positive int or None, got {n_probes!r}")
+        fields = check_include(include)
+        flt = compile_filter(filters)
+        if query_vectors is not None and query_contents is not None:
+            raise InvalidArgumentError("pass query_vectors or query_contents, not both")
+        if query_vectors is None and query_contents is None:
+            raise MissingVectorError("query needs query_vectors or query_contents")
+        if query_contents is not None:
+            queries, single = core.embed_queries(query_contents)
+        else:
+            if isinstance(query_vectors, str) or (isinstance(query_vectors, list) and query_vectors
+                                                  and all(isinstance(q, str) for q in query_vectors)):
+                queries, single = core.embed_queries(query_vectors)
+            else:
+                queries, single = normalize_query(query_vectors, dimension=core.dimension,
+                                                  metric=core.config.metric)
+        results = core.query(queries, int(top_k), n_probes=n_probes, flt=flt, include=fields)
+        return results[0] if single else results
+
+    def get(self, ids: Any, include: Sequence[str] | None = _DEFAULT_GET_INCLUDE, *,
+            index_key: bytes | None = None) -> list[dict]:
+        """Items in the order of `ids`, each with "id"; unknown ids are omitted."""
+        core = self._live()
+        self._check_call_key(index_key)
+        fields = check_include(include, ("vector", "contents", "metadata"))
+        return core.get(normalize_ids(ids), fields)
+
+    def list_ids(self, *, index_key: bytes | None = None) -> list[str]:
+        self._check_call_key(index_key)
+        return self._live().live_ids()
+
+    def get_num_vectors(self, *, index_key: bytes | None = None) -> int:
+        self._check_call_key(index_key)
+        return self._live().count()
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def train(self, n_lists: int | None = None, batch_size: int | None = None,
+              max_iters: int | None = None, tolerance: float | None = None,
+              max_memory: int | None = None, *, index_key: bytes | None = None) -> None:
+        """Flush and compact everything into trained segments now."""
+        self._check_call_key(index_key)
+        for name, value in (("n_lists", n_lists), ("batch_size", batch_size), ("max_iters", max_iters),
+                            ("max_memory", max_memory)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidArgumentError(f"{name} must be a positive int or None, got {value!r}")
+        self._live().train(n_lists=n_lists)
+
+    def is_trained(self) -> bool:
+        return self._live().training_state() == "trained"
+
+    def training_state(self) -> str:
+        return self._live().training_state()
+
+    def flush(self) -> None:
+        self._live().flush()
+
+    def compact(self) -> None:
+        self._live().compact()
+
+    def stats(self) -> dict[str, Any]:
+        return self._live().stats()
+
+    def verify(self) -> dict[str, Any]:
+        return self._live().verify()
+
+    # -- description (as in the reference) ----------------------------------------------------
+
+    def index_name(self) -> str:
+        return self._core.config.name
+
+    def index_type(self) -> str:
+        return "scann"
+
+    def index_config(self) -> dict[str, Any]:
+        cfg = self._core.config
+        return {"dimension": cfg.dimension, "metric": cfg.metric, "index_type": self.index_type(),
+                "n_lists": self.n_lists, "embedding_model": cfg.embedding_model}
+
+    @property
+    def dimension(self) -> int | None:
+        return self._core.config.dimension
+
+    @property
+    def metric(self) -> str:
+        return self._core.config.metric
+
+    @property
+    def n_lists(self) -> int | None:
+        return self._core.n_lists()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def delete_index(self, *, index_key: bytes | None = None) -> None:
+        """Delete this index and all its files; the handle is closed."""
+        self._check_call_key(index_key)
+        name = self._core.config.name
+        client = self._client
+        if client is None:
+            raise InvalidArgumentError("this index has no client to delete it through")
+        client.delete_index(name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._client is not None:
+            self._client._forget(self)
+        self._release(self._core)
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Index {self._core.config.name!r} {state}>"
+
+    def __reduce__(self):
+        raise InvalidTypeError("an open Index cannot be pickled")

@@ -1,0 +1,63 @@
+"""The read path: search every source of a snapshot, merge, and hydrate the results.
+
+Sources never disagree about an id: a newer version or a tombstone kills the older row in
+place (see IndexCore._shadow), so the merge is a plain k-way selection by distance.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+INCLUDABLE = ("distance", "metadata", "contents", "vector")
+
+
+def check_include(include: Sequence[str] | None, allowed: Sequence[str] = INCLUDABLE) -> tuple[str, ...]:
+    if include is None:
+        return ()
+    if isinstance(include, str):
+        include = [include]
+    out = tuple(include)
+    for field in out:
+        if field not in allowed:
+            raise InvalidArgumentError(f"include: unknown field {field!r} (allowed: {', '.join(allowed)})")
+    return out
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-way merge of per-source (rows (q, k_i), dists (q, k_i)) into (source, row, dist) (q, k').
+
+    Padding rows (< 0, distance inf) sort last and are dropped by the caller."""
+    nq = parts[0][0].shape[0]
+    dists = np.concatenate([d for _, d in parts], axis=1) if parts else np.zeros((nq, 0), np.float32)
+    rows = np.concatenate([r for r, _ in parts], axis=1)
+    src = np.concatenate([np.full(r.shape, i, np.int64) for i, (r, _) in enumerate(parts)], axis=1)
+    kk = min(k, dists.shape[1])
+    if kk < dists.shape[1]:
+        part = np.argpartition(dists, kk - 1, axis=1)[:, :kk]
+        dists = np.take_along_axis(dists, part, axis=1)
+        rows = np.take_along_axis(rows, part, axis=1)
+        src = np.take_along_axis(src, part, axis=1)
+    order = np.argsort(dists, axis=1, kind="stable")
+    return (np.take_along_axis(src, order, axis=1), np.take_along_axis(rows, order, axis=1),
+            np.take_along_axis(dists, order, axis=1))
+
+
+def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,
+              include: tuple[str, ...] = ("distance",)) -> list[list[dict[str, Any]]]:
+    """Top-k over every source of one snapshot; each source offers search() and hit()."""
+    parts = [source.search(queries, k, flt=flt, n_probes=n_probes) for source in sources]
+    if not parts:
+        return [[] for _ in range(len(queries))]
+    src, rows, dists = merge_topk(parts, k)
+    out: list[list[dict[str, Any]]] = []
+    finite = np.isfinite(dists) & (rows >= 0)
+    for qi in range(len(queries)):
+        hits = []
+        for j in np.flatnonzero(finite[qi]):
+            hits.append(sources[src[qi, j]].hit(int(rows[qi, j]), float(dists[qi, j]), include))
+        out.append(hits)
+    return out

@@ -1,0 +1,262 @@
+"""The LMDB store of one index: items (id map + contents + metadata), dead-row sets, manifest.
+
+Keys never reveal ids: an item's key is a keyed hash of its id. A value is
+``segment u32 | row u32 | sealed msgpack [id, contents, metadata]``; the location is left in the
+clear (it says nothing of the data) so the write path can find a superseded row without a
+decryption, and it is bound into the seal's associated data, so a moved value fails to open.
+
+Every state change is one write transaction (LevelDB's VersionSet::LogAndApply): items, dead
+sets and the manifest change together or not at all. MapFullError is handled here, in one place,
+by growing the map and retrying.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import lmdb
+import msgpack
+import numpy as np
+
+from .crypto import IndexCipher
+from .errors import CorruptionError, StorageError, storage_error_from
+
+log = logging.getLogger(__name__)
+
+STORE_DIR = "store"
+DATA_FILE = "data.mdb"
+_LOC = struct.Struct("<II")
+_INITIAL_MAP = 64 << 20
+MANIFEST_KEY = b"manifest"
+
+
+@dataclass
+class SegmentInfo:
+    """One live segment as the manifest names it."""
+    id: int
+    rows: int
+    kind: str
+    files: list[list[Any]]  # [name, size, sha256 hex]
+    n_lists: int | None = None
+
+    def pack(self) -> list:
+        return [self.id, self.rows, self.kind, self.files, self.n_lists]
+
+    @classmethod
+    def unpack(cls, raw: list) -> "SegmentInfo":
+        return cls(int(raw[0]), int(raw[1]), str(raw[2]), [list(f) for f in raw[3]], raw[4])
+
+
+@dataclass
+class Manifest:
+    segments: list[SegmentInfo] = field(default_factory=list)
+    checkpoint_lsn: int = 0
+    next_segment_id: int = 1
+    version: int = 0
+
+
+@dataclass
+class StoredItem:
+    id: str
+    segment: int
+    row: int
+    contents: bytes | None
+    metadata: dict | None
+
+
+def _unpack(data: bytes, path: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise CorruptionError("undecodable store value", path) from None
+
+
+class Store:
+    """Thread-safe: LMDB serialises write transactions; reads are short read transactions."""
+
+    def __init__(self, folder: Path, cipher: IndexCipher):
+        self.path = folder / STORE_DIR
+        self._data = str(self.path / DATA_FILE)
+        self._cipher = cipher
+        try:
+            self.path.mkdir(mode=0o700, exist_ok=True)
+            self.env = lmdb.open(str(self.path), map_size=_INITIAL_MAP, max_dbs=4, subdir=True,
+                                 sync=True, metasync=True, readahead=False, max_readers=254,
+                                 lock=True, meminit=False)
+            self._items = self.env.open_db(b"items")
+            self._meta = self.env.open_db(b"meta")
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "open") from None
+        info = self.env.info()
+        if info["map_size"] < _INITIAL_MAP:
+            self.env.set_mapsize(_INITIAL_MAP)
+
+    def _wrap(self, exc: BaseException, what: str) -> Exception:
+        if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
+                            lmdb.InvalidError, lmdb.VersionMismatchError)):
+            return CorruptionError(f"store {what}: {exc}", self._data)
+        if isinstance(exc, OSError):
+            return storage_error_from(exc, f"store {what}")
+        return StorageError(0, f"store {what}: {exc}")
+
+    # -- sealing ------------------------------------------------------------------------------
+
+    def _aad(self, key: bytes, segment: int, row: int) -> bytes:
+        return b"%s|item|%s|%d|%d" % (self._cipher.uuid, key, segment, row)
+
+    def _seal_item(self, key: bytes, item_id: str, segment: int, row: int, contents, metadata) -> bytes:
+        body = msgpack.packb([item_id, contents, metadata], use_bin_type=True)
+        return _LOC.pack(segment, row) + self._cipher.store.seal(body, self._aad(key, segment, row))
+
+    def _open_item(self, key: bytes, value: bytes) -> StoredItem:
+        if len(value) < _LOC.size:
+            raise CorruptionError("store item value too short", self._data)
+        segment, row = _LOC.unpack_from(value)
+        body = _unpack(self._cipher.store.open(value[_LOC.size:], self._aad(key, segment, row),
+                                               self._data), self._data)
+        if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], str)):
+            raise CorruptionError("malformed store item", self._data)
+        return StoredItem(body[0], segment, row, body[1], body[2])
+
+    def _seal_meta(self, name: bytes, obj: Any) -> bytes:
+        return self._cipher.store.seal(msgpack.packb(obj, use_bin_type=True),
+                                       b"%s|meta|%s" % (self._cipher.uuid, name))
+
+    def _open_meta(self, name: bytes, value: bytes) -> Any:
+        return _unpack(self._cipher.store.open(value, b"%s|meta|%s" % (self._cipher.uuid, name),
+                                               self._data), self._data)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def location(self, item_id: str, txn: lmdb.Transaction | None = None) -> tuple[int, int] | None:
+        """(segment, row) of the id's flushed version, without decrypting anything."""
+        key = self._cipher.id_hash(item_id)
+        try:
+            if txn is None:
+                with self.env.begin(db=self._items, buffers=False) as txn:
+                    value = txn.get(key)
+            else:
+                value = txn.get(key, db=self._items)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        if value is None:
+            return None
+        if len(value) < _LOC.size:
+            raise CorruptionError("store item value too short", self._data)
+        return _LOC.unpack_from(value)
+
+    def get_items(self, ids: Iterable[str]) -> list[StoredItem | None]:
+        out: list[StoredItem | None] = []
+        try:
+            with self.env.begin(db=self._items) as txn:
+                for item_id in ids:
+                    key = self._cipher.id_hash(item_id)
+                    value = txn.get(key)
+                    if value is None:
+                        out.append(None)
+                        continue
+                    item = self._open_item(key, value)
+                    if item.id != item_id:
+                        raise CorruptionError("store item holds another id than its key", self._data)
+                    out.append(item)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        return out
+
+    def iter_items(self) -> Iterator[StoredItem]:
+        try:
+            with self.env.begin(db=self._items) as txn:
+                for key, value in txn.cursor():
+                    yield self._open_item(key, value)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+
+    def count(self) -> int:
+        try:
+            with self.env.begin() as txn:
+                return int(txn.stat(self._items)["entries"])
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+
+    def read_manifest(self) -> Manifest:
+        try:
+            with self.env.begin(db=self._meta) as txn:
+                raw = txn.get(MANIFEST_KEY)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        if raw is None:
+            return Manifest()
+        body = self._open_meta(MANIFEST_KEY, raw)
+        try:
+            return Manifest([SegmentInfo.unpack(s) for s in body["segments"]], int(body["checkpoint"]),
+                            int(body["next_segment"]), int(body["version"]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise CorruptionError("malformed manifest", self._data) from None
+
+    def read_dead(self, segment: int, rows: int) -> np.ndarray:
+        name = b"dead/%d" % segment
+        try:
+            with self.env.begin(db=self._meta) as txn:
+                raw = txn.get(name)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        if raw is None:
+            return np.zeros(rows, bool)
+        bits = np.frombuffer(self._open_meta(name, raw), np.uint8)
+        if len(bits) != (rows + 7) // 8:
+            raise CorruptionError(f"dead-row set of segment {segment} has the wrong size", self._data)
+        return np.unpackbits(bits, count=rows).astype(bool)
+
+    # -- the one write path -------------------------------------------------------------------
+
+    def commit(self, edit: Callable[["StoreTxn"], None]) -> None:
+        """Run edit(txn) in one write transaction; grow the map and retry when it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    edit(StoreTxn(self, txn))
+                return
+            except lmdb.MapFullError:
+                size = self.env.info()["map_size"] * 2
+                log.info("store map full: growing to %d bytes", size)
+                self.env.set_mapsize(size)
+            except lmdb.Error as exc:
+                raise self._wrap(exc, "write") from None
+
+    def close(self) -> None:
+        self.env.close()
+
+
+
+class StoreTxn:
+    """What an edit may do inside the one write transaction."""
+
+    def __init__(self, store: Store, txn: lmdb.Transaction):
+        self._s = store
+        self.txn = txn
+
+    def location(self, item_id: str) -> tuple[int, int] | None:
+        return self._s.location(item_id, self.txn)
+
+    def put_item(self, item_id: str, segment: int, row: int, contents, metadata) -> None:
+        key = self._s._cipher.id_hash(item_id)
+        self.txn.put(key, self._s._seal_item(key, item_id, segment, row, contents, metadata),
+                     db=self._s._items)
+
+    def delete_item(self, item_id: str) -> None:
+        self.txn.delete(self._s._cipher.id_hash(item_id), db=self._s._items)
+
+    def put_dead(self, segment: int, dead: np.ndarray) -> None:
+        name = b"dead/%d" % segment
+        self.txn.put(name, self._s._seal_meta(name, np.packbits(dead).tobytes()), db=self._s._meta)
+
+    def drop_dead(self, segment: int) -> None:
+        self.txn.delete(b"dead/%d" % segment, db=self._s._meta)
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        body = {"segments": [s.pack() for s in manifest.segments], "checkpoint": manifest.checkpoint_lsn,
+                "next_segment": manifest.next_segment_id, "version": manifest.version}
+        self.txn.put(MANIFEST_KEY, self._s._seal_meta(MANIFEST_KEY, body), db=self._s._meta)
