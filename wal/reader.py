@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import crc32c
 
@@ -126,7 +126,7 @@ class LogFileReader:
         self.damage = Damage(self.path, offset, reason, may_be_torn)
 
 
-def _refill(f, buf: bytes, base: int, pos: int, need: int) -> tuple[bytes, int, int]:
+def _refill(f: BinaryIO, buf: bytes, base: int, pos: int, need: int) -> tuple[bytes, int, int]:
     """Drop consumed bytes and read until at least `need` bytes follow `pos` (or EOF)."""
     tail = buf[pos:]
     want = max(READ_CHUNK, need - len(tail))
@@ -137,7 +137,8 @@ def _refill(f, buf: bytes, base: int, pos: int, need: int) -> tuple[bytes, int, 
             break
         chunks.append(more)
         want -= len(more)
-    return b"".join(chunks) if len(chunks) > 2 or tail else chunks[-1], base + pos, 0
+    joined = chunks[-1] if len(chunks) <= 2 and not tail else b"".join(chunks)  # avoid a copy
+    return joined, base + pos, 0
 
 
 def find_intact_record(path: Path, start: int, min_lsn: int) -> int | None:
