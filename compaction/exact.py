@@ -17,7 +17,8 @@ _RESCORE_MARGIN = 16
 def direct_distances(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
     """Distances between queries[i] and rows[i, j] (rows: (q, m, d)) by the direct formula."""
     if metric == "cosine":
-        return (1.0 - np.einsum("qd,qmd->qm", queries, rows)).astype(np.float32)
+        # Clamped: rounding can push 1 - cos a hair below zero for a vector and itself.
+        return np.maximum(1.0 - np.einsum("qd,qmd->qm", queries, rows), 0.0).astype(np.float32)
     diff = rows - queries[:, None, :]
     sq = np.einsum("qmd,qmd->qm", diff, diff)
     return (np.sqrt(sq) if metric == "euclidean" else sq).astype(np.float32)

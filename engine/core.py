@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from compaction.compactor import Compactor
+from compaction.policy import SegmentStat, pick
+from compaction.scann_params import KIND_TREE_AH
 from wal import RecoveryMode, WalWriter, replay
 
 from . import records
@@ -25,12 +28,19 @@ from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
 from .reads import run_query
 from .rwlock import RWLock
+from .segments import SegmentSource, collect_orphans, open_segment
+from .store import Manifest, Store
 
 log = logging.getLogger(__name__)
 
 WAL_DIR = "wal"
 DURABILITY = ("fsync", "os")
 DEFAULT_ROLL_BYTES = 64 << 20
+DEFAULT_MEMTABLE_BYTES = 64 << 20
+"""A memtable is frozen and flushed past this: big enough that a bulk load makes few segments,
+small enough that an exact memtable scan stays cheap and replay after a crash stays short."""
+MAX_FROZEN = 4
+"""Writers wait while this many memtables await their flush (backpressure, bounded memory)."""
 
 
 def _wal_aad(uuid: bytes, lsn: int, kind: int) -> bytes:
@@ -47,20 +57,69 @@ class IndexCore:
         try:
             self.config, self.cipher = read_config(folder, index_key)
             self.durability = durability
-            self._rw = RWLock()
+            self.rw = self._rw = RWLock()
             self._config_lock = threading.Lock()
             self._closed = False
             self.embedder = None
+            opts = self.config.options
+            self.memtable_bytes = int(opts.get("memtable_bytes", DEFAULT_MEMTABLE_BYTES))
+            self.background = bool(opts.get("background_compaction", True))
             self.memtable = Memtable(self.config.dimension, self.config.metric)
             self.frozen: list[Memtable] = []
+            self.flush_lock = threading.Lock()
+            self.merge_lock = threading.Lock()
+            self._writers_cond = threading.Condition()
+            self._ids_lock = threading.Lock()
+            self._training = False
+            self.segments: list[SegmentSource] = []
+            self.seg_by_id: dict[int, SegmentSource] = {}
+            self.store = Store(folder, self.cipher)
+            self.manifest: Manifest = self.store.read_manifest()
+            self.next_segment_id = self.manifest.next_segment_id
+            self._load_segments()
+            self._live = self.store.count()
             self._replay(recovery)
             self.wal = WalWriter(folder / WAL_DIR, self._next_lsn,
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
                                  seal=self._seal)
+            self.wal.remove_below(self.manifest.checkpoint_lsn)  # logs a crash kept past a flush
+            self._flusher = Compactor(self._flush_step, "lsmvec-flush")
+            self._merger = Compactor(self._merge_step, "lsmvec-merge")
+            if self.frozen:
+                self._flusher.signal()
         except BaseException:
+            store = getattr(self, "store", None)
+            if store is not None:
+                store.close()
             self._lock.release()
             raise
+
+    def _load_segments(self) -> None:
+        """Open every manifest segment; remove folders the manifest does not name."""
+        live = {info.id for info in self.manifest.segments}
+        removed = collect_orphans(self.folder, live)
+        if removed:
+            log.info("index %s: removed unreferenced segment folders %s", self.config.name, removed)
+        for info in self.manifest.segments:
+            self.add_segment(open_segment(self.folder, info, self.store,
+                                          key=self.cipher.segment_key,
+                                          context=self.cipher.segment_context(info.id, ""),
+                                          metric=self.config.metric))
+
+    def add_segment(self, source: SegmentSource) -> None:
+        self.segments.append(source)
+        self.seg_by_id[source.id] = source
+
+    def remove_segment(self, seg_id: int) -> None:
+        source = self.seg_by_id.pop(seg_id)
+        self.segments.remove(source)
+
+    def reserve_segment_id(self) -> int:
+        with self._ids_lock:
+            seg_id = self.next_segment_id
+            self.next_segment_id += 1
+            return seg_id
 
     # -- log ----------------------------------------------------------------------------------
 
@@ -71,8 +130,10 @@ class IndexCore:
         return self.cipher.wal.open(payload, _wal_aad(self.cipher.uuid, lsn, kind))
 
     def _replay(self, mode: RecoveryMode) -> None:
-        records_iter = replay(self.folder / WAL_DIR, from_lsn=1, mode=mode)
-        last = 0
+        start = self.manifest.checkpoint_lsn + 1
+        records_iter = replay(self.folder / WAL_DIR, from_lsn=start, mode=mode)
+        last = start - 1
+        self.memtable.first_lsn = start
         for rec in records_iter:
             try:
                 payload = self._open_payload(rec.lsn, rec.kind, rec.payload)
@@ -81,7 +142,9 @@ class IndexCore:
             self._apply(rec.lsn, rec.kind, payload, rec.path, rec.offset)
             last = rec.lsn
         report = getattr(records_iter, "report", None)
-        self._next_lsn = max(last, getattr(report, "last_lsn", 0) or 0) + 1
+        self._next_lsn = max(last, report.last_lsn) + 1
+        if self.memtable.payload_bytes >= self.memtable_bytes:
+            self._freeze()
         if report is not None and getattr(report, "truncated", None):
             log.warning("index %s: dropped a torn log tail: %s", self.folder.name, report.truncated)
 
@@ -101,19 +164,115 @@ class IndexCore:
     def _apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
                       metadata: list) -> None:
         with self._rw.write():
-            self._shadow(ids)
+            self._live += len(ids) - self._shadow(ids)
             self.memtable.upsert(lsn, ids, vectors, contents, metadata)
+            if self.memtable.payload_bytes >= self.memtable_bytes:
+                self._freeze()
 
     def _apply_delete(self, lsn: int, ids: list[str]) -> None:
         with self._rw.write():
-            self._shadow(ids)
+            self._live -= self._shadow(ids)
             self.memtable.delete(lsn, ids)
 
-    def _shadow(self, ids: list[str]) -> None:
-        """A newer version is arriving: hide older ones in frozen memtables."""
-        for frozen in self.frozen:
-            for item_id in ids:
-                frozen.kill(item_id)
+    def _shadow(self, ids: list[str]) -> int:
+        """A newer version or a delete is arriving: hide older versions everywhere.
+        Returns how many of `ids` were live before (for the live count)."""
+        tables = [self.memtable, *reversed(self.frozen)]
+        frozen = self.frozen
+        segments = bool(self.segments)
+        live = 0
+        for item_id in ids:
+            found = None
+            for table in tables:
+                found = table.lookup(item_id)
+                if found is not None:
+                    break
+            for table in frozen:
+                table.kill(item_id)
+            if found is not None:
+                live += found != TOMBSTONE
+            elif segments:
+                loc = self.store.location(item_id)
+                if loc is not None:
+                    live += 1
+                    source = self.seg_by_id.get(loc[0])
+                    if source is not None:
+                        source.kill(loc[1])
+        return live
+
+    def _freeze(self) -> None:
+        """Hand the live memtable to the flusher (caller holds the write lock)."""
+        table = self.memtable
+        if table.n_rows == 0 and not table.tombstones:
+            return
+        table.frozen = True
+        self.frozen.append(table)
+        self.memtable = Memtable(table.dimension, self.config.metric, table.last_lsn + 1)
+        flusher = getattr(self, "_flusher", None)
+        if flusher is not None and self.background:
+            flusher.signal()
+
+    def release_writers(self) -> None:
+        with self._writers_cond:
+            self._writers_cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: a writer waits while too many memtables await their flush."""
+        if len(self.frozen) < MAX_FROZEN:
+            return
+        if not self.background:
+            while len(self.frozen) >= MAX_FROZEN:
+                self._flush_step()
+            return
+        with self._writers_cond:
+            while len(self.frozen) >= MAX_FROZEN and not self._closed:
+                self._flusher.signal()
+                self._writers_cond.wait(0.5)
+
+    # -- background work ----------------------------------------------------------------------
+
+    def _flush_step(self) -> bool:
+        from .maintenance import flush_oldest
+        done = flush_oldest(self)
+        if done:
+            self._merger.signal() if self.background else None
+        return done
+
+    def _merge_step(self) -> bool:
+        from .maintenance import merge_segments
+        with self._rw.read():
+            stats = [SegmentStat(s.id, s.n_rows, int(np.count_nonzero(s.persisted)))
+                     for s in self.segments]
+        picked = pick(stats)
+        return merge_segments(self, picked) if picked else False
+
+    def flush(self) -> None:
+        """Freeze the memtable and write every frozen one as a segment, now."""
+        self._check_writable()
+        with self._rw.write():
+            self._freeze()
+        while self._flush_step():
+            pass
+
+    def compact(self) -> None:
+        """Flush, then run merges until the size-tiered policy has nothing left to do."""
+        self.flush()
+        while self._merge_step():
+            pass
+
+    def train(self, n_lists: int | None = None) -> None:
+        """Flush and merge everything into one segment, trained (tree + AH) when large enough."""
+        self._check_writable()
+        self._training = True
+        try:
+            self.flush()
+            with self._rw.read():
+                ids = [s.id for s in self.segments]
+            if ids:
+                from .maintenance import merge_segments
+                merge_segments(self, ids, n_lists=n_lists)
+        finally:
+            self._training = False
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -141,6 +300,7 @@ class IndexCore:
             return
         if self.config.dimension is None or batch.vectors.shape[1] != self.config.dimension:
             self._fix_dimension(int(batch.vectors.shape[1]))
+        self._wait_for_room()
         payload = records.encode_upsert(batch.ids, batch.vectors, batch.contents, batch.metadata)
         vectors, ids, contents, metadata = batch.vectors, batch.ids, batch.contents, batch.metadata
         self.wal.append(records.KIND_UPSERT, payload,
@@ -151,23 +311,28 @@ class IndexCore:
         if not ids:
             return
         ids = list(dict.fromkeys(ids))
+        self._wait_for_room()
         self.wal.append(records.KIND_DELETE, records.encode_delete(ids),
                         lambda lsn: self._apply_delete(lsn, ids))
 
     # -- reads --------------------------------------------------------------------------------
 
-    def sources(self) -> list[Memtable]:
-        """Newest first: the live memtable, then frozen ones."""
-        return [self.memtable, *reversed(self.frozen)]
+    def sources(self) -> list:
+        """Everything a query searches: memtables newest first, then segments."""
+        return [self.memtable, *reversed(self.frozen), *self.segments]
 
-    def lookup(self, item_id: str) -> tuple[Memtable, int] | None:
+    def lookup(self, item_id: str) -> tuple[Any, int] | None:
         """Where the live version of `item_id` is, or None (deleted or unknown)."""
-        for source in self.sources():
-            row = source.lookup(item_id)
+        for table in (self.memtable, *reversed(self.frozen)):
+            row = table.lookup(item_id)
             if row == TOMBSTONE:
                 return None
             if row is not None:
-                return source, row
+                return table, row
+        if self.segments:
+            loc = self.store.location(item_id)
+            if loc is not None and loc[0] in self.seg_by_id:
+                return self.seg_by_id[loc[0]], loc[1]
         return None
 
     def read_lock(self):
@@ -194,50 +359,97 @@ class IndexCore:
         with self.read_lock():
             seen: set[str] = set()
             out: list[str] = []
-            for source in self.sources():
-                for item_id in source.row_of:
+            for table in (self.memtable, *reversed(self.frozen)):
+                for item_id in table.row_of:
                     if item_id not in seen:
                         seen.add(item_id)
                         out.append(item_id)
-                seen.update(source.tombstones)
+                seen.update(table.tombstones)
+            for source in self.segments:
+                ids = source.ids
+                for row in source.live_rows():
+                    item_id = ids[row]
+                    if item_id not in seen:
+                        out.append(item_id)
             return out
 
     def count(self) -> int:
         with self.read_lock():
-            if not self.frozen:
-                return self.memtable.n_live
-        return len(self.live_ids())
+            return self._live
 
     def stats(self) -> dict[str, Any]:
         with self.read_lock():
             return {
-                "vectors": self.count_unlocked(),
+                "vectors": self._live,
                 "memtable_rows": self.memtable.n_rows,
                 "memtable_live": self.memtable.n_live,
                 "memtable_bytes": self.memtable.payload_bytes,
                 "frozen_memtables": len(self.frozen),
-                "tombstones": len(self.memtable.tombstones),
+                "tombstones": len(self.memtable.tombstones) + sum(len(t.tombstones) for t in self.frozen),
+                "segments": [{"id": s.id, "rows": s.n_rows, "kind": s.info.kind,
+                              "n_lists": s.info.n_lists,
+                              "dead_rows": int(np.count_nonzero(s.persisted))} for s in self.segments],
+                "checkpoint_lsn": self.manifest.checkpoint_lsn,
+                "last_lsn": self.wal.next_lsn - 1,
                 "wal_bytes": self.wal.bytes_on_disk,
                 "wal_files": self.wal.file_count,
-                "last_lsn": self.wal.next_lsn - 1,
+                "disk_bytes": _folder_bytes(self.folder),
+                "training_state": self.training_state(),
+                "background_error": repr(self._flusher.error or self._merger.error)
+                if (self._flusher.error or self._merger.error) else None,
             }
 
-    def count_unlocked(self) -> int:
-        return self.memtable.n_live if not self.frozen else -1
-
     def n_lists(self) -> int | None:
-        return None
+        trained = [s.info.n_lists for s in self.segments if s.info.kind == KIND_TREE_AH]
+        return max(trained) if trained else None
 
     def training_state(self) -> str:
+        """"trained": everything sits in segments that are ScaNN trees, or in one segment small
+        enough that exact search is the better index; "training" during train()."""
+        if self._training:
+            return "training"
+        if self.frozen or self.memtable.n_rows or self.memtable.tombstones or not self.segments:
+            return "untrained"
+        if all(s.info.kind == KIND_TREE_AH for s in self.segments) or len(self.segments) == 1:
+            return "trained"
         return "untrained"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop background work, flush what the log holds (so reopen replays nothing), close."""
         if self._closed:
             return
-        self._closed = True
         try:
-            self.wal.close(clean=True)
+            self._flusher.stop()
+            self._merger.stop()
+            if not self.wal.poisoned:
+                with self._rw.write():
+                    self._freeze()
+                while flush_pending(self):
+                    pass
         finally:
-            self._lock.release()
+            self._closed = True
+            try:
+                self.wal.close(clean=not self.wal.poisoned)
+            finally:
+                self.store.close()
+                for source in self.segments:
+                    source.segment.close()
+                self._lock.release()
+
+
+def flush_pending(core: IndexCore) -> bool:
+    from .maintenance import flush_oldest
+    return flush_oldest(core)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in __import__("os").walk(folder):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                continue
+    return total

@@ -150,8 +150,10 @@ class Memtable:
         return hit
 
     def live_arrays(self) -> tuple[list[str], np.ndarray, list, list]:
-        """The live rows in row order (what a flush writes): ids, vectors, contents, metadata."""
-        rows = np.flatnonzero(~self._dead[:self.n_rows])
+        """This table's latest version of each id, in row order (what a flush writes): ids,
+        vectors, contents, metadata. Rows a newer memtable shadows are included: the newer
+        write supersedes them when it is flushed in turn."""
+        rows = np.fromiter(sorted(self.row_of.values()), np.int64, len(self.row_of))
         ids = [self.ids[r] for r in rows]
         return (ids, self._vectors[rows], [self.contents[r] for r in rows],
                 [self.metadata[r] for r in rows])

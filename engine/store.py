@@ -210,6 +210,20 @@ class Store:
             raise CorruptionError(f"dead-row set of segment {segment} has the wrong size", self._data)
         return np.unpackbits(bits, count=rows).astype(bool)
 
+    def read_row_ids(self, segment: int, rows: int) -> list[str]:
+        name = b"rows/%d" % segment
+        try:
+            with self.env.begin(db=self._meta) as txn:
+                raw = txn.get(name)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        if raw is None:
+            raise CorruptionError(f"row ids of segment {segment} are missing", self._data)
+        ids = self._open_meta(name, raw)
+        if not isinstance(ids, list) or len(ids) != rows:
+            raise CorruptionError(f"row ids of segment {segment} are malformed", self._data)
+        return ids
+
     # -- the one write path -------------------------------------------------------------------
 
     def commit(self, edit: Callable[["StoreTxn"], None]) -> None:
@@ -253,8 +267,24 @@ class StoreTxn:
         name = b"dead/%d" % segment
         self.txn.put(name, self._s._seal_meta(name, np.packbits(dead).tobytes()), db=self._s._meta)
 
-    def drop_dead(self, segment: int) -> None:
+    def put_row_ids(self, segment: int, ids: list[str]) -> None:
+        name = b"rows/%d" % segment
+        self.txn.put(name, self._s._seal_meta(name, ids), db=self._s._meta)
+
+    def drop_segment(self, segment: int) -> None:
         self.txn.delete(b"dead/%d" % segment, db=self._s._meta)
+        self.txn.delete(b"rows/%d" % segment, db=self._s._meta)
+
+    def reseal_item(self, item_id: str, segment: int, row: int) -> bool:
+        """Point an item at its new place (re-sealed: the location is bound into the seal)."""
+        key = self._s._cipher.id_hash(item_id)
+        value = self.txn.get(key, db=self._s._items)
+        if value is None:
+            return False
+        item = self._s._open_item(key, value)
+        self.txn.put(key, self._s._seal_item(key, item_id, segment, row, item.contents, item.metadata),
+                     db=self._s._items)
+        return True
 
     def put_manifest(self, manifest: Manifest) -> None:
         body = {"segments": [s.pack() for s in manifest.segments], "checkpoint": manifest.checkpoint_lsn,

@@ -1,0 +1,190 @@
+"""Flush and merge: the two jobs that move data from the log into immutable segments.
+
+Each job builds its segment with no lock held (files first: temp folder, fsync, rename, fsync
+the parent), then takes the write side of the index lock for the switch: ONE LMDB transaction
+(items, dead rows, row ids, manifest) and the in-memory install. Superseded files are removed
+last. Decisions about each id are made inside that transaction against the committed id map,
+so a flush and a merge may build concurrently and still never resurrect or lose an id.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from compaction.filenames import temp_segment_dir_name
+from compaction.segment import build_and_open_segment
+from wal import fsio
+
+from .memtable import Memtable
+from .segments import SEGMENTS_DIR, SegmentSource, segment_folder
+from .store import Manifest, SegmentInfo, StoreTxn
+
+if TYPE_CHECKING:
+    from .core import IndexCore
+
+log = logging.getLogger(__name__)
+
+
+def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **tuning):
+    """Build a segment under a temporary name and rename it in. Returns (files, Segment)."""
+    root = core.folder / SEGMENTS_DIR
+    root.mkdir(exist_ok=True)
+    tmp = root / temp_segment_dir_name(seg_id)
+    try:
+        files, segment = build_and_open_segment(
+            tmp, vectors, metric=core.config.metric, key=core.cipher.segment_key,
+            context=core.cipher.segment_context(seg_id, ""), **tuning)
+        final = segment_folder(core.folder, seg_id)
+        os.rename(tmp, final)
+        fsio.fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files, segment
+
+
+def _info(seg_id: int, files) -> SegmentInfo:
+    return SegmentInfo(seg_id, files.n, files.kind,
+                       [[f.name, f.size, f.sha256] for f in files.files], files.n_lists)
+
+
+def _shadow_new(source: SegmentSource, tables: Iterable[Memtable]) -> None:
+    """Rows of a freshly installed segment that newer memtable writes already supersede."""
+    row_of = {item_id: row for row, item_id in enumerate(source.ids)}
+    for table in tables:
+        for item_id in (*table.row_of, *table.tombstones):
+            row = row_of.get(item_id)
+            if row is not None:
+                source.kill(row)
+
+
+def _mark_dead(core: "IndexCore", txn: StoreTxn, touched: dict[int, list[int]],
+               new_persisted: dict[int, np.ndarray]) -> None:
+    for seg_id, rows in touched.items():
+        source = core.seg_by_id.get(seg_id)
+        if source is None:
+            continue
+        arr = source.persisted.copy()
+        arr[rows] = True
+        txn.put_dead(seg_id, arr)
+        new_persisted[seg_id] = arr
+
+
+def flush_oldest(core: "IndexCore") -> bool:
+    """Write the oldest frozen memtable as a segment and advance the WAL checkpoint."""
+    with core.flush_lock:
+        with core.rw.read():
+            if not core.frozen:
+                return False
+            table = core.frozen[0]
+            ids, vectors, contents, metadata = table.live_arrays()
+            tombstones = list(table.tombstones)
+        started = time.monotonic()
+        seg_id = core.reserve_segment_id() if ids else None
+        built = build_segment_folder(core, seg_id, vectors) if ids else None
+        with core.rw.write():
+            new_persisted: dict[int, np.ndarray] = {}
+            manifest: Manifest | None = None
+
+            def edit(txn: StoreTxn) -> None:
+                nonlocal manifest
+                new_persisted.clear()
+                touched: dict[int, list[int]] = {}
+                for row, item_id in enumerate(ids):
+                    loc = txn.location(item_id)
+                    if loc is not None:
+                        touched.setdefault(loc[0], []).append(loc[1])
+                    txn.put_item(item_id, seg_id, row, contents[row], metadata[row])
+                for item_id in tombstones:
+                    loc = txn.location(item_id)
+                    if loc is not None:
+                        touched.setdefault(loc[0], []).append(loc[1])
+                        txn.delete_item(item_id)
+                _mark_dead(core, txn, touched, new_persisted)
+                old = core.manifest
+                segments = list(old.segments)
+                if built is not None:
+                    txn.put_row_ids(seg_id, ids)
+                    segments.append(_info(seg_id, built[0]))
+                manifest = Manifest(segments, table.last_lsn, core.next_segment_id, old.version + 1)
+                txn.put_manifest(manifest)
+
+            core.store.commit(edit)
+            for sid, arr in new_persisted.items():
+                src = core.seg_by_id[sid]
+                src.persisted = arr
+                src.dead |= arr
+            if built is not None:
+                src = SegmentSource(manifest.segments[-1], built[1], ids, np.zeros(len(ids), bool),
+                                    core.store)
+                _shadow_new(src, [*core.frozen[1:], core.memtable])
+                core.add_segment(src)
+            core.frozen.pop(0)
+            core.manifest = manifest
+            core.release_writers()
+        core.wal.remove_below(manifest.checkpoint_lsn)
+        log.info("flushed %d rows and %d deletes into segment %s in %.2fs", len(ids),
+                 len(tombstones), seg_id, time.monotonic() - started)
+        return True
+
+
+def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
+    """Rewrite the live rows of `seg_ids` as one segment (trained when large enough)."""
+    with core.merge_lock:
+        with core.rw.read():
+            sources = [core.seg_by_id[s] for s in seg_ids if s in core.seg_by_id]
+            if not sources:
+                return False
+            picked = [(src, src.live_rows()) for src in sources]
+            ids = [src.ids[r] for src, rows in picked for r in rows]
+            origin = [(src.id, int(r)) for src, rows in picked for r in rows]
+            vectors = (np.concatenate([src.segment.vectors[rows] for src, rows in picked])
+                       if ids else None)
+        started = time.monotonic()
+        new_id = core.reserve_segment_id() if ids else None
+        built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
+        with core.rw.write():
+            persisted = np.zeros(len(ids), bool)
+            manifest: Manifest | None = None
+
+            def edit(txn: StoreTxn) -> None:
+                nonlocal manifest
+                persisted[:] = False
+                for row, (item_id, where) in enumerate(zip(ids, origin)):
+                    if txn.location(item_id) == where:
+                        txn.reseal_item(item_id, new_id, row)
+                    else:  # superseded or deleted by a flush that committed meanwhile
+                        persisted[row] = True
+                gone = {src.id for src in sources}
+                for sid in gone:
+                    txn.drop_segment(sid)
+                segments = [s for s in core.manifest.segments if s.id not in gone]
+                if built is not None:
+                    txn.put_row_ids(new_id, ids)
+                    if persisted.any():
+                        txn.put_dead(new_id, persisted)
+                    segments.append(_info(new_id, built[0]))
+                old = core.manifest
+                manifest = Manifest(segments, old.checkpoint_lsn, core.next_segment_id, old.version + 1)
+                txn.put_manifest(manifest)
+
+            core.store.commit(edit)
+            for src in sources:
+                core.remove_segment(src.id)
+            if built is not None:
+                src = SegmentSource(manifest.segments[-1], built[1], ids, persisted.copy(), core.store)
+                _shadow_new(src, [*core.frozen, core.memtable])
+                core.add_segment(src)
+            core.manifest = manifest
+        for src in sources:  # queries hold the read lock: none can still be searching them
+            src.segment.close()
+            shutil.rmtree(segment_folder(core.folder, src.id), ignore_errors=True)
+        log.info("merged segments %s (%d rows) into %s in %.2fs", seg_ids, len(ids), new_id,
+                 time.monotonic() - started)
+        return True
+

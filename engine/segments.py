@@ -1,0 +1,136 @@
+"""A live segment as the engine sees it: the ScaNN/brute Segment, its row -> id map, and which
+rows are dead.
+
+Two dead sets: `persisted` is what LMDB says (rows superseded or deleted by flushed writes);
+`dead` adds rows shadowed by newer writes still in memtables. Only `persisted` is ever written
+back: a memtable write may still be lost (durability="os" and a power cut), and then its
+shadowing must not have outlived it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compaction.filenames import parse_segment_dir_name, segment_dir_name
+from compaction.segment import FileEntry, Segment
+
+from .errors import CorruptionError
+from .store import SegmentInfo, Store
+
+SEGMENTS_DIR = "segments"
+# Rows asked of a segment per round when a filter rejects most of them.
+_FILTER_FETCH_FACTOR = 4
+
+
+class SegmentSource:
+    def __init__(self, info: SegmentInfo, segment: Segment, ids: list[str], persisted: np.ndarray,
+                 store: Store):
+        self.info = info
+        self.segment = segment
+        self.ids = ids
+        self.persisted = persisted
+        self.dead = persisted.copy()
+        self.store = store
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    @property
+    def n_rows(self) -> int:
+        return self.info.rows
+
+    def kill(self, row: int) -> None:
+        self.dead[row] = True
+
+    def live_rows(self) -> np.ndarray:
+        """Rows the store still points at (memtable shadowing aside): what a merge must carry."""
+        return np.flatnonzero(~self.persisted)
+
+    def search(self, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        if flt is None or flt.is_match_all:
+            return self.segment.search(queries, k, n_probes=n_probes, exclude=self.dead)
+        return self._filtered(queries, k, flt, n_probes)
+
+    def _filtered(self, queries: np.ndarray, k: int, flt, n_probes: int | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Post-filter with widening: fetch more until k rows match or the segment is exhausted."""
+        live = int(self.info.rows - np.count_nonzero(self.dead))
+        out_rows = np.full((len(queries), k), -1, np.int64)
+        out_dist = np.full((len(queries), k), np.inf, np.float32)
+        verdict: dict[int, bool] = {}
+        for qi in range(len(queries)):
+            fetch = min(live, k * _FILTER_FETCH_FACTOR)
+            while True:
+                rows, dists = self.segment.search(queries[qi:qi + 1], max(fetch, 1), n_probes=n_probes,
+                                                  exclude=self.dead)
+                rows, dists = rows[0], dists[0]
+                valid = rows >= 0
+                rows, dists = rows[valid], dists[valid]
+                unknown = [int(r) for r in rows if int(r) not in verdict]
+                if unknown:
+                    items = self.store.get_items([self.ids[r] for r in unknown])
+                    for r, item in zip(unknown, items):
+                        verdict[r] = item is not None and flt.matches(item.metadata)
+                keep = [j for j, r in enumerate(rows) if verdict[int(r)]][:k]
+                if len(keep) >= k or fetch >= live or len(rows) < fetch:
+                    out_rows[qi, :len(keep)] = rows[keep]
+                    out_dist[qi, :len(keep)] = dists[keep]
+                    break
+                fetch = min(live, fetch * _FILTER_FETCH_FACTOR)
+        return out_rows, out_dist
+
+    def hit(self, row: int, dist: float, include: tuple[str, ...]) -> dict[str, Any]:
+        item_id = self.ids[row]
+        hit: dict[str, Any] = {"id": item_id}
+        stored = None
+        if "metadata" in include or "contents" in include:
+            stored = self.store.get_items([item_id])[0]
+            if stored is None:
+                raise CorruptionError(f"segment {self.id} row {row} has no item in the store",
+                                      self.store.path)
+        for field in include:
+            if field == "distance":
+                hit["distance"] = dist
+            elif field == "metadata":
+                hit["metadata"] = stored.metadata or {}
+            elif field == "contents":
+                hit["contents"] = stored.contents
+            elif field == "vector":
+                hit["vector"] = self.segment.vectors[row].tolist()
+        return hit
+
+
+def segment_folder(folder: Path, segment_id: int) -> Path:
+    return folder / SEGMENTS_DIR / segment_dir_name(segment_id)
+
+
+def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, context: bytes,
+                 metric: str) -> SegmentSource:
+    """Load one manifest segment. Raises CorruptionError naming the file when anything differs."""
+    path = segment_folder(folder, info.id)
+    segment = Segment.open(path, [FileEntry(n, s, h) for n, s, h in info.files], key=key,
+                           context=context, metric=metric)
+    if segment.n != info.rows:
+        raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
+    ids = store.read_row_ids(info.id, info.rows)
+    persisted = store.read_dead(info.id, info.rows)
+    return SegmentSource(info, segment, ids, persisted, store)
+
+
+def collect_orphans(folder: Path, live_ids: set[int]) -> list[str]:
+    """Remove segment folders the manifest does not name (crash leftovers, replaced segments)."""
+    root = folder / SEGMENTS_DIR
+    removed = []
+    if not root.is_dir():
+        return removed
+    for entry in sorted(root.iterdir()):
+        seg_id = parse_segment_dir_name(entry.name)
+        if seg_id is None or seg_id not in live_ids:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed

@@ -1,0 +1,343 @@
+"""`python -m tools.bench`: durable upsert throughput, sync counts, reopen/replay speed, and the
+raw disk baseline they are bounded by.
+
+Every configuration runs in a fresh subprocess (`python -m tools.bench --one CONFIG --json`), so
+the page cache, allocator and thread state one leaves behind do not flatter or hurt the next:
+  fsync-<T>t   durability="fsync" (the default), T threads sharing one index (group commit)
+  os-1t        durability="os", one thread: the log is written, not fsynced, per call
+  replay       reopen the fsync-1t index in a new process: replay of its log + load
+  disk         write + fdatasync blocks of one batch's size (1.5 MB at 1000 x 384) to a file
+In each child, os.fsync and os.fdatasync are wrapped by counters, so "syncs/call" is what the
+engine really asked the OS for during the ingest loop (group commit drives it below 1).
+`--profile` instead runs the 1-thread ingest in this process under cProfile and prints the top 15.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import io
+import json
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from ._report import folder_bytes, seconds, table
+from .datasets import clustered
+
+INDEX_NAME = "bench"
+# A fixed key: the replay child must open what the ingest child wrote, and a benchmark's data
+# is synthetic. Never do this with real data.
+BENCH_KEY = hashlib.sha256(b"lsmvec benchmark key").digest()
+# The tuning option that keeps close() from flushing the memtable, if the engine has one; with
+# it the replay child measures log replay, without it "reopen (replay + load)" of whatever close
+# left behind.
+NO_FLUSH_ON_CLOSE = {"flush_on_close": False}
+
+
+# -- counting syncs ---------------------------------------------------------------------------
+
+class SyncCounter:
+    """Wraps os.fsync / os.fdatasync (the engine calls them through the os module) and counts."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._saved: dict[str, Callable[[int], None]] = {}
+
+    def _wrap(self, real: Callable[[int], None]) -> Callable[[int], None]:
+        def counted(fd: int) -> None:
+            with self._lock:
+                self.count += 1
+            real(fd)
+        return counted
+
+    def __enter__(self) -> "SyncCounter":
+        for name in ("fsync", "fdatasync"):
+            real = getattr(os, name, None)
+            if real is not None:
+                self._saved[name] = real
+                setattr(os, name, self._wrap(real))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, real in self._saved.items():
+            setattr(os, name, real)
+
+
+# -- the children -----------------------------------------------------------------------------
+
+def _engine_has_option(name: str) -> bool:
+    """Whether the engine's source mentions tuning option `name` (unknown tuning options are
+    stored silently, so passing one the engine ignores would prove nothing)."""
+    import engine
+    root = Path(engine.__file__).parent
+    return any(name in path.read_text(errors="replace") for path in root.glob("*.py"))
+
+
+def _replay_options() -> dict[str, Any]:
+    return dict(NO_FLUSH_ON_CLOSE) if all(_engine_has_option(k) for k in NO_FLUSH_ON_CLOSE) else {}
+
+
+def _batches(n: int, batch: int) -> list[tuple[int, int]]:
+    return [(start, min(n, start + batch)) for start in range(0, n, batch)]
+
+
+def run_ingest(args: argparse.Namespace, config: str, folder: Path,
+               profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    """One ingest configuration; `folder` is kept (the replay child reads the fsync-1t one)."""
+    from engine import Client
+
+    durability, threads = config.split("-")[0], int(config.split("-")[1].rstrip("t"))
+    data = clustered(args.n, args.dim, seed=0)
+    ids = np.arange(args.n, dtype=np.int64)
+    batches = _batches(args.n, args.batch)
+    options = _replay_options()
+    client = Client(folder, durability=durability)
+    index = client.create_index(INDEX_NAME, BENCH_KEY, dimension=args.dim, metric=args.metric, **options)
+    latencies = np.zeros(len(batches))
+    bar = tqdm(total=args.n, unit="rows", unit_scale=True, desc=config, leave=False)
+    bar_lock = threading.Lock()
+
+    def one(i: int) -> None:
+        start, stop = batches[i]
+        t0 = time.perf_counter()
+        index.upsert(ids=ids[start:stop], vectors=data[start:stop])
+        latencies[i] = time.perf_counter() - t0
+        with bar_lock:
+            bar.update(stop - start)
+
+    with SyncCounter() as syncs:
+        if profiler is not None:
+            profiler.enable()
+        t0 = time.perf_counter()
+        if threads == 1:
+            for i in range(len(batches)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(one, range(len(batches))))
+        elapsed = time.perf_counter() - t0
+        if profiler is not None:
+            profiler.disable()
+        synced = syncs.count
+    bar.close()
+    written = folder_bytes(folder / INDEX_NAME)
+    if index.get_num_vectors() != args.n:
+        raise SystemExit(f"{config}: index holds {index.get_num_vectors()} vectors, expected {args.n}")
+    t0 = time.perf_counter()
+    index.close()
+    client.close()
+    close_time = time.perf_counter() - t0
+    vector_bytes = data.nbytes
+    return {
+        "config": config, "kind": "ingest", "durability": durability, "threads": threads,
+        "n": args.n, "dim": args.dim, "batch": args.batch, "metric": args.metric, "calls": len(batches),
+        "seconds": elapsed, "vectors_per_s": args.n / elapsed, "mb_per_s": vector_bytes / 1e6 / elapsed,
+        "index_bytes": written, "index_mb_per_s": written / 1e6 / elapsed,
+        "syncs": synced, "syncs_per_call": synced / len(batches),
+        "call_p50_s": float(np.percentile(latencies, 50)), "call_p99_s": float(np.percentile(latencies, 99)),
+        "close_s": close_time, "options": options,
+    }
+
+
+def run_replay(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Reopen the index an fsync ingest child left: a fresh process, so nothing is in memory."""
+    from engine import Client
+
+    wal_bytes = folder_bytes(folder / INDEX_NAME / "wal")
+    t0 = time.perf_counter()
+    client = Client(folder)
+    index = client.load_index(INDEX_NAME, BENCH_KEY)
+    elapsed = time.perf_counter() - t0
+    count = index.get_num_vectors()
+    try:
+        stats = index.stats()
+    except Exception as exc:  # stats() is an extra whose shape still changes: report, go on
+        stats = {"error": f"{exc.__class__.__name__}: {exc}"}
+    rows = stats.get("memtable_rows")
+    index.close()
+    client.close()
+    return {
+        "config": "replay", "kind": "replay", "source": folder.name, "vectors": count, "seconds": elapsed,
+        "vectors_per_s": count / elapsed if elapsed > 0 else float("inf"),
+        "wal_bytes": wal_bytes, "wal_mb_per_s": wal_bytes / 1e6 / elapsed if elapsed > 0 else float("inf"),
+        "replayed_from_log": None if rows is None else rows >= count,
+        "flush_on_close_disabled": bool(_replay_options()),
+    }
+
+
+def run_disk(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """The ceiling: append one batch's worth of bytes and fdatasync, as the log does per group."""
+    block = os.urandom(args.batch * args.dim * 4)
+    count = len(_batches(args.n, args.batch))
+    sync = getattr(os, "fdatasync", os.fsync)
+    path = folder / "disk-baseline.bin"
+    latencies = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        t0 = time.perf_counter()
+        for _ in tqdm(range(count), unit="blocks", desc="disk", leave=False):
+            t1 = time.perf_counter()
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view):]
+            sync(fd)
+            latencies.append(time.perf_counter() - t1)
+        elapsed = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {
+        "config": "disk", "kind": "disk", "block_bytes": len(block), "blocks": count, "seconds": elapsed,
+        "mb_per_s": len(block) * count / 1e6 / elapsed, "write_sync_p50_s": statistics.median(latencies),
+    }
+
+
+def run_one(args: argparse.Namespace, config: str) -> dict[str, Any]:
+    base = Path(args.data)
+    if config == "disk":
+        return run_disk(args, base)
+    if config == "replay":
+        return run_replay(args, base / args.source)
+    folder = base / config
+    shutil.rmtree(folder, ignore_errors=True)
+    return run_ingest(args, config, folder)
+
+
+# -- the parent -------------------------------------------------------------------------------
+
+def _configs(threads: list[int]) -> Iterator[str]:
+    yield "disk"
+    for t in threads:
+        yield f"fsync-{t}t"
+    yield "os-1t"
+    yield "replay"
+
+
+def _spawn(args: argparse.Namespace, config: str, base: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "tools.bench", "--one", config, "--json", "--data", str(base),
+           "--source", f"fsync-{args.thread_counts[0]}t",
+           "--n", str(args.n), "--dim", str(args.dim), "--batch", str(args.batch), "--metric", args.metric]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress bars, tracebacks
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"config": config, "error": f"child exited with status {proc.returncode}"}
+    return json.loads(lines[-1])
+
+
+def _report(results: list[dict[str, Any]]) -> str:
+    by = {r["config"]: r for r in results}
+    disk = by.get("disk", {}).get("mb_per_s")
+    out = []
+    if disk:
+        d = by["disk"]
+        out.append(f"raw disk: {d['blocks']} x {d['block_bytes'] / 1e6:.2f} MB write+fdatasync: "
+                   f"{disk:,.0f} MB/s (median {seconds(d['write_sync_p50_s'])} per block)\n")
+    rows = []
+    for r in results:
+        if r.get("kind") != "ingest":
+            if "error" in r:
+                rows.append([r["config"], r["error"], "", "", "", "", "", ""])
+            continue
+        rows.append([f"{r['config']} ({r['durability']}, {r['threads']} thr)", f"{r['vectors_per_s']:,.0f}",
+                     f"{r['mb_per_s']:,.0f}", f"{r['syncs_per_call']:.2f}", seconds(r["call_p50_s"]),
+                     seconds(r["call_p99_s"]), f"{r['mb_per_s'] / disk:.0%}" if disk else "n/a",
+                     seconds(r["close_s"])])
+    out.append(table(["ingest (config, durability, threads)", "vectors/s", "MB/s", "syncs/call", "call p50", "call p99", "of disk", "close"], rows))
+    rep = by.get("replay")
+    if rep and "error" not in rep:
+        label = "log replay" if rep["replayed_from_log"] else "reopen (replay + load)"
+        note = {True: "data came from the log", False: "data was not in the log (flushed on close)",
+                None: "unknown whether the data came from the log"}[rep["replayed_from_log"]]
+        out.append(f"\n{label} of {rep['source']}: {rep['vectors']:,} vectors in {seconds(rep['seconds'])} = "
+                   f"{rep['vectors_per_s']:,.0f} vectors/s, {rep['wal_mb_per_s']:,.0f} MB/s of log ({note})")
+    elif rep:
+        out.append(f"\nreplay: {rep['error']}")
+    return "\n".join(out)
+
+
+def _profile(args: argparse.Namespace) -> None:
+    base = Path(tempfile.mkdtemp(prefix="lsmvec-bench-", dir=args.dir))
+    try:
+        profiler = cProfile.Profile()
+        result = run_ingest(args, "fsync-1t", base / "fsync-1t", profiler)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"fsync-1t under cProfile: {result['vectors_per_s']:,.0f} vectors/s (profiling slows it)")
+    buf = io.StringIO()
+    pstats.Stats(profiler, stream=buf).sort_stats(args.profile).print_stats(15)
+    print(buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors per configuration (default 100000)")
+    parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")
+    parser.add_argument("--batch", type=int, default=1000, help="rows per upsert call (default 1000)")
+    parser.add_argument("--threads", default="1,8", help="thread counts for durability=fsync (default 1,8)")
+    parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean", "squared_euclidean"))
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="write the results as JSON to PATH (bare --json: stdout)")
+    parser.add_argument("--dir", default=None, help="where to put the data (default: the temp dir)")
+    parser.add_argument("--profile", nargs="?", const="tottime", default=None, metavar="SORT",
+                        help="profile the 1-thread fsync ingest in-process instead (sort: tottime, cumulative)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one configuration
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)  # child: the shared data folder
+    parser.add_argument("--source", default="fsync-1t", help=argparse.SUPPRESS)  # replay child: what to reopen
+    args = parser.parse_args(argv)
+    try:
+        threads = args.thread_counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads takes comma-separated ints, got {args.threads!r}")
+    if args.n < 1 or args.dim < 1 or args.batch < 1 or not threads or min(threads) < 1:
+        parser.error("--n, --dim, --batch and --threads must be positive")
+
+    if args.profile:
+        _profile(args)
+        return 0
+    if args.one:
+        result = run_one(args, args.one)
+        text = json.dumps(result)
+        if args.json in (None, "-"):
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+        return 0
+
+    env = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    print(f"lsmvec bench: {args.n:,} x {args.dim} float32 ({args.metric}), batches of {args.batch:,}; "
+          f"{env['cpus']} CPUs, Python {env['python']}; each configuration in a fresh process")
+    base = Path(tempfile.mkdtemp(prefix="lsmvec-bench-", dir=args.dir))
+    results = []
+    try:
+        for config in _configs(threads):
+            results.append(_spawn(args, config, base))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(_report(results))
+    if args.json:
+        payload = json.dumps({"env": env, "results": results}, indent=1)
+        if args.json == "-":
+            print(payload)
+        else:
+            Path(args.json).write_text(payload + "\n")
+            print(f"results written to {args.json}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
