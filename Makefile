@@ -11,7 +11,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	# torch first, pinned to the CPU build this machine has on disk (else pip pulls CUDA builds)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,embed]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -61,6 +61,9 @@ class IndexCore:
             self._config_lock = threading.Lock()
             self._closed = False
             self.embedder = None
+            if self.config.embedding_model:
+                from .embedding import load_model
+                self.embedder = load_model(self.config.embedding_model)
             opts = self.config.options
             self.memtable_bytes = int(opts.get("memtable_bytes", DEFAULT_MEMTABLE_BYTES))
             self.background = bool(opts.get("background_compaction", True))
@@ -293,6 +296,27 @@ class IndexCore:
             elif self.config.dimension != dim:
                 raise DimensionMismatchError(
                     f"vectors have dimension {dim}, the index has dimension {self.config.dimension}")
+
+    def embed_batch(self, batch: Batch) -> Batch:
+        """Compute the vectors of items that came with text only (outside every lock)."""
+        from .items import attach_embeddings
+        if self.embedder is None:
+            from .errors import MissingVectorError
+            raise MissingVectorError("items without a vector need an index with an embedding_model")
+        return attach_embeddings(batch, self.embedder.embed(batch.texts), metric=self.config.metric)
+
+    def embed_queries(self, contents: Any) -> tuple[np.ndarray, bool]:
+        """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
+        from .errors import EmbeddingModelUnavailable, InvalidTypeError
+        from .items import finish_vectors
+        if self.embedder is None:
+            raise EmbeddingModelUnavailable(
+                f"index {self.config.name!r} has no embedding_model: query with vectors")
+        single = isinstance(contents, str)
+        texts = [contents] if single else contents
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidTypeError("query_contents must be a str or a non-empty list of str")
+        return finish_vectors(self.embedder.embed(list(texts)), self.config.metric), single
 
     def upsert(self, batch: Batch) -> None:
         self._check_writable()
