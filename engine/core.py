@@ -86,7 +86,9 @@ class IndexCore:
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
                                  seal=self._seal)
-            self.wal.remove_below(self.manifest.checkpoint_lsn)  # logs a crash kept past a flush
+            # Logs already flushed (or holding only CLOSE records) are garbage now.
+            replayed = self.memtable.n_rows or self.memtable.tombstones or self.frozen
+            self.wal.remove_below(self.manifest.checkpoint_lsn if replayed else self._next_lsn - 1)
             self._flusher = Compactor(self._flush_step, "lsmvec-flush")
             self._merger = Compactor(self._merge_step, "lsmvec-merge")
             if self.frozen:
@@ -422,6 +424,11 @@ class IndexCore:
                 "background_error": repr(self._flusher.error or self._merger.error)
                 if (self._flusher.error or self._merger.error) else None,
             }
+
+    def verify(self) -> dict[str, Any]:
+        """Check every checksum and tag; report (never raise) what is damaged."""
+        from .verify import verify_index
+        return verify_index(self)
 
     def n_lists(self) -> int | None:
         trained = [s.info.n_lists for s in self.segments if s.info.kind == KIND_TREE_AH]
