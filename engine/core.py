@@ -86,9 +86,7 @@ class IndexCore:
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
                                  seal=self._seal)
-            # Logs already flushed (or holding only CLOSE records) are garbage now.
-            replayed = self.memtable.n_rows or self.memtable.tombstones or self.frozen
-            self.wal.remove_below(self.manifest.checkpoint_lsn if replayed else self._next_lsn - 1)
+            self._drop_flushed_logs()
             self._flusher = Compactor(self._flush_step, "lsmvec-flush")
             self._merger = Compactor(self._merge_step, "lsmvec-merge")
             if self.frozen:
@@ -111,6 +109,18 @@ class IndexCore:
                                           key=self.cipher.segment_key,
                                           context=self.cipher.segment_context(info.id, ""),
                                           metric=self.config.metric))
+
+    def _drop_flushed_logs(self) -> None:
+        """Logs holding only flushed records (or CLOSE records) are garbage. When the log past
+        the checkpoint held nothing but CLOSE records, the checkpoint moves up first, in the
+        manifest, so replay never asks for records that were deleted."""
+        replayed = self.memtable.n_rows or self.memtable.tombstones or self.frozen
+        if not replayed and self._next_lsn - 1 > self.manifest.checkpoint_lsn:
+            old = self.manifest
+            moved = Manifest(old.segments, self._next_lsn - 1, old.next_segment_id, old.version + 1)
+            self.store.commit(lambda txn: txn.put_manifest(moved))
+            self.manifest = moved
+        self.wal.remove_below(self.manifest.checkpoint_lsn)
 
     def add_segment(self, source: SegmentSource) -> None:
         self.segments.append(source)
