@@ -20,8 +20,7 @@ from compaction.scann_params import KIND_TREE_AH
 from wal import RecoveryMode, WalWriter, replay
 
 from . import records
-from .config import IndexConfig, read_config, write_config
-from .crypto import IndexCipher
+from .config import read_config, write_config
 from .errors import ClosedError, CorruptionError, DimensionMismatchError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
