@@ -217,10 +217,10 @@ def main(argv: list[str]) -> int:
         sys.stderr.flush()
         os._exit(3)
 
-    ack(MARK_OPENING)
     try:
         from engine import Client
         client = Client(args.data_dir, durability=args.durability)
+        ack(MARK_OPENING)  # from here until "opened": lock, config check, log replay
         index = client.load_index(args.index_name, key)
     except BaseException:
         fail()

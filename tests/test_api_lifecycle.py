@@ -337,12 +337,12 @@ def test_contents_round_trip(data_dir, key):
         ix.upsert([{"id": k, "vector": [1.0, float(j), 0.0, 0.0], "contents": v}
                    for j, (k, v) in enumerate(cases.items())])
         ix.upsert([("none", [0.0, 0.0, 0.0, 1.0])])
-        _check_contents(ix, cases)
+        check_contents(ix, cases)
     with Client(data_dir) as c:
-        _check_contents(c.load_index("contents", key), cases)
+        check_contents(c.load_index("contents", key), cases)
 
 
-def _check_contents(ix, cases: dict) -> None:
+def check_contents(ix, cases: dict) -> None:
     got = by_id(ix.get(list(cases), include=["contents"]))
     for k, v in cases.items():
         want = v.encode("utf-8") if isinstance(v, str) else v
