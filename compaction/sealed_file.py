@@ -28,6 +28,8 @@ raises ``CorruptionError`` naming the file and, when known, the byte offset of t
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import struct
@@ -282,10 +284,8 @@ def _readinto_exact(fd: int, view: memoryview) -> int:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # cleanup after a failure: the failure is reported
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

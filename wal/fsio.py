@@ -12,6 +12,8 @@ durable only after its directory is fsynced; a failed fsync is final (see LogPoi
 """
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import os
 from collections.abc import Sequence
@@ -145,8 +147,6 @@ def atomic_write(path: str | os.PathLike[str], data: Buffer) -> None:
         fs.rename(tmp, path)
         fs.fsync_dir(path.parent)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):  # best effort: the original error is what matters
             fs.remove(tmp)
-        except OSError:
-            pass
         raise storage_error_from(exc, f"cannot write {path}") from None

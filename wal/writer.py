@@ -24,6 +24,8 @@ close fsync in both modes.
 """
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import logging
 import os
@@ -142,10 +144,8 @@ class WalWriter:
         """Total size of the log files in the directory."""
         total = 0
         for _lsn, path in list_logs(self.directory):
-            try:
+            with contextlib.suppress(FileNotFoundError):  # removed by a concurrent checkpoint
                 total += path.stat().st_size
-            except FileNotFoundError:
-                pass
         return total
 
     @property
