@@ -58,7 +58,8 @@ def resolve(name: str) -> list[str]:
     bundled = _bundled_folder(name)
     if bundled:
         tried.append(bundled)
-    tried.append(name)
+    if name not in tried:
+        tried.append(name)
     return tried
 
 
