@@ -67,6 +67,10 @@ MIN_DEFAULT_LEAVES_TO_SEARCH = 8
 """Small trees still search a few leaves: neighbours near a leaf boundary live next door."""
 
 DEFAULT_DIMS_PER_BLOCK = 2
+LOW_DIM = 64
+"""At or below this dimension AH uses 1 dim per block: with 2, a 16-d clustered set of 25k rows
+capped recall@10 at 0.93 whatever the leaves searched (the true neighbours fell outside the
+200 reordered candidates); with 1 it reached 1.0. Low-dim codes stay small either way."""
 """2 dims per 4-bit AH block: ScaNN's recommended accuracy setting for reordered search."""
 
 DOT_ANISOTROPIC_THRESHOLD = 0.2
@@ -174,7 +178,8 @@ def choose_params(n: int, dim: int, metric: str, *, n_lists: int | None = None,
         training_sample_size=min(n, _positive(tuning, "training_sample_size",
                                               max(MAX_TRAINING_SAMPLE, 64 * num_leaves))),
         training_iterations=_positive(tuning, "training_iterations", 12),
-        dims_per_block=min(dim, _positive(tuning, "dims_per_block", DEFAULT_DIMS_PER_BLOCK)),
+        dims_per_block=min(dim, _positive(tuning, "dims_per_block",
+                                                         1 if dim <= LOW_DIM else DEFAULT_DIMS_PER_BLOCK)),
         anisotropic_threshold=float(anisotropic),
     )
 
