@@ -66,7 +66,8 @@ class IndexCore:
             opts = self.config.options
             self.memtable_bytes = int(opts.get("memtable_bytes", DEFAULT_MEMTABLE_BYTES))
             self.background = bool(opts.get("background_compaction", True))
-            self.memtable = Memtable(self.config.dimension, self.config.metric)
+            self.memtable = Memtable(self.config.dimension, self.config.metric,
+                                     expected_bytes=self.memtable_bytes)
             self.frozen: list[Memtable] = []
             self.flush_lock = threading.Lock()
             self.merge_lock = threading.Lock()
@@ -221,7 +222,8 @@ class IndexCore:
             return
         table.frozen = True
         self.frozen.append(table)
-        self.memtable = Memtable(table.dimension, self.config.metric, table.last_lsn + 1)
+        self.memtable = Memtable(table.dimension, self.config.metric, table.last_lsn + 1,
+                                 expected_bytes=self.memtable_bytes)
         flusher = getattr(self, "_flusher", None)
         if flusher is not None and self.background:
             flusher.signal()

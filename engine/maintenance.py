@@ -86,7 +86,9 @@ def flush_oldest(core: "IndexCore") -> bool:
             tombstones = list(table.tombstones)
         started = time.monotonic()
         seg_id = core.reserve_segment_id() if ids else None
-        built = build_segment_folder(core, seg_id, vectors) if ids else None
+        # Flushes are written exact (no training: seconds saved on the write path); the
+        # merger trains segments as they grow.
+        built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
         with core.rw.write():
             new_persisted: dict[int, np.ndarray] = {}
             manifest: Manifest | None = None

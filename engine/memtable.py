@@ -21,7 +21,8 @@ TOMBSTONE = -1
 class Memtable:
     """Mutable until frozen; a frozen memtable is only read, then flushed into a segment."""
 
-    def __init__(self, dimension: int | None, metric: str, first_lsn: int = 0):
+    def __init__(self, dimension: int | None, metric: str, first_lsn: int = 0,
+                 expected_bytes: int = 0):
         self.metric = metric
         self.dimension = dimension
         self.first_lsn = first_lsn
@@ -37,6 +38,10 @@ class Memtable:
         self.tombstones: set[str] = set()
         self.frozen = False
         self.payload_bytes = 0
+        # Reserve what the table will hold before it is frozen: np.empty touches no page, and
+        # growth by copying (a full copy per doubling) disappears from the write path.
+        self._expected_bytes = expected_bytes
+        self._expected_rows = expected_bytes // (4 * dimension) if dimension else 0
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -45,7 +50,7 @@ class Memtable:
         cap = self._vectors.shape[0]
         if need <= cap:
             return
-        new_cap = max(_MIN_CAPACITY, cap * 2, need)
+        new_cap = max(_MIN_CAPACITY, cap * 2, need, self._expected_rows + need if cap == 0 else 0)
         vecs = np.empty((new_cap, self.dimension), np.float32)
         vecs[:self.n_rows] = self._vectors[:self.n_rows]
         norms = np.empty(new_cap, np.float32)
@@ -61,6 +66,7 @@ class Memtable:
         if self.dimension is None:
             self.dimension = int(vectors.shape[1])
             self._vectors = np.zeros((0, self.dimension), np.float32)
+            self._expected_rows = self._expected_bytes // (4 * self.dimension)
         n = len(ids)
         self._reserve(n)
         start = self.n_rows

@@ -1,7 +1,11 @@
 """Small formatting helpers shared by the demo and the benchmark (CLI output only)."""
 from __future__ import annotations
 
+import io
 import os
+import re
+import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -48,3 +52,58 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+# ScaNN (C++, absl logging) writes INFO/WARNING lines such as "I0000 00:00:1796161115.265699
+# 17868 partitioner_factory_base.cc:58] ..." straight to file descriptor 2, and offers no switch
+# to silence them. Errors (E...) and fatal lines (F...) are kept.
+_NATIVE_LOG_LINE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] |"
+                              rb"WARNING: All log messages before absl::InitializeLog\(\))")
+
+
+class NativeLogFilter:
+    """Context manager: hides native INFO/WARNING log lines written to fd 2; Python's own stderr
+    (tracebacks, warnings, progress bars) keeps going to the terminal untouched.
+
+    Python-level writes go to a new sys.stderr on a copy of the original fd; only what native
+    code writes to fd 2 passes through a pipe, line by line, and is filtered there."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.hidden = 0
+        self._saved_fd = -1
+        self._thread: threading.Thread | None = None
+        self._saved_stderr = sys.stderr
+
+    def _pump(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                if _NATIVE_LOG_LINE.match(line):
+                    self.hidden += 1
+                else:
+                    os.write(self._saved_fd, line)
+
+    def __enter__(self) -> "NativeLogFilter":
+        if not self.enabled:
+            return self
+        sys.stderr.flush()
+        self._saved_fd = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, args=(read_fd,), name="native-log-filter",
+                                        daemon=True)
+        self._thread.start()
+        sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(self._saved_fd), "wb", buffering=0),
+                                      encoding="utf-8", errors="replace", write_through=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.enabled or self._thread is None:
+            return
+        sys.stderr.flush()
+        replaced, sys.stderr = sys.stderr, self._saved_stderr
+        os.dup2(self._saved_fd, 2)  # closes the pipe's last write end: the pump sees EOF
+        self._thread.join(timeout=5)
+        os.close(self._saved_fd)
+        replaced.close()

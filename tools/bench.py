@@ -1,15 +1,21 @@
-"""`python -m tools.bench`: durable upsert throughput, sync counts, reopen/replay speed, and the
-raw disk baseline they are bounded by.
+"""`python -m tools.bench`: durable upsert throughput, sync counts, reopen and log replay speed,
+and the raw disk baseline they are bounded by.
 
 Every configuration runs in a fresh subprocess (`python -m tools.bench --one CONFIG --json`), so
 the page cache, allocator and thread state one leaves behind do not flatter or hurt the next:
-  fsync-<T>t   durability="fsync" (the default), T threads sharing one index (group commit)
-  os-1t        durability="os", one thread: the log is written, not fsynced, per call
-  replay       reopen the fsync-1t index in a new process: replay of its log + load
-  disk         write + fdatasync blocks of one batch's size (1.5 MB at 1000 x 384) to a file
+  disk        write + fdatasync blocks of one batch's size (1.5 MB at 1000 x 384) to a new file
+  fsync-<T>t  durability="fsync" (the default), T threads on one index (group commit); default
+              settings, so background flushes into ScaNN segments run during the ingest
+  os-1t       durability="os", one thread: the log is written per call, not fsynced
+  logonly-1t  durability="fsync", one thread, background compaction off and a memtable larger
+              than the data: the log path alone. It ends like kill -9 (os._exit, no close):
+              everything acknowledged is in the log and nowhere else
+  reopen      a new process opens what fsync-<first T>t left after its clean close
+  replay      a new process opens what logonly-1t left: log replay (+ load), then close, which
+              flushes the replayed rows into a segment
 In each child, os.fsync and os.fdatasync are wrapped by counters, so "syncs/call" is what the
-engine really asked the OS for during the ingest loop (group commit drives it below 1).
-`--profile` instead runs the 1-thread ingest in this process under cProfile and prints the top 15.
+engine asked the OS for during the ingest loop, background flushes included (group commit
+drives it below 1). `--profile` runs the 1-thread ingest loop in this process under cProfile instead.
 """
 from __future__ import annotations
 
@@ -35,17 +41,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ._report import folder_bytes, seconds, table
+from ._report import NativeLogFilter, folder_bytes, seconds, table
 from .datasets import clustered
 
 INDEX_NAME = "bench"
 # A fixed key: the replay child must open what the ingest child wrote, and a benchmark's data
 # is synthetic. Never do this with real data.
 BENCH_KEY = hashlib.sha256(b"lsmvec benchmark key").digest()
-# The tuning option that keeps close() from flushing the memtable, if the engine has one; with
-# it the replay child measures log replay, without it "reopen (replay + load)" of whatever close
-# left behind.
-NO_FLUSH_ON_CLOSE = {"flush_on_close": False}
+# Engine tuning options (stored in the index's CONFIG) that keep every row in the log for the
+# replay measurement; used only when the engine knows them (it stores unknown ones silently).
+LOG_ONLY_OPTIONS = {"background_compaction": False}
+LOG_ONLY_MEMTABLE_OPTION = "memtable_bytes"
 
 
 # -- counting syncs ---------------------------------------------------------------------------
@@ -81,15 +87,26 @@ class SyncCounter:
 # -- the children -----------------------------------------------------------------------------
 
 def _engine_has_option(name: str) -> bool:
-    """Whether the engine's source mentions tuning option `name` (unknown tuning options are
+    """Whether the engine's source reads tuning option `name` (unknown tuning options are
     stored silently, so passing one the engine ignores would prove nothing)."""
     import engine
     root = Path(engine.__file__).parent
-    return any(name in path.read_text(errors="replace") for path in root.glob("*.py"))
+    needles = (f'"{name}"', f"'{name}'")
+    return any(any(n in path.read_text(errors="replace") for n in needles) for path in root.glob("*.py"))
 
 
-def _replay_options() -> dict[str, Any]:
-    return dict(NO_FLUSH_ON_CLOSE) if all(_engine_has_option(k) for k in NO_FLUSH_ON_CLOSE) else {}
+def _log_only_options(n: int, dim: int) -> dict[str, Any]:
+    """Options that keep `n` rows in one memtable with no background flush, or {} if unknown."""
+    options: dict[str, Any] = dict(LOG_ONLY_OPTIONS)
+    options[LOG_ONLY_MEMTABLE_OPTION] = 4 * n * (dim * 4 + 256) + (64 << 20)
+    return options if all(_engine_has_option(k) for k in options) else {}
+
+
+def _parse_ingest(config: str) -> tuple[str, int, bool]:
+    """"fsync-8t" -> ("fsync", 8, False); "logonly-1t" -> ("fsync", 1, True)."""
+    mode, threads = config.split("-")
+    log_only = mode == "logonly"
+    return ("fsync" if log_only else mode), int(threads.rstrip("t")), log_only
 
 
 def _batches(n: int, batch: int) -> list[tuple[int, int]]:
@@ -101,11 +118,11 @@ def run_ingest(args: argparse.Namespace, config: str, folder: Path,
     """One ingest configuration; `folder` is kept (the replay child reads the fsync-1t one)."""
     from engine import Client
 
-    durability, threads = config.split("-")[0], int(config.split("-")[1].rstrip("t"))
+    durability, threads, log_only = _parse_ingest(config)
     data = clustered(args.n, args.dim, seed=0)
     ids = np.arange(args.n, dtype=np.int64)
     batches = _batches(args.n, args.batch)
-    options = _replay_options()
+    options = _log_only_options(args.n, args.dim) if log_only else {}
     client = Client(folder, durability=durability)
     index = client.create_index(INDEX_NAME, BENCH_KEY, dimension=args.dim, metric=args.metric, **options)
     latencies = np.zeros(len(batches))
@@ -138,24 +155,34 @@ def run_ingest(args: argparse.Namespace, config: str, folder: Path,
     written = folder_bytes(folder / INDEX_NAME)
     if index.get_num_vectors() != args.n:
         raise SystemExit(f"{config}: index holds {index.get_num_vectors()} vectors, expected {args.n}")
+    result = {
+        "config": config, "kind": "ingest", "durability": durability, "threads": threads,
+        "log_only": log_only, "n": args.n, "dim": args.dim, "batch": args.batch, "metric": args.metric,
+        "calls": len(batches), "seconds": elapsed, "vectors_per_s": args.n / elapsed,
+        "mb_per_s": data.nbytes / 1e6 / elapsed, "index_bytes": written,
+        "syncs": synced, "syncs_per_call": synced / len(batches),
+        "call_p50_s": float(np.percentile(latencies, 50)), "call_p99_s": float(np.percentile(latencies, 99)),
+        "close_s": None, "options": options,
+    }
+    if log_only:
+        return result  # the caller ends the process without close(), like kill -9
     t0 = time.perf_counter()
     index.close()
     client.close()
-    close_time = time.perf_counter() - t0
-    vector_bytes = data.nbytes
-    return {
-        "config": config, "kind": "ingest", "durability": durability, "threads": threads,
-        "n": args.n, "dim": args.dim, "batch": args.batch, "metric": args.metric, "calls": len(batches),
-        "seconds": elapsed, "vectors_per_s": args.n / elapsed, "mb_per_s": vector_bytes / 1e6 / elapsed,
-        "index_bytes": written, "index_mb_per_s": written / 1e6 / elapsed,
-        "syncs": synced, "syncs_per_call": synced / len(batches),
-        "call_p50_s": float(np.percentile(latencies, 50)), "call_p99_s": float(np.percentile(latencies, 99)),
-        "close_s": close_time, "options": options,
-    }
+    result["close_s"] = time.perf_counter() - t0
+    return result
 
 
-def run_replay(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Reopen the index an fsync ingest child left: a fresh process, so nothing is in memory."""
+def _rows_in_segments(stats: dict[str, Any]) -> int | None:
+    segments = stats.get("segments")
+    if not isinstance(segments, list):
+        return None
+    return sum(int(seg.get("rows", 0)) - int(seg.get("dead_rows", 0)) for seg in segments if isinstance(seg, dict))
+
+
+def run_reopen(args: argparse.Namespace, folder: Path, config: str) -> dict[str, Any]:
+    """Open the index another child left, in this fresh process, and time it. "replay" also
+    times the close, which flushes the replayed rows into a segment."""
     from engine import Client
 
     wal_bytes = folder_bytes(folder / INDEX_NAME / "wal")
@@ -164,19 +191,27 @@ def run_replay(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     index = client.load_index(INDEX_NAME, BENCH_KEY)
     elapsed = time.perf_counter() - t0
     count = index.get_num_vectors()
+    if count != args.n:
+        raise SystemExit(f"{config}: reopened index holds {count} vectors, expected {args.n}")
     try:
         stats = index.stats()
     except Exception as exc:  # stats() is an extra whose shape still changes: report, go on
         stats = {"error": f"{exc.__class__.__name__}: {exc}"}
-    rows = stats.get("memtable_rows")
-    index.close()
-    client.close()
+    in_segments = _rows_in_segments(stats)
+    close_time = None
+    if config == "replay":
+        t0 = time.perf_counter()
+        index.close()
+        client.close()
+        close_time = time.perf_counter() - t0
+    else:
+        index.close()
+        client.close()
     return {
-        "config": "replay", "kind": "replay", "source": folder.name, "vectors": count, "seconds": elapsed,
+        "config": config, "kind": "reopen", "source": folder.name, "vectors": count, "seconds": elapsed,
         "vectors_per_s": count / elapsed if elapsed > 0 else float("inf"),
         "wal_bytes": wal_bytes, "wal_mb_per_s": wal_bytes / 1e6 / elapsed if elapsed > 0 else float("inf"),
-        "replayed_from_log": None if rows is None else rows >= count,
-        "flush_on_close_disabled": bool(_replay_options()),
+        "rows_from_log": None if in_segments is None else count - in_segments, "close_s": close_time,
     }
 
 
@@ -211,8 +246,10 @@ def run_one(args: argparse.Namespace, config: str) -> dict[str, Any]:
     base = Path(args.data)
     if config == "disk":
         return run_disk(args, base)
+    if config == "reopen":
+        return run_reopen(args, base / args.source, config)
     if config == "replay":
-        return run_replay(args, base / args.source)
+        return run_reopen(args, base / "logonly-1t", config)
     folder = base / config
     shutil.rmtree(folder, ignore_errors=True)
     return run_ingest(args, config, folder)
@@ -225,12 +262,14 @@ def _configs(threads: list[int]) -> Iterator[str]:
     for t in threads:
         yield f"fsync-{t}t"
     yield "os-1t"
+    yield "logonly-1t"
+    yield "reopen"
     yield "replay"
 
 
 def _spawn(args: argparse.Namespace, config: str, base: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "tools.bench", "--one", config, "--json", "--data", str(base),
-           "--source", f"fsync-{args.thread_counts[0]}t",
+           "--source", f"fsync-{args.thread_counts[0]}t", *(["--verbose"] if args.verbose else []),
            "--n", str(args.n), "--dim", str(args.dim), "--batch", str(args.batch), "--metric", args.metric]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress bars, tracebacks
     lines = proc.stdout.strip().splitlines()
@@ -239,52 +278,67 @@ def _spawn(args: argparse.Namespace, config: str, base: Path) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def _report(results: list[dict[str, Any]]) -> str:
+def _ingest_label(r: dict[str, Any]) -> str:
+    label = f"{r['durability']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+    return label + (", log only, no close" if r.get("log_only") else "")
+
+
+def _summary(results: list[dict[str, Any]]) -> str:
     by = {r["config"]: r for r in results}
     disk = by.get("disk", {}).get("mb_per_s")
     out = []
+    for r in results:
+        if "error" in r:
+            out.append(f"{r['config']}: {r['error']}")
     if disk:
         d = by["disk"]
-        out.append(f"raw disk: {d['blocks']} x {d['block_bytes'] / 1e6:.2f} MB write+fdatasync: "
+        out.append(f"raw disk: {d['blocks']} x {d['block_bytes'] / 1e6:.2f} MB append + fdatasync: "
                    f"{disk:,.0f} MB/s (median {seconds(d['write_sync_p50_s'])} per block)\n")
     rows = []
     for r in results:
-        if r.get("kind") != "ingest":
-            if "error" in r:
-                rows.append([r["config"], r["error"], "", "", "", "", "", ""])
+        if r.get("kind") == "ingest":
+            rows.append([_ingest_label(r), f"{r['vectors_per_s']:,.0f}", f"{r['mb_per_s']:,.0f}",
+                         f"{r['mb_per_s'] / disk:.0%}" if disk else "n/a", f"{r['syncs_per_call']:.2f}",
+                         seconds(r["call_p50_s"]), seconds(r["call_p99_s"]),
+                         seconds(r["close_s"]) if r["close_s"] is not None else "-"])
+    if rows:
+        first = next(r for r in results if r.get("kind") == "ingest")
+        out.append(table([f"upsert {first['n']:,} x {first['dim']}, {first['batch']:,} rows/call", "vectors/s",
+                          "MB/s", "of disk", "syncs/call", "call p50", "call p99", "close"], rows))
+    for name, label in (("reopen", "reopen after a clean close"), ("replay", "reopen after kill")):
+        r = by.get(name)
+        if not r or "error" in r:
             continue
-        rows.append([f"{r['config']} ({r['durability']}, {r['threads']} thr)", f"{r['vectors_per_s']:,.0f}",
-                     f"{r['mb_per_s']:,.0f}", f"{r['syncs_per_call']:.2f}", seconds(r["call_p50_s"]),
-                     seconds(r["call_p99_s"]), f"{r['mb_per_s'] / disk:.0%}" if disk else "n/a",
-                     seconds(r["close_s"])])
-    out.append(table(["ingest (config, durability, threads)", "vectors/s", "MB/s", "syncs/call", "call p50", "call p99", "of disk", "close"], rows))
-    rep = by.get("replay")
-    if rep and "error" not in rep:
-        label = "log replay" if rep["replayed_from_log"] else "reopen (replay + load)"
-        note = {True: "data came from the log", False: "data was not in the log (flushed on close)",
-                None: "unknown whether the data came from the log"}[rep["replayed_from_log"]]
-        out.append(f"\n{label} of {rep['source']}: {rep['vectors']:,} vectors in {seconds(rep['seconds'])} = "
-                   f"{rep['vectors_per_s']:,.0f} vectors/s, {rep['wal_mb_per_s']:,.0f} MB/s of log ({note})")
-    elif rep:
-        out.append(f"\nreplay: {rep['error']}")
+        from_log = r["rows_from_log"]
+        what = "unknown share from the log" if from_log is None else f"{from_log:,} rows replayed from the log"
+        line = (f"\n{label} ({r['source']}): {r['vectors']:,} vectors in {seconds(r['seconds'])} = "
+                f"{r['vectors_per_s']:,.0f} vectors/s; {what}")
+        if from_log:
+            line += f", {r['wal_mb_per_s']:,.0f} MB/s of log"
+        if r.get("close_s") is not None:
+            line += f"\n  then close (flushes the replayed rows into a segment): {seconds(r['close_s'])}"
+        out.append(line)
     return "\n".join(out)
 
 
-def _profile(args: argparse.Namespace) -> None:
+def _profile(args: argparse.Namespace, config: str) -> None:
+    """The ingest loop of one configuration (not its close) under cProfile, in this process."""
     base = Path(tempfile.mkdtemp(prefix="lsmvec-bench-", dir=args.dir))
     try:
         profiler = cProfile.Profile()
-        result = run_ingest(args, "fsync-1t", base / "fsync-1t", profiler)
+        result = run_ingest(args, config, base / config, profiler)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"fsync-1t under cProfile: {result['vectors_per_s']:,.0f} vectors/s (profiling slows it)")
+    print(f"{config} under cProfile: {result['vectors_per_s']:,.0f} vectors/s (profiling slows it); "
+          f"call p50 {seconds(result['call_p50_s'])}, p99 {seconds(result['call_p99_s'])}")
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats(args.profile).print_stats(15)
     print(buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="vectors per configuration (default 100000)")
     parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")
     parser.add_argument("--batch", type=int, default=1000, help="rows per upsert call (default 1000)")
@@ -294,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the results as JSON to PATH (bare --json: stdout)")
     parser.add_argument("--dir", default=None, help="where to put the data (default: the temp dir)")
     parser.add_argument("--profile", nargs="?", const="tottime", default=None, metavar="SORT",
-                        help="profile the 1-thread fsync ingest in-process instead (sort: tottime, cumulative)")
+                        help="profile the fsync-1t ingest loop in-process instead (sort: tottime, "
+                             "cumulative); with --one CONFIG, that configuration's")
+    parser.add_argument("--verbose", action="store_true", help="show ScaNN's native INFO/WARNING log lines")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one configuration
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)  # child: the shared data folder
     parser.add_argument("--source", default="fsync-1t", help=argparse.SUPPRESS)  # replay child: what to reopen
@@ -307,15 +363,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n, --dim, --batch and --threads must be positive")
 
     if args.profile:
-        _profile(args)
+        with NativeLogFilter(enabled=not args.verbose):
+            _profile(args, args.one or "fsync-1t")
         return 0
     if args.one:
-        result = run_one(args, args.one)
+        with NativeLogFilter(enabled=not args.verbose):
+            result = run_one(args, args.one)
         text = json.dumps(result)
         if args.json in (None, "-"):
-            print(text)
+            print(text, flush=True)
         else:
             Path(args.json).write_text(text + "\n")
+        if result.get("log_only"):
+            os._exit(0)  # like kill -9: no close, no flush; the replay child reopens this
         return 0
 
     env = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
@@ -324,11 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="lsmvec-bench-", dir=args.dir))
     results = []
     try:
-        for config in _configs(threads):
+        configs = list(_configs(threads))
+        for i, config in enumerate(configs, 1):
+            print(f"[{i}/{len(configs)}] {config}", file=sys.stderr, flush=True)
             results.append(_spawn(args, config, base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(_report(results))
+    print(_summary(results))
     if args.json:
         payload = json.dumps({"env": env, "results": results}, indent=1)
         if args.json == "-":

@@ -1,9 +1,11 @@
 """`python -m tools.demo` (what `make demo` runs): a guided tour of lsmvec with timings.
 
 Creates an index in a temporary folder, upserts synthetic clustered vectors (durable default
-settings), queries it (single queries, one batch, recall@10 against numpy brute force), closes,
-reopens, checks the same queries return the same ids, and removes the folder. Exit status 1
-when a check fails (a count or a query that differs after reopen).
+settings), queries them at once (single queries, one batch, recall@10 against numpy brute
+force), flushes (everything into ScaNN segments; --train merges them into one) and queries
+again, closes, reopens, checks the same queries return the same ids as before close, and
+removes the folder. Exit status 1 when a
+check fails (a count, a result shape, or a query that differs after reopen).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from engine import Client, generate_key
 
-from ._report import folder_bytes, mbytes, rate, seconds
+from ._report import NativeLogFilter, folder_bytes, mbytes, rate, seconds
 from .datasets import brute_force_topk, clustered, clustered_queries
 
 INDEX_NAME = "demo"
@@ -47,9 +49,43 @@ def _stats_line(index: Any) -> str:
         stats = index.stats()
     except Exception as exc:  # a demo must not die on a diagnostic; say what happened
         return f"(stats() unavailable: {exc.__class__.__name__})"
-    keys = ("vectors", "memtable_rows", "segments", "wal_files", "wal_bytes", "training_state")
-    shown = [f"{k}={stats[k]:,}" if isinstance(stats[k], int) else f"{k}={stats[k]}" for k in keys if k in stats]
+    shown = []
+    for key in ("vectors", "memtable_rows", "frozen_memtables", "segments", "wal_files", "wal_bytes",
+                "training_state"):
+        value = stats.get(key)
+        if value is None:
+            continue
+        if key == "segments" and isinstance(value, list):
+            kinds = sorted({str(seg.get("kind")) for seg in value if isinstance(seg, dict)})
+            rows = [seg.get("rows") for seg in value if isinstance(seg, dict)]
+            value = f"{len(value)} {rows} {'/'.join(kinds)}".rstrip()
+        shown.append(f"{key}={value:,}" if isinstance(value, int) else f"{key}={value}")
     return ", ".join(shown) or str(stats)
+
+
+def _query_round(index: Any, queries: np.ndarray, truth: np.ndarray, checks: "Checks"
+                 ) -> tuple[list[list[str]], list[list[str]], float]:
+    """Single queries (latency), one batch (throughput, recall@TOP_K): the ids, for comparison."""
+    singles: list[list[str]] = []
+    latencies: list[float] = []
+    for q in queries[:N_SINGLE_QUERIES]:
+        t0 = time.perf_counter()
+        hits = index.query(q, top_k=TOP_K)
+        latencies.append(time.perf_counter() - t0)
+        singles.append(_ids(hits))
+    print(f"  {N_SINGLE_QUERIES} single queries (top_k={TOP_K}): median {seconds(statistics.median(latencies))}, "
+          f"min {seconds(min(latencies))}, max {seconds(max(latencies))}")
+    first = index.query(queries[0], top_k=3)
+    print("  query 0 -> " + ", ".join(f"id {h['id']} (distance {h['distance']:.4f})" for h in first))
+    t0 = time.perf_counter()
+    results = index.query(queries, top_k=TOP_K)
+    elapsed = time.perf_counter() - t0
+    recall = _recall(results, truth)
+    print(f"  batch of {len(queries)} queries: {seconds(elapsed)} ({seconds(elapsed / len(queries))} per query); "
+          f"recall@{TOP_K} vs numpy brute force: {recall:.4f}")
+    checks.expect(len(results) == len(queries) and all(len(h) == TOP_K for h in results),
+                  f"batch query returned {len(queries)} lists of {TOP_K} hits")
+    return singles, [_ids(h) for h in results], recall
 
 
 class Checks:
@@ -64,7 +100,7 @@ class Checks:
             self.failed.append(what)
 
 
-def run(n: int, dim: int, batch: int, metric: str, folder: Path) -> int:
+def run(n: int, dim: int, batch: int, metric: str, folder: Path, train: bool = False) -> int:
     checks = Checks()
     key = generate_key()
     print(f"lsmvec demo: {n:,} x {dim} float32 vectors, metric={metric}, batches of {batch:,}, "
@@ -91,33 +127,21 @@ def run(n: int, dim: int, batch: int, metric: str, folder: Path) -> int:
     checks.expect(index.get_num_vectors() == n, f"get_num_vectors() == {n:,}")
     print(f"  stats: {_stats_line(index)}")
 
-    # -- queries --------------------------------------------------------------------------------
-    singles: list[list[str]] = []
-    latencies: list[float] = []
-    for q in queries[:N_SINGLE_QUERIES]:
-        t0 = time.perf_counter()
-        hits = index.query(q, top_k=TOP_K)
-        latencies.append(time.perf_counter() - t0)
-        singles.append(_ids(hits))
-    print(f"\n2. {N_SINGLE_QUERIES} single queries (top_k={TOP_K}): median {seconds(statistics.median(latencies))}, "
-          f"min {seconds(min(latencies))}, max {seconds(max(latencies))}")
-    first = index.query(queries[0], top_k=3)
-    print("  query 0 -> " + ", ".join(f"id {h['id']} (distance {h['distance']:.4f})" for h in first))
-
-    t0 = time.perf_counter()
-    batch_results = index.query(queries, top_k=TOP_K)
-    batch_time = time.perf_counter() - t0
-    print(f"  batch of {len(queries)} queries: {seconds(batch_time)} "
-          f"({seconds(batch_time / len(queries))} per query, {rate(len(queries), batch_time, 'queries')})")
-    t0 = time.perf_counter()
+    # -- queries on fresh data, then on trained segments ---------------------------------------
     truth = brute_force_topk(data, queries, TOP_K, metric)
-    recall = _recall(batch_results, truth)
-    print(f"  recall@{TOP_K} vs numpy brute force on {len(queries)} queries: {recall:.4f} "
-          f"(brute force took {seconds(time.perf_counter() - t0)})")
-    checks.expect(len(batch_results) == len(queries) and all(len(h) == TOP_K for h in batch_results),
-                  f"batch query returned {len(queries)} lists of {TOP_K} hits")
+    print("\n2. queries right after the upserts (read-your-writes; unflushed rows are searched exactly)")
+    _query_round(index, queries, truth, checks)
+    t0 = time.perf_counter()
+    if train:
+        index.train()
+        what = "train(): flushed and merged everything into one trained ScaNN segment"
+    else:
+        index.flush()
+        what = "flush(): every memtable written as an immutable ScaNN segment"
+    print(f"\n3. {what} in {seconds(time.perf_counter() - t0)}\n  stats: {_stats_line(index)}")
+    singles, batch_results, recall = _query_round(index, queries, truth, checks)
     if recall < RECALL_TARGET:
-        print(f"  note: recall is below the {RECALL_TARGET} target")
+        print(f"  note: recall is below the {RECALL_TARGET} target of the automatic n_probes")
 
     # -- close and reopen -----------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -129,14 +153,14 @@ def run(n: int, dim: int, batch: int, metric: str, folder: Path) -> int:
     client = Client(folder)
     index = client.load_index(INDEX_NAME, key)
     reopen = time.perf_counter() - t0
-    print(f"\n3. close: {seconds(close_time)}; on disk: {mbytes(on_disk)}; "
+    print(f"\n4. close: {seconds(close_time)}; on disk: {mbytes(on_disk)}; "
           f"reopen (load_index): {seconds(reopen)} = {rate(n, reopen, 'rows')}")
     print(f"  stats: {_stats_line(index)}")
     checks.expect(index.get_num_vectors() == n, f"get_num_vectors() == {n:,} after reopen")
     again_singles = [_ids(index.query(q, top_k=TOP_K)) for q in queries[:N_SINGLE_QUERIES]]
     again_batch = [_ids(h) for h in index.query(queries, top_k=TOP_K)]
     same = sum(a == b for a, b in zip(again_singles, singles))
-    same += sum(a == _ids(b) for a, b in zip(again_batch, batch_results))
+    same += sum(a == b for a, b in zip(again_batch, batch_results))
     total = N_SINGLE_QUERIES + len(queries)
     checks.expect(same == total, f"same ids after reopen for {same}/{total} queries")
     index.close()
@@ -152,17 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")
     parser.add_argument("--batch", type=int, default=1000, help="rows per upsert call (default 1000)")
     parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean", "squared_euclidean"))
+    parser.add_argument("--train", action="store_true",
+                        help="train() (merge into one segment) instead of flush(); slower")
+    parser.add_argument("--verbose", action="store_true", help="show ScaNN's native INFO/WARNING log lines")
     args = parser.parse_args(argv)
     if args.n < N_BATCH_QUERIES or args.dim < 1 or args.batch < 1:
         parser.error(f"need --n >= {N_BATCH_QUERIES}, --dim >= 1, --batch >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="lsmvec-demo-"))
+    native = NativeLogFilter(enabled=not args.verbose)
     try:
-        status = run(args.n, args.dim, args.batch, args.metric, folder)
+        with native:
+            status = run(args.n, args.dim, args.batch, args.metric, folder, args.train)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"total {seconds(time.perf_counter() - started)}; removed {folder}")
+    hidden = f"; {native.hidden} native ScaNN log lines hidden (--verbose shows them)" if native.hidden else ""
+    print(f"total {seconds(time.perf_counter() - started)}; removed {folder}{hidden}")
     return status
 
 
