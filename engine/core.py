@@ -100,15 +100,17 @@ class IndexCore:
 
     def _load_segments(self) -> None:
         """Open every manifest segment; remove folders the manifest does not name."""
-        live = {info.id for info in self.manifest.segments}
-        removed = collect_orphans(self.folder, live)
-        if removed:
-            log.info("index %s: removed unreferenced segment folders %s", self.config.name, removed)
         for info in self.manifest.segments:
             self.add_segment(open_segment(self.folder, info, self.store,
                                           key=self.cipher.segment_key,
                                           context=self.cipher.segment_context(info.id, ""),
                                           metric=self.config.metric))
+        # Only once every named segment opened: a refused open (a damaged or rolled-back
+        # manifest) must not delete folders that may hold the real data.
+        live = {info.id for info in self.manifest.segments}
+        removed = collect_orphans(self.folder, live)
+        if removed:
+            log.info("index %s: removed unreferenced segment folders %s", self.config.name, removed)
 
     def _drop_flushed_logs(self) -> None:
         """Logs holding only flushed records (or CLOSE records) are garbage. When the log past

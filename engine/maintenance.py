@@ -85,6 +85,7 @@ def flush_oldest(core: "IndexCore") -> bool:
             ids, vectors, contents, metadata = table.live_arrays()
             tombstones = list(table.tombstones)
         started = time.monotonic()
+        core.wal.roll()  # the frozen table's records now end a file the checkpoint can free
         seg_id = core.reserve_segment_id() if ids else None
         # Flushes are written exact (no training: seconds saved on the write path); the
         # merger trains segments as they grow.

@@ -85,7 +85,7 @@ class Store:
             self.path.mkdir(mode=0o700, exist_ok=True)
             self.env = lmdb.open(str(self.path), map_size=_INITIAL_MAP, max_dbs=4, subdir=True,
                                  sync=True, metasync=True, readahead=False, max_readers=254,
-                                 lock=True, meminit=False)
+                                 lock=True, meminit=True)
             self._items = self.env.open_db(b"items")
             self._meta = self.env.open_db(b"meta")
         except lmdb.Error as exc:

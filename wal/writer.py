@@ -325,6 +325,19 @@ class WalWriter:
 
     # -- syncing, truncating, closing -----------------------------------------------------------
 
+    def roll(self) -> None:
+        """Continue in a new file now, so a later checkpoint can free this one whole (the
+        engine rolls at each flush). Raises ClosedError, LogPoisonedError."""
+        with self._cond:
+            self._check_writable()
+        with self._io:
+            if self._closed:
+                raise ClosedError("log writer is closed")
+            if self._poison is not None:
+                raise self._poisoned_error()
+            if self._file_size > 0:
+                self._roll()
+
     def sync(self) -> None:
         """fsync the active file now (earlier files were synced when rolled).
         Raises ClosedError, LogPoisonedError (also when this sync fails)."""
