@@ -400,13 +400,14 @@ def _compile(spec: Any, where: str, depth: int) -> _Node:
 class Filter:
     """A compiled, immutable filter. Build it with ``compile_filter``."""
 
-    __slots__ = ("_predicate", "_terms", "_constant", "_description")
+    __slots__ = ("_predicate", "_terms", "_constant", "_description", "plan")
 
     def __init__(self, node: _Node, description: str) -> None:
         self._predicate = node.predicate
         self._terms = None if node.terms is None else sorted(node.terms)
         self._constant = node.constant
         self._description = description
+        self.plan = None  # exact term plan (engine.filter_plan), set by compile_filter
 
     @property
     def is_match_all(self) -> bool:
@@ -452,4 +453,7 @@ def compile_filter(spec: Mapping[str, Any] | Filter | None) -> Filter:
     description = repr(spec)
     if len(description) > 200:
         description = description[:197] + "..."
-    return Filter(_compile(spec, "filter", 0), description)
+    compiled = Filter(_compile(spec, "filter", 0), description)
+    from .filter_plan import plan_terms  # after compiling: the spec is known to be valid
+    compiled.plan = plan_terms(spec)
+    return compiled

@@ -23,6 +23,7 @@ from wal import fsio
 from .memtable import Memtable
 from .segments import SEGMENTS_DIR, SegmentSource, segment_folder
 from .store import Manifest, SegmentInfo, StoreTxn
+from .term_index import TermIndex
 
 if TYPE_CHECKING:
     from .core import IndexCore
@@ -90,6 +91,7 @@ def flush_oldest(core: "IndexCore") -> bool:
         # Flushes are written exact (no training: seconds saved on the write path); the
         # merger trains segments as they grow.
         built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
+        terms = TermIndex.build(metadata, len(ids))
         with core.rw.write():
             new_persisted: dict[int, np.ndarray] = {}
             manifest: Manifest | None = None
@@ -113,6 +115,7 @@ def flush_oldest(core: "IndexCore") -> bool:
                 segments = list(old.segments)
                 if built is not None:
                     txn.put_row_ids(seg_id, ids)
+                    txn.put_terms(seg_id, terms)
                     segments.append(_info(seg_id, built[0]))
                 manifest = Manifest(segments, table.last_lsn, core.next_segment_id, old.version + 1)
                 txn.put_manifest(manifest)
@@ -124,7 +127,7 @@ def flush_oldest(core: "IndexCore") -> bool:
                 src.dead |= arr
             if built is not None:
                 src = SegmentSource(manifest.segments[-1], built[1], ids, np.zeros(len(ids), bool),
-                                    core.store)
+                                    core.store, terms)
                 _shadow_new(src, [*core.frozen[1:], core.memtable])
                 core.add_segment(src)
             core.frozen.pop(0)
@@ -148,6 +151,13 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
             origin = [(src.id, int(r)) for src, rows in picked for r in rows]
             vectors = (np.concatenate([src.segment.vectors[rows] for src, rows in picked])
                        if ids else None)
+            parts, offset = [], 0
+            for src, rows in picked:  # the term indexes follow their rows into the merged one
+                mapping = np.full(src.n_rows, -1, np.int64)
+                mapping[rows] = np.arange(offset, offset + len(rows))
+                parts.append(src.terms.remap(mapping, len(ids)))
+                offset += len(rows)
+            terms = TermIndex.merge(parts, len(ids))
         started = time.monotonic()
         new_id = core.reserve_segment_id() if ids else None
         built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
@@ -169,6 +179,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
                 segments = [s for s in core.manifest.segments if s.id not in gone]
                 if built is not None:
                     txn.put_row_ids(new_id, ids)
+                    txn.put_terms(new_id, terms)
                     if persisted.any():
                         txn.put_dead(new_id, persisted)
                     segments.append(_info(new_id, built[0]))
@@ -180,7 +191,8 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
             for src in sources:
                 core.remove_segment(src.id)
             if built is not None:
-                src = SegmentSource(manifest.segments[-1], built[1], ids, persisted.copy(), core.store)
+                src = SegmentSource(manifest.segments[-1], built[1], ids, persisted.copy(), core.store,
+                                    terms)
                 _shadow_new(src, [*core.frozen, core.memtable])
                 core.add_segment(src)
             core.manifest = manifest

@@ -15,20 +15,28 @@ from typing import Any
 import numpy as np
 
 from compaction.filenames import parse_segment_dir_name, segment_dir_name
+from compaction.exact import search_exact
 from compaction.segment import FileEntry, Segment
 
 from .errors import CorruptionError
 from .store import SegmentInfo, Store
+from .term_index import TermIndex
 
 SEGMENTS_DIR = "segments"
 # Rows asked of a segment per round when a filter rejects most of them.
 _FILTER_FETCH_FACTOR = 4
+# A filter leaving at most this many rows (or 1/_PREFILTER_SHARE of the segment) is answered by
+# exact search over those rows: cheaper than asking ScaNN for rows it would mostly discard,
+# and exact.
+_PREFILTER_MIN_ROWS = 4096
+_PREFILTER_SHARE = 20
 
 
 class SegmentSource:
     def __init__(self, info: SegmentInfo, segment: Segment, ids: list[str], persisted: np.ndarray,
-                 store: Store):
+                 store: Store, terms: TermIndex):
         self.info = info
+        self.terms = terms
         self.segment = segment
         self.ids = ids
         self.persisted = persisted
@@ -54,7 +62,22 @@ class SegmentSource:
                ) -> tuple[np.ndarray, np.ndarray]:
         if flt is None or flt.is_match_all:
             return self.segment.search(queries, k, n_probes=n_probes, exclude=self.dead)
+        if flt.plan is not None:
+            return self._planned(queries, k, self.terms.mask(flt.plan) & ~self.dead, n_probes)
         return self._filtered(queries, k, flt, n_probes)
+
+    def _planned(self, queries: np.ndarray, k: int, keep: np.ndarray, n_probes: int | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """An exact row mask from the term index: few rows -> exact search over just them
+        (pre-filter); many -> ANN with the others excluded (the segment over-fetches)."""
+        count = int(np.count_nonzero(keep))
+        if count == 0:
+            return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
+        if count <= max(_PREFILTER_MIN_ROWS, self.info.rows // _PREFILTER_SHARE):
+            rows = np.flatnonzero(keep)
+            found, dists = search_exact(self.segment.vectors[rows], queries, k, self.segment.metric)
+            return rows[found], dists
+        return self.segment.search(queries, k, n_probes=n_probes, exclude=~keep)
 
     def _filtered(self, queries: np.ndarray, k: int, flt, n_probes: int | None
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +142,7 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
     ids = store.read_row_ids(info.id, info.rows)
     persisted = store.read_dead(info.id, info.rows)
-    return SegmentSource(info, segment, ids, persisted, store)
+    return SegmentSource(info, segment, ids, persisted, store, store.read_terms(info.id, info.rows))
 
 
 def collect_orphans(folder: Path, live_ids: set[int]) -> list[str]:

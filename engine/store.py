@@ -224,6 +224,22 @@ class Store:
             raise CorruptionError(f"row ids of segment {segment} are malformed", self._data)
         return ids
 
+    def read_terms(self, segment: int, rows: int):
+        """The segment's secondary index (an empty one when it has no metadata)."""
+        from .term_index import TermIndex
+        name = b"terms/%d" % segment
+        try:
+            with self.env.begin(db=self._meta) as txn:
+                raw = txn.get(name)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        if raw is None:
+            return TermIndex({}, rows)
+        try:
+            return TermIndex.unpack(self._open_meta(name, raw), rows)
+        except (ValueError, TypeError):
+            raise CorruptionError(f"term index of segment {segment} is malformed", self._data) from None
+
     # -- the one write path -------------------------------------------------------------------
 
     def commit(self, edit: Callable[["StoreTxn"], None]) -> None:
@@ -271,7 +287,13 @@ class StoreTxn:
         name = b"rows/%d" % segment
         self.txn.put(name, self._s._seal_meta(name, ids), db=self._s._meta)
 
+    def put_terms(self, segment: int, terms) -> None:
+        if terms.rows:
+            name = b"terms/%d" % segment
+            self.txn.put(name, self._s._seal_meta(name, terms.pack()), db=self._s._meta)
+
     def drop_segment(self, segment: int) -> None:
+        self.txn.delete(b"terms/%d" % segment, db=self._s._meta)
         self.txn.delete(b"dead/%d" % segment, db=self._s._meta)
         self.txn.delete(b"rows/%d" % segment, db=self._s._meta)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["clustered", "clustered_queries", "brute_force_topk"]
+__all__ = ["clustered", "clustered_queries", "brute_force_topk", "brute_force_topk_chunked"]
 
 DEFAULT_CLUSTERS = 100
 DEFAULT_SPREAD = 0.6  # noise sigma relative to the unit-variance centres: clusters overlap a bit
@@ -74,3 +74,29 @@ def brute_force_topk(data: np.ndarray, queries: np.ndarray, k: int, metric: str)
     part = np.argpartition(dist, k - 1, axis=1)[:, :k]
     order = np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
+
+
+def brute_force_topk_chunked(data: np.ndarray, queries: np.ndarray, k: int, metric: str, *,
+                             chunk: int = 128) -> np.ndarray:
+    """`brute_force_topk` for large data: same answer, but queries go `chunk` at a time so the
+    (chunk, n) distance block stays bounded (1000 queries x 1M rows would be 4 GB at once), and
+    the data's norms / unit rows are computed once, not per chunk."""
+    data = np.asarray(data, np.float32)
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    if metric == "cosine":
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        sqnorms = None
+    elif metric in ("euclidean", "squared_euclidean"):
+        sqnorms = np.einsum("nd,nd->n", data, data)
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    k = min(k, data.shape[0])
+    out = np.empty((queries.shape[0], k), np.int64)
+    for start in range(0, queries.shape[0], chunk):
+        block = queries[start:start + chunk]
+        dist = -(block @ data.T) if sqnorms is None else sqnorms[None, :] - 2.0 * (block @ data.T)
+        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable")
+        out[start:start + chunk] = np.take_along_axis(part, order, axis=1)
+    return out
