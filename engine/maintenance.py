@@ -51,7 +51,7 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **
 
 def _info(seg_id: int, files) -> SegmentInfo:
     return SegmentInfo(seg_id, files.n, files.kind,
-                       [[f.name, f.size, f.sha256] for f in files.files], files.n_lists)
+                       [[f.name, f.size, f.sha256] for f in files.files], files.n_lists or None)
 
 
 def _shadow_new(source: SegmentSource, tables: Iterable[Memtable]) -> None:

@@ -1,0 +1,6 @@
+"""`python -m tools` runs the lsmvec command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

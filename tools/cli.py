@@ -1,0 +1,157 @@
+"""The `lsmvec` command: demo, bench, inspect, verify, compact.
+
+Exit codes: 0 success; 1 verify found damage; 2 usage error; 3 the index cannot be opened
+(not found, locked by another process, wrong or malformed key); 4 the index is corrupt.
+The key is read from --key-file (32 raw bytes), --key-hex, or the LSMVEC_KEY environment
+variable (hex); it is never printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_DAMAGED, EXIT_USAGE, EXIT_OPEN, EXIT_CORRUPT = 1, 2, 3, 4
+
+
+def _key(args: argparse.Namespace) -> bytes:
+    if args.key_file:
+        return Path(args.key_file).read_bytes()
+    text = args.key_hex or os.environ.get("LSMVEC_KEY")
+    if not text:
+        raise SystemExit("lsmvec: no key: pass --key-file, --key-hex or set LSMVEC_KEY (hex)")
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise SystemExit("lsmvec: the key must be hex (64 hex digits for 32 bytes)") from None
+
+
+def _open(args: argparse.Namespace):
+    """(client, index) for PATH = <root>/<index_name>; exits with a clear message."""
+    from engine import Client
+    from engine.errors import CorruptionError, LsmvecError
+    folder = Path(args.path).resolve()
+    if not (folder / "CONFIG").is_file():
+        print(f"lsmvec: {folder} is not an lsmvec index folder (no CONFIG)", file=sys.stderr)
+        raise SystemExit(EXIT_OPEN)
+    key = _key(args)
+    try:
+        client = Client(folder.parent)
+        return client, client.load_index(folder.name, key)
+    except CorruptionError as exc:
+        print(f"lsmvec: index is corrupt: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CORRUPT) from None
+    except LsmvecError as exc:
+        print(f"lsmvec: cannot open {folder}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_OPEN) from None
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str))
+        return
+    for key, value in obj.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            print(f"{key}:")
+            for row in value:
+                print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        else:
+            print(f"{key}: {value}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from wal import list_logs
+    client, index = _open(args)
+    with client:
+        stats = index.stats()
+        logs = [{"file": path.name, "first_lsn": lsn, "bytes": path.stat().st_size}
+                for lsn, path in list_logs(Path(args.path) / "wal")]
+        report = {"index": index.index_name(), **index.index_config(),
+                  "training_state": stats.pop("training_state"), **stats, "wal_logs": logs}
+        _print(report, args.json)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    client, index = _open(args)
+    with client:
+        report = index.verify()
+    _print(report, args.json)
+    if not report["ok"]:
+        print(f"lsmvec: {len(report['problems'])} problem(s) found", file=sys.stderr)
+        return EXIT_DAMAGED
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    client, index = _open(args)
+    with client:
+        before = index.stats()
+        with tqdm(total=1, desc="training" if args.train else "compacting", unit="job",
+                  disable=args.quiet) as bar:
+            started = time.perf_counter()
+            index.train() if args.train else index.compact()
+            bar.update(1)
+        after = index.stats()
+    print(f"{len(before['segments'])} segment(s) -> {len(after['segments'])} in "
+          f"{time.perf_counter() - started:.1f} s; disk {before['disk_bytes']:,} -> "
+          f"{after['disk_bytes']:,} bytes; state {after['training_state']}")
+    return 0
+
+
+def _delegate(module: str):
+    def run(args: argparse.Namespace) -> int:
+        mod = __import__(f"tools.{module}", fromlist=["main"])
+        return int(mod.main(args.rest) or 0)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsmvec", description=__doc__.splitlines()[0],
+                                     epilog="Exit codes: 0 ok, 1 damage found, 2 usage, "
+                                            "3 cannot open, 4 corrupt.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module, text in (("demo", "demo", "a guided tour on 100k synthetic vectors"),
+                               ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS")):
+        p = sub.add_parser(name, help=text, description=text + " (options: lsmvec " + name + " -- --help)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on")
+        p.set_defaults(func=_delegate(module))
+    for name, func, text in (("inspect", cmd_inspect, "config, stats, segments and log files"),
+                             ("verify", cmd_verify, "check every checksum and tag; exit 1 on damage"),
+                             ("compact", cmd_compact, "merge segments now (--train: into one trained)")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("path", help="the index folder: <client folder>/<index name>")
+        p.add_argument("--key-hex", help="the 32-byte key as hex (else LSMVEC_KEY)")
+        p.add_argument("--key-file", help="a file holding the 32 raw key bytes")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "compact":
+            p.add_argument("--train", action="store_true", help="merge everything into one trained segment")
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "rest", None) and args.rest[0] == "--":
+        args.rest = args.rest[1:]
+    try:
+        return args.func(args)
+    except SystemExit as exc:  # our own exits carry a code, or a message for a usage error
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
