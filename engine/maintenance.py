@@ -18,7 +18,8 @@ import numpy as np
 
 from compaction.filenames import temp_segment_dir_name
 from compaction.segment import build_and_open_segment
-from wal import fsio
+from wal import failpoints, fsio
+from wal.errors import storage_error_from
 
 from .memtable import Memtable
 from .segments import SEGMENTS_DIR, SegmentSource, segment_folder
@@ -40,13 +41,25 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **
         files, segment = build_and_open_segment(
             tmp, vectors, metric=core.config.metric, key=core.cipher.segment_key,
             context=core.cipher.segment_context(seg_id, ""), **tuning)
+        failpoints.hit("segment.before_rename")
         final = segment_folder(core.folder, seg_id)
         os.rename(tmp, final)
         fsio.fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise storage_error_from(exc, f"cannot write segment {seg_id}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    failpoints.hit("segment.after_rename")
     return files, segment
+
+
+def _failpoint(name: str) -> None:
+    try:
+        failpoints.hit(name)
+    except OSError as exc:
+        raise storage_error_from(exc, name) from None
 
 
 def _info(seg_id: int, files) -> SegmentInfo:
@@ -92,6 +105,7 @@ def flush_oldest(core: "IndexCore") -> bool:
         # merger trains segments as they grow.
         built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
         terms = TermIndex.build(metadata, len(ids))
+        _failpoint("flush.before_commit")
         with core.rw.write():
             new_persisted: dict[int, np.ndarray] = {}
             manifest: Manifest | None = None
@@ -121,6 +135,7 @@ def flush_oldest(core: "IndexCore") -> bool:
                 txn.put_manifest(manifest)
 
             core.store.commit(edit)
+            failpoints.hit("flush.after_commit")
             for sid, arr in new_persisted.items():
                 src = core.seg_by_id[sid]
                 src.persisted = arr
@@ -133,6 +148,7 @@ def flush_oldest(core: "IndexCore") -> bool:
             core.frozen.pop(0)
             core.manifest = manifest
             core.release_writers()
+        failpoints.hit("flush.before_wal_truncate")
         core.wal.remove_below(manifest.checkpoint_lsn)
         log.info("flushed %d rows and %d deletes into segment %s in %.2fs", len(ids),
                  len(tombstones), seg_id, time.monotonic() - started)
@@ -161,6 +177,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
         started = time.monotonic()
         new_id = core.reserve_segment_id() if ids else None
         built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
+        _failpoint("merge.before_commit")
         with core.rw.write():
             persisted = np.zeros(len(ids), bool)
             manifest: Manifest | None = None
@@ -188,6 +205,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
                 txn.put_manifest(manifest)
 
             core.store.commit(edit)
+            failpoints.hit("merge.after_commit")
             for src in sources:
                 core.remove_segment(src.id)
             if built is not None:
@@ -198,6 +216,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
             core.manifest = manifest
         for src in sources:  # queries hold the read lock: none can still be searching them
             src.segment.close()
+            failpoints.hit("merge.removing_old")
             shutil.rmtree(segment_folder(core.folder, src.id), ignore_errors=True)
         log.info("merged segments %s (%d rows) into %s in %.2fs", seg_ids, len(ids), new_id,
                  time.monotonic() - started)

@@ -21,6 +21,8 @@ import lmdb
 import msgpack
 import numpy as np
 
+from wal import failpoints
+
 from .crypto import IndexCipher
 from .errors import CorruptionError, StorageError, storage_error_from
 
@@ -244,6 +246,10 @@ class Store:
 
     def commit(self, edit: Callable[["StoreTxn"], None]) -> None:
         """Run edit(txn) in one write transaction; grow the map and retry when it is full."""
+        try:
+            failpoints.hit("store.commit")
+        except OSError as exc:
+            raise storage_error_from(exc, "store commit") from None
         while True:
             try:
                 with self.env.begin(write=True) as txn:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import fsio
+from . import failpoints, fsio
 from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
                      storage_error_from)
 from .filenames import list_logs, log_name
@@ -254,6 +254,7 @@ class WalWriter:
         before = self._file_size
         try:
             fsio.FS.write_all(self._fd, buffers)
+            failpoints.hit("wal.after_write")
         except OSError as exc:
             self._undo_write(before)
             for entry in written:
@@ -272,6 +273,7 @@ class WalWriter:
                 for entry in written:
                     entry.error = self._poisoned_error()
                 return
+        failpoints.hit("wal.after_sync")
         self.groups += 1
         self.records += len(written)
 
