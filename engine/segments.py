@@ -29,7 +29,10 @@ _FILTER_FETCH_FACTOR = 4
 # exact search over those rows: cheaper than asking ScaNN for rows it would mostly discard,
 # and exact.
 _PREFILTER_MIN_ROWS = 4096
-_PREFILTER_SHARE = 20
+_PREFILTER_SHARE = 0.15
+# Gathered vectors of a plan's rows are cached per segment (a few plans, bounded bytes).
+_SUBMATRIX_MAX_BYTES = 64 << 20
+_SUBMATRIX_CACHE = 8
 
 
 class SegmentSource:
@@ -42,6 +45,7 @@ class SegmentSource:
         self.persisted = persisted
         self.dead = persisted.copy()
         self.store = store
+        self._subs: dict[tuple, tuple] = {}
 
     @property
     def id(self) -> int:
@@ -63,21 +67,44 @@ class SegmentSource:
         if flt is None or flt.is_match_all:
             return self.segment.search(queries, k, n_probes=n_probes, exclude=self.dead)
         if flt.plan is not None:
-            return self._planned(queries, k, self.terms.mask(flt.plan) & ~self.dead, n_probes)
+            return self._planned(queries, k, flt.plan, n_probes)
         return self._filtered(queries, k, flt, n_probes)
 
-    def _planned(self, queries: np.ndarray, k: int, keep: np.ndarray, n_probes: int | None
+    def _planned(self, queries: np.ndarray, k: int, plan, n_probes: int | None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """An exact row mask from the term index: few rows -> exact search over just them
-        (pre-filter); many -> ANN with the others excluded (the segment over-fetches)."""
-        count = int(np.count_nonzero(keep))
+        """An exact row mask from the term index. Up to PREFILTER_SHARE of the segment: exact
+        search over just those rows (their vectors gathered once per plan and cached). More:
+        ANN with the other rows excluded, searching proportionally more leaves, since the
+        nearest matching rows lie farther out than the nearest rows."""
+        mask = self.terms.mask(plan)
+        count = int(np.count_nonzero(mask))
         if count == 0:
             return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
-        if count <= max(_PREFILTER_MIN_ROWS, self.info.rows // _PREFILTER_SHARE):
-            rows = np.flatnonzero(keep)
-            found, dists = search_exact(self.segment.vectors[rows], queries, k, self.segment.metric)
+        dim = self.segment.dim
+        if (count <= max(_PREFILTER_MIN_ROWS, int(self.info.rows * _PREFILTER_SHARE))
+                and count * dim * 4 <= _SUBMATRIX_MAX_BYTES):
+            rows, sub, norms = self._submatrix(plan, mask)
+            found, dists = search_exact(sub, queries, k, self.segment.metric, sqnorms=norms,
+                                        dead=self.dead[rows])
             return rows[found], dists
-        return self.segment.search(queries, k, n_probes=n_probes, exclude=~keep)
+        params = self.segment.params
+        if params.num_leaves:
+            base = n_probes or params.leaves_to_search
+            n_probes = min(params.num_leaves, int(np.ceil(base * self.info.rows / count)))
+        return self.segment.search(queries, k, n_probes=n_probes, exclude=~mask | self.dead)
+
+    def _submatrix(self, plan, mask: np.ndarray):
+        key = tuple(tuple(clause) for clause in plan)
+        cached = self._subs.get(key)
+        if cached is None:
+            rows = np.flatnonzero(mask)
+            sub = np.ascontiguousarray(self.segment.vectors[rows])
+            norms = np.einsum("nd,nd->n", sub, sub) if self.segment.metric != "cosine" else None
+            cached = (rows, sub, norms)
+            if len(self._subs) >= _SUBMATRIX_CACHE:
+                self._subs.pop(next(iter(self._subs)))
+            self._subs[key] = cached
+        return cached
 
     def _filtered(self, queries: np.ndarray, k: int, flt, n_probes: int | None
                   ) -> tuple[np.ndarray, np.ndarray]:
