@@ -350,8 +350,12 @@ class Segment:
         cap = min(n, k + dead)  # asking for this many always yields `reachable` live rows
         if dead <= 4 * k:
             fetch = cap
-        else:  # expect k / live_share candidates for k live ones, with margin
-            fetch = min(cap, math.ceil(1.5 * k * n / (n - dead)) + 16)
+        else:  # expect k / live_share candidates for k live ones, with margin; and reorder
+            # deeper as the live share shrinks: the k-th live row sits ~1/share deeper in the
+            # ranking (measured, 200k x 128 at 10% live: recall 0.68 -> 0.997 with sqrt scaling)
+            share = (n - dead) / n
+            fetch = min(cap, max(math.ceil(1.5 * k / share) + 16,
+                                 math.ceil(self._reorder / math.sqrt(share))))
         candidates = self._candidates(scann, queries, fetch, leaves)
         rows, distances = rescore_candidates(vectors, self._metric, queries, candidates, k,
                                              exclude)

@@ -33,6 +33,11 @@ def pad_result(rows: np.ndarray, distances: np.ndarray,
     return padded_rows, padded_distances
 
 
+_LIVE_MARGIN = 16
+"""Live candidates re-scored beyond k when a mask excludes rows: ScaNN's order is already exact
+after its reorder, so a small margin only guards float rounding at the boundary."""
+
+
 def rescore_candidates(vectors: np.ndarray, metric: str, queries: np.ndarray,
                        candidates: np.ndarray, k: int,
                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +51,17 @@ def rescore_candidates(vectors: np.ndarray, metric: str, queries: np.ndarray,
         return empty_result(num_queries, k)
     missing = candidates < 0
     safe = np.where(missing, 0, candidates) if missing.any() else candidates
-    distances = direct_distances(queries, vectors[safe], metric)
     if exclude is not None:
         missing |= exclude[safe]
+        if count > k + _LIVE_MARGIN:
+            # ScaNN returns candidates best first (exactly reordered): keep the first live
+            # ones, so excluded rows' vectors are never gathered.
+            first = np.argsort(missing, axis=1, kind="stable")[:, :k + _LIVE_MARGIN]
+            candidates = np.take_along_axis(candidates, first, axis=1)
+            missing = np.take_along_axis(missing, first, axis=1)
+            safe = np.where(missing, 0, candidates)
+            count = candidates.shape[1]
+    distances = direct_distances(queries, vectors[safe], metric)
     has_missing = missing.any()
     if has_missing:
         distances[missing] = np.inf
