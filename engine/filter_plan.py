@@ -1,7 +1,8 @@
 """Exact index plans for equality filters: which secondary-index terms decide a filter alone.
 
-A filter that is a conjunction of ``field == scalar`` / ``$eq`` / ``$in`` clauses (also inside
-``$and``) is decided exactly by the (path, value) term index: an item matches iff, for every
+A filter that is a conjunction of ``field == scalar`` / ``$eq`` / ``$in`` clauses and numeric
+``$gt $gte $lt $lte`` comparisons (also inside ``$and``) is decided exactly by the (path, value)
+term index and the per-path sorted numeric index: an item matches iff, for every
 clause, it holds one of the clause's terms (index_terms emits one term per scalar leaf and per
 scalar list element, with the same numeric normalisation the filter's equality uses). Such a
 filter never needs an item's metadata to be decrypted and read. Anything else returns None and
@@ -16,7 +17,7 @@ from typing import Any
 from .filters import term_for
 
 Term = tuple[str, bytes]
-Plan = list[list[Term]]  # AND over clauses, OR within a clause
+Plan = list  # AND over clauses; a clause is a list of terms (OR) or a ("range", ...) tuple
 
 
 def _scalar(value: Any) -> bool:
@@ -25,19 +26,35 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, bool))
 
 
-def _clause(path: str, cond: Any) -> list[Term] | None:
-    if isinstance(cond, Mapping):
-        if len(cond) != 1:
-            return None
-        (op, operand), = cond.items()
+RANGE_OPS = ("$gt", "$gte", "$lt", "$lte")
+MAX_EXACT_INT = 2 ** 53
+"""Numbers are range-indexed as float64: ints beyond 2^53 would compare inexactly."""
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _clauses(path: str, cond: Any) -> list | None:
+    """One clause per operator (a field dict's operators are ANDed): a list of terms (OR) for
+    equality / $in, a ("range", path, op, number) tuple for a numeric comparison."""
+    if not isinstance(cond, Mapping):
+        return [[term_for(path, cond)]] if _scalar(cond) else None
+    out: list = []
+    for op, operand in cond.items():
         if op == "$eq" and _scalar(operand):
-            return [term_for(path, operand)]
-        if op == "$in" and isinstance(operand, list) and all(_scalar(v) for v in operand):
-            return sorted({term_for(path, v) for v in operand})
-        return None
-    if _scalar(cond):
-        return [term_for(path, cond)]
-    return None
+            out.append([term_for(path, operand)])
+        elif op == "$in" and isinstance(operand, list) and all(_scalar(v) for v in operand):
+            out.append(sorted({term_for(path, v) for v in operand}))
+        elif op in RANGE_OPS and _number(operand):
+            out.append(("range", path, op, float(operand)))
+        else:
+            return None
+    return out or None
 
 
 def plan_terms(spec: Mapping[str, Any] | None) -> Plan | None:
@@ -57,8 +74,8 @@ def plan_terms(spec: Mapping[str, Any] | None) -> Plan | None:
         elif key.startswith("$"):
             return None
         else:
-            clause = _clause(key, cond)
-            if clause is None:
+            clauses = _clauses(key, cond)
+            if clauses is None:
                 return None
-            plan.append(clause)
+            plan.extend(clauses)
     return plan

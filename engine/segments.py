@@ -67,16 +67,18 @@ class SegmentSource:
         if flt is None or flt.is_match_all:
             return self.segment.search(queries, k, n_probes=n_probes, exclude=self.dead)
         if flt.plan is not None:
-            return self._planned(queries, k, flt.plan, n_probes)
+            return self._planned(queries, k, flt.plan, flt, n_probes)
         return self._filtered(queries, k, flt, n_probes)
 
-    def _planned(self, queries: np.ndarray, k: int, plan, n_probes: int | None
+    def _planned(self, queries: np.ndarray, k: int, plan, flt, n_probes: int | None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """An exact row mask from the term index. Up to PREFILTER_SHARE of the segment: exact
         search over just those rows (their vectors gathered once per plan and cached). More:
         ANN with the other rows excluded, searching proportionally more leaves, since the
         nearest matching rows lie farther out than the nearest rows."""
         mask = self.terms.mask(plan)
+        if mask is None:  # this segment cannot decide the plan exactly
+            return self._filtered(queries, k, flt, n_probes)
         count = int(np.count_nonzero(mask))
         if count == 0:
             return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
@@ -94,7 +96,7 @@ class SegmentSource:
         return self.segment.search(queries, k, n_probes=n_probes, exclude=~mask | self.dead)
 
     def _submatrix(self, plan, mask: np.ndarray):
-        key = tuple(tuple(clause) for clause in plan)
+        key = tuple(tuple(c) if isinstance(c, list) else c for c in plan)
         cached = self._subs.get(key)
         if cached is None:
             rows = np.flatnonzero(mask)

@@ -239,7 +239,7 @@ class Store:
             return TermIndex({}, rows)
         try:
             return TermIndex.unpack(self._open_meta(name, raw), rows)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, KeyError):
             raise CorruptionError(f"term index of segment {segment} is malformed", self._data) from None
 
     # -- the one write path -------------------------------------------------------------------
@@ -294,7 +294,7 @@ class StoreTxn:
         self.txn.put(name, self._s._seal_meta(name, ids), db=self._s._meta)
 
     def put_terms(self, segment: int, terms) -> None:
-        if terms.rows:
+        if terms.rows or terms.ranges or terms.unexact:
             name = b"terms/%d" % segment
             self.txn.put(name, self._s._seal_meta(name, terms.pack()), db=self._s._meta)
 

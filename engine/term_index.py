@@ -1,8 +1,9 @@
-"""The secondary index of one segment: (metadata path, value) term -> sorted row numbers.
+"""The secondary index of one segment: (metadata path, value) term -> sorted row numbers, and
+per path, the numeric values sorted with their rows (for $gt / $gte / $lt / $lte).
 
 Built when a segment is written (from the metadata the flush or merge already holds), stored
-sealed in LMDB beside the segment's row ids, loaded at open. A selective equality filter then
-becomes a row mask without reading, let alone decrypting, a single item.
+sealed in LMDB beside the segment's row ids, loaded at open. A planned filter then becomes a
+row mask without reading, let alone decrypting, a single item.
 """
 from __future__ import annotations
 
@@ -10,86 +11,161 @@ from typing import Iterable
 
 import numpy as np
 
+from .filter_plan import MAX_EXACT_INT
 from .filters import index_terms
 
 Term = tuple[str, bytes]
+_SIDES = {"$gt": "right", "$gte": "left", "$lt": "left", "$lte": "right"}
+
+
+def _numbers(meta: dict, prefix: str, out: dict[str, list], rows_out: dict[str, list], row: int,
+             unexact: set[str]) -> None:
+    """Numeric leaves and numeric list elements, by dotted path (the filter's addressing)."""
+    for key, value in meta.items():
+        if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
+            continue
+        path = prefix + key
+        if isinstance(value, dict):
+            _numbers(value, path + ".", out, rows_out, row, unexact)
+            continue
+        for element in (value if isinstance(value, list) else (value,)):
+            if isinstance(element, bool) or not isinstance(element, (int, float)):
+                continue
+            if isinstance(element, int) and abs(element) > MAX_EXACT_INT:
+                unexact.add(path)
+                continue
+            out.setdefault(path, []).append(float(element))
+            rows_out.setdefault(path, []).append(row)
 
 
 class TermIndex:
-    __slots__ = ("rows", "n", "_masks")
+    __slots__ = ("rows", "ranges", "unexact", "n", "_masks")
 
     # Masks of recent plans: a segment is immutable, so a plan's mask never changes; users
     # repeat the same few filters, and a 90%-selective $in would otherwise cost a scatter of
     # most rows on every query.
     _MASK_CACHE = 64
 
-    def __init__(self, rows: dict[Term, np.ndarray], n: int):
+    def __init__(self, rows: dict[Term, np.ndarray], n: int,
+                 ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 unexact: set[str] | None = None):
         self.rows = rows
+        self.ranges = ranges or {}
+        self.unexact = unexact or set()
         self.n = n
-        self._masks: dict[tuple, np.ndarray] = {}
+        self._masks: dict[tuple, np.ndarray | None] = {}
 
     @classmethod
     def build(cls, metadata: Iterable[dict | None], n: int) -> "TermIndex":
         lists: dict[Term, list[int]] = {}
+        values: dict[str, list] = {}
+        value_rows: dict[str, list] = {}
+        unexact: set[str] = set()
         for row, meta in enumerate(metadata):
             if meta:
                 for term in index_terms(meta):
                     lists.setdefault(term, []).append(row)
-        return cls({t: np.asarray(r, np.int32) for t, r in lists.items()}, n)
+                _numbers(meta, "", values, value_rows, row, unexact)
+        return cls({t: np.asarray(r, np.int32) for t, r in lists.items()}, n,
+                   {p: _sorted(np.asarray(values[p]), np.asarray(value_rows[p], np.int32))
+                    for p in values}, unexact)
 
-    def remap(self, mapping: np.ndarray, n: int) -> dict[Term, np.ndarray]:
-        """Rows of this index as rows of a merged segment (mapping[old] = new, -1 dropped)."""
-        out = {}
-        for term, rows in self.rows.items():
-            moved = mapping[rows]
+    def remap(self, mapping: np.ndarray, n: int) -> "TermIndex":
+        """This index as rows of a merged segment (mapping[old] = new, -1 dropped)."""
+        rows = {}
+        for term, old in self.rows.items():
+            moved = mapping[old]
             moved = moved[moved >= 0]
             if moved.size:
-                out[term] = moved.astype(np.int32)
-        return out
+                rows[term] = moved.astype(np.int32)
+        ranges = {}
+        for path, (vals, old) in self.ranges.items():
+            moved = mapping[old]
+            keep = moved >= 0
+            if keep.any():
+                ranges[path] = (vals[keep], moved[keep].astype(np.int32))
+        return TermIndex(rows, n, ranges, set(self.unexact))
 
     @classmethod
-    def merge(cls, parts: list[dict[Term, np.ndarray]], n: int) -> "TermIndex":
+    def merge(cls, parts: list["TermIndex"], n: int) -> "TermIndex":
         acc: dict[Term, list[np.ndarray]] = {}
+        vals: dict[str, list] = {}
+        rws: dict[str, list] = {}
+        unexact: set[str] = set()
         for part in parts:
-            for term, rows in part.items():
+            for term, rows in part.rows.items():
                 acc.setdefault(term, []).append(rows)
-        return cls({t: np.sort(np.concatenate(r)) for t, r in acc.items()}, n)
+            for path, (v, r) in part.ranges.items():
+                vals.setdefault(path, []).append(v)
+                rws.setdefault(path, []).append(r)
+            unexact |= part.unexact
+        return cls({t: np.sort(np.concatenate(r)) for t, r in acc.items()}, n,
+                   {p: _sorted(np.concatenate(vals[p]), np.concatenate(rws[p])) for p in vals},
+                   unexact)
 
-    def mask(self, plan: list[list[Term]]) -> np.ndarray:
-        """Rows matching an exact plan: AND over clauses of OR over each clause's terms.
+    def mask(self, plan: list) -> np.ndarray | None:
+        """Rows matching an exact plan (AND over clauses; OR over a clause's terms), or None
+        when this segment cannot decide it (a path holding ints too large for float64).
         The array is shared (cached): callers must not modify it."""
-        key = tuple(tuple(clause) for clause in plan)
-        cached = self._masks.get(key)
-        if cached is None:
-            cached = self._compute(plan)
-            cached.setflags(write=False)
-            if len(self._masks) >= self._MASK_CACHE:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[key] = cached
-        return cached
+        key = tuple(tuple(c) if isinstance(c, list) else c for c in plan)
+        if key in self._masks:
+            return self._masks[key]
+        result = self._compute(plan)
+        if result is not None:
+            result.setflags(write=False)
+        if len(self._masks) >= self._MASK_CACHE:
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[key] = result
+        return result
 
-    def _compute(self, plan: list[list[Term]]) -> np.ndarray:
+    def _compute(self, plan: list) -> np.ndarray | None:
         result = None
         for clause in plan:
             hit = np.zeros(self.n, bool)
-            for term in clause:
-                rows = self.rows.get(term)
-                if rows is not None:
-                    hit[rows] = True
+            if isinstance(clause, tuple):
+                _kind, path, op, value = clause
+                if path in self.unexact:
+                    return None
+                entry = self.ranges.get(path)
+                if entry is not None:
+                    vals, rows = entry
+                    cut = int(np.searchsorted(vals, value, side=_SIDES[op]))
+                    hit[rows[cut:] if op in ("$gt", "$gte") else rows[:cut]] = True
+            else:
+                for term in clause:
+                    rows = self.rows.get(term)
+                    if rows is not None:
+                        hit[rows] = True
             result = hit if result is None else (result & hit)
             if not result.any():
                 break
         return result if result is not None else np.ones(self.n, bool)
 
-    def pack(self) -> list:
-        return [[path, enc, rows.astype("<i4").tobytes()] for (path, enc), rows in self.rows.items()]
+    def pack(self) -> dict:
+        return {"t": [[p, e, r.astype("<i4").tobytes()] for (p, e), r in self.rows.items()],
+                "r": [[p, v.astype("<f8").tobytes(), r.astype("<i4").tobytes()]
+                      for p, (v, r) in self.ranges.items()],
+                "u": sorted(self.unexact)}
 
     @classmethod
-    def unpack(cls, raw: list, n: int) -> "TermIndex":
-        rows = {}
-        for path, enc, data in raw:
-            arr = np.frombuffer(data, "<i4")
-            if arr.size and (arr.min() < 0 or arr.max() >= n):
-                raise ValueError("term rows out of range")
-            rows[(path, enc)] = arr
-        return cls(rows, n)
+    def unpack(cls, raw: dict, n: int) -> "TermIndex":
+        rows = {(p, e): _rows(data, n) for p, e, data in raw["t"]}
+        ranges = {}
+        for path, vdata, rdata in raw["r"]:
+            vals, rws = np.frombuffer(vdata, "<f8"), _rows(rdata, n)
+            if len(vals) != len(rws):
+                raise ValueError("range index lengths differ")
+            ranges[path] = (vals, rws)
+        return cls(rows, n, ranges, set(raw["u"]))
+
+
+def _sorted(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    return values[order].astype(np.float64), rows[order]
+
+
+def _rows(data: bytes, n: int) -> np.ndarray:
+    arr = np.frombuffer(data, "<i4")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError("term rows out of range")
+    return arr

@@ -16,17 +16,24 @@ FILTERS = [
     {"color": {"$in": ["red", "blue"]}, "size": 3},     # plan: two clauses
     {"$and": [{"tags": "t1"}, {"size": {"$eq": 1}}]},   # plan: list element + $and
     {"rare": True},                                     # plan: very selective
-    {"size": {"$gt": 2}},                               # no plan: post-filter
+    {"size": {"$gt": 2}},                               # plan: numeric range
+    {"size": {"$gte": 1, "$lt": 3}, "color": "red"},    # plan: range + equality
+    {"score": {"$lte": 0.25}},                          # plan: float range
+    {"size": {"$gt": "a"}},                             # no plan: string comparison
     {"$or": [{"color": "green"}, {"size": 0}]},         # no plan: post-filter
     {"owner.name": "ann"},                              # plan: dotted path
     {"color": "nope"},                                  # plan: matches nothing
+    {"big": {"$gt": 2 ** 60}},                          # no plan: beyond float64 exactness
+    {"big": {"$lt": 100}},                              # plan, undecidable where big ints live
 ]
 
 
 def _metadata(rng: np.random.Generator, i: int) -> dict:
     return {"color": ["red", "blue", "green", "white"][int(rng.integers(4))],
             "size": int(rng.integers(5)), "tags": [f"t{int(t)}" for t in rng.integers(0, 4, 2)],
-            "rare": bool(i % 331 == 0), "owner": {"name": ["ann", "bob"][i % 2]}}
+            "rare": bool(i % 331 == 0), "owner": {"name": ["ann", "bob"][i % 2]},
+            "score": float(rng.random()) if i % 5 else [float(rng.random()), 0.9],
+            "big": 2 ** 60 + i if i % 97 == 0 else i}
 
 
 def _oracle(vectors: dict, metas: dict, query: np.ndarray, spec: dict, k: int) -> list[str]:
