@@ -137,9 +137,7 @@ def flush_oldest(core: "IndexCore") -> bool:
             core.store.commit(edit)
             failpoints.hit("flush.after_commit")
             for sid, arr in new_persisted.items():
-                src = core.seg_by_id[sid]
-                src.persisted = arr
-                src.dead |= arr
+                core.seg_by_id[sid].mark_dead(arr)
             if built is not None:
                 src = SegmentSource(manifest.segments[-1], built[1], ids, np.zeros(len(ids), bool),
                                     core.store, terms)

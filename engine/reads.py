@@ -49,10 +49,16 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int
 def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,
               include: tuple[str, ...] = ("distance",)) -> list[list[dict[str, Any]]]:
     """Top-k over every source of one snapshot; each source offers search() and hit()."""
-    parts = [source.search(queries, k, flt=flt, n_probes=n_probes) for source in sources]
-    if not parts:
+    found = [(source, source.search(queries, k, flt=flt, n_probes=n_probes)) for source in sources]
+    found = [(source, part) for source, part in found if part[0].shape[1]]
+    if not found:
         return [[] for _ in range(len(queries))]
-    src, rows, dists = merge_topk(parts, k)
+    sources = [source for source, _ in found]
+    if len(found) == 1:  # one source: already sorted, nothing to merge
+        rows, dists = found[0][1]
+        src = np.zeros(rows.shape, np.int64)
+    else:
+        src, rows, dists = merge_topk([part for _, part in found], k)
     out: list[list[dict[str, Any]]] = []
     finite = np.isfinite(dists) & (rows >= 0)
     for qi in range(len(queries)):

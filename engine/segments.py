@@ -44,6 +44,7 @@ class SegmentSource:
         self.ids = ids
         self.persisted = persisted
         self.dead = persisted.copy()
+        self.any_dead = bool(persisted.any())
         self.store = store
         self._subs: dict[tuple, tuple] = {}
 
@@ -57,6 +58,13 @@ class SegmentSource:
 
     def kill(self, row: int) -> None:
         self.dead[row] = True
+        self.any_dead = True
+
+    def mark_dead(self, rows: np.ndarray) -> None:
+        """Rows a committed flush or merge made dead (persisted) -- also dead in memory."""
+        self.persisted = rows
+        self.dead |= rows
+        self.any_dead = bool(self.dead.any())
 
     def live_rows(self) -> np.ndarray:
         """Rows the store still points at (memtable shadowing aside): what a merge must carry."""
@@ -65,7 +73,9 @@ class SegmentSource:
     def search(self, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         if flt is None or flt.is_match_all:
-            return self.segment.search(queries, k, n_probes=n_probes, exclude=self.dead)
+            # no mask when nothing is dead: the segment's single-query fast path
+            return self.segment.search(queries, k, n_probes=n_probes,
+                                       exclude=self.dead if self.any_dead else None)
         if flt.plan is not None:
             return self._planned(queries, k, flt.plan, flt, n_probes)
         return self._filtered(queries, k, flt, n_probes)
