@@ -284,11 +284,8 @@ class IndexCore:
         self._training = True
         try:
             self.flush()
-            with self._rw.read():
-                ids = [s.id for s in self.segments]
-            if ids:
-                from .maintenance import merge_segments
-                merge_segments(self, ids, n_lists=n_lists)
+            from .maintenance import merge_segments
+            merge_segments(self, None, n_lists=n_lists)  # all segments, listed under the lock
         finally:
             self._training = False
 

@@ -126,6 +126,11 @@ def normalize_query(query_vectors: Any, *, dimension: int | None,
     1-D vector was given. Raises InvalidTypeError (not numbers), InvalidVectorError (bad shape,
     NaN/inf, zero under cosine) or DimensionMismatchError."""
     _check_metric(metric)
+    if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
+            and query_vectors.dtype == np.float32 and query_vectors.shape[0] == dimension):
+        # the hot path of a single-query loop: already a float32 vector of the right length
+        out = query_vectors.reshape(1, -1).copy()
+        return _finish_inplace(out, metric, lambda _: "query vector"), True
     if query_vectors is None or isinstance(query_vectors, _NOT_A_SEQUENCE):
         raise InvalidTypeError(f"query_vectors: expected a vector or a batch of vectors, got "
                                f"{type(query_vectors).__name__}")

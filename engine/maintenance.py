@@ -153,10 +153,14 @@ def flush_oldest(core: "IndexCore") -> bool:
         return True
 
 
-def merge_segments(core: "IndexCore", seg_ids: list[int], **tuning) -> bool:
-    """Rewrite the live rows of `seg_ids` as one segment (trained when large enough)."""
+def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bool:
+    """Rewrite the live rows of `seg_ids` (None: every segment at the time the merge lock is
+    taken, so a background merge finishing first is included) as one segment (trained when
+    large enough)."""
     with core.merge_lock:
         with core.rw.read():
+            if seg_ids is None:
+                seg_ids = [s.id for s in core.segments]
             sources = [core.seg_by_id[s] for s in seg_ids if s in core.seg_by_id]
             if not sources:
                 return False
