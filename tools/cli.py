@@ -107,8 +107,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def _delegate(module: str):
     def run(args: argparse.Namespace) -> int:
-        mod = __import__(f"tools.{module}", fromlist=["main"])
-        return int(mod.main(args.rest) or 0)
+        rest = list(args.rest)
+        target = module
+        if module == "bench_lsm" and "--compare" in rest:  # lsmvec bench --compare: the peers
+            rest.remove("--compare")
+            target = "bench_compare"
+        mod = __import__(f"tools.{target}", fromlist=["main"])
+        return int(mod.main(rest) or 0)
     return run
 
 
@@ -119,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (("demo", "demo", "a guided tour on 100k synthetic vectors"),
-                               ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS")):
+                               ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS "
+                                "(--compare: vs every installed peer store)")):
         p = sub.add_parser(name, help=text, description=text + " (options: lsmvec " + name + " -- --help)")
         p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on")
         p.set_defaults(func=_delegate(module))
