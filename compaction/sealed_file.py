@@ -253,6 +253,53 @@ def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
     return plaintext
 
 
+def read_sealed_range(path: str | os.PathLike[str], key: bytes, context: bytes, start: int,
+                      length: int) -> bytes:
+    """Plaintext bytes [start, start + length) of a sealed file, decrypting only the chunks
+    that hold them (each chunk authenticates on its own; its number and the header are bound
+    into its associated data). Raises CorruptionError like read_sealed; ValueError for a range
+    outside the plaintext."""
+    key = _check_key(key)
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise CorruptionError("sealed file is missing", path) from exc
+    except OSError as exc:
+        raise storage_error_from(exc, f"open {path}") from exc
+    try:
+        header = os.pread(fd, HEADER_SIZE, 0)
+        if len(header) < HEADER_SIZE:
+            raise CorruptionError("sealed file header truncated", path, 0)
+        magic, version, flags, chunk_size, salt, total = _HEADER.unpack(header)
+        if magic != MAGIC or version != VERSION or flags != 0 or not 1 <= chunk_size <= CHUNK_SIZE:
+            raise CorruptionError("bad sealed file header", path, 0)
+        if start < 0 or length < 0 or start + length > total:
+            raise ValueError(f"range {start}+{length} outside {total} plaintext bytes")
+        aead = _file_aead(key, salt)
+        prefix = _ad_prefix(context, header)
+        count = _chunk_count(total, chunk_size)
+        out = bytearray()
+        first, last = start // chunk_size, (start + max(length, 1) - 1) // chunk_size
+        for index in range(first, last + 1):
+            offset = HEADER_SIZE + index * (chunk_size + TAG_SIZE)
+            size = min(chunk_size, total - index * chunk_size)
+            sealed = os.pread(fd, size + TAG_SIZE, offset)
+            if len(sealed) != size + TAG_SIZE:
+                raise CorruptionError("sealed file truncated", path, offset)
+            try:
+                out += aead.decrypt(_NONCE_TAIL.pack(index), sealed,
+                                    prefix + _CHUNK_AD.pack(index, index == count - 1))
+            except InvalidTag:
+                raise CorruptionError(f"chunk {index} failed authentication", path, offset) from None
+        skip = start - first * chunk_size
+        return bytes(out[skip:skip + length])
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {path}") from exc
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:

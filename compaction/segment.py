@@ -29,12 +29,12 @@ from compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_FILE,
 from compaction.scann_assets import (file_context, load_sealed_searcher, seal_searcher,
                                      train_searcher)
 from compaction.scann_params import (KIND_TREE_AH, SearchParams, choose_params,
-                                     leaves_for_probes)
-from compaction.sealed_file import read_sealed, write_sealed
+                                     leaves_for_probes, scann_scores_to_distances)
+from compaction.sealed_file import read_sealed, read_sealed_range, write_sealed
 from compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
                                       expected_entries, parse_meta)
 from compaction.exact import search_exact
-from compaction.segment_search import empty_result, pad_result, rescore_candidates, rescore_one
+from compaction.segment_search import empty_result, pad_result, select_live
 from wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                         InvalidArgumentError, InvalidTypeError, InvalidVectorError,
                         storage_error_from)
@@ -82,7 +82,8 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
     files, params, rows, searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, training_threads,
         tuning, own_copy=True)
-    return files, Segment(params, rows, searcher)
+    return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
+                                                   file_context(context, VECTORS_FILE)))
 
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
@@ -165,13 +166,20 @@ class Segment:
     threads (ScaNN searches are const and release the GIL; no state changes per search)."""
 
     __slots__ = ("_params", "_vectors", "_norms", "_searcher", "_scann", "_n", "_dim",
-                 "_metric", "_reorder", "__weakref__")
+                 "_metric", "_reorder", "_lazy", "_closed", "__weakref__")
 
-    def __init__(self, params: SearchParams, vectors: np.ndarray, searcher: Any = None) -> None:
+    def __init__(self, params: SearchParams, vectors: np.ndarray, searcher: Any = None,
+                 lazy: tuple[Path, bytes, bytes] | None = None) -> None:
         """Wrap rows and (for tree_ah) a loaded ScaNN searcher; use ``open`` or
-        ``build_and_open_segment`` rather than calling this directly."""
+        ``build_and_open_segment`` rather than calling this directly.
+
+        A trained segment does not keep its rows: ScaNN holds them for its exact reorder, and a
+        second copy would double the index's memory. ``lazy`` (vectors.bin, key, context)
+        reads them back from the sealed file when asked (get, merge, filters)."""
         self._params = params
-        self._vectors: np.ndarray | None = vectors
+        self._closed = False
+        self._lazy = lazy if searcher is not None else None
+        self._vectors: np.ndarray | None = vectors if self._lazy is None else None
         self._n, self._dim = vectors.shape
         self._metric = params.metric
         self._searcher = searcher
@@ -234,7 +242,8 @@ class Segment:
                 vectors, key, context)
         logger.debug("opened %s segment %s (%d x %d) in %.3fs", params.kind, directory, n, dim,
                      time.monotonic() - started)
-        return cls(params, vectors, searcher)
+        return cls(params, vectors, searcher,
+                   (directory / VECTORS_FILE, key, file_context(context, VECTORS_FILE)))
 
     # ------------------------------------------------------------ properties
     @property
@@ -266,17 +275,39 @@ class Segment:
 
     @property
     def vectors(self) -> np.ndarray:
-        """The rows, read-only (row i = segment id i). Raises ClosedError after close()."""
-        if self._vectors is None:
+        """The rows, read-only (row i = segment id i); for a trained segment, read back from
+        its sealed file on each access. Raises ClosedError after close()."""
+        if self._closed:
             raise ClosedError("segment is closed")
-        return self._vectors
+        if self._vectors is not None:
+            return self._vectors
+        path, key, context = self._lazy  # type: ignore[misc]
+        rows = np.frombuffer(read_sealed(path, key, context), np.float32).reshape(self._n, self._dim)
+        rows.setflags(write=False)
+        return rows
+
+    def row(self, index: int) -> np.ndarray:
+        """One row; a trained segment decrypts only the chunk that holds it."""
+        if self._closed:
+            raise ClosedError("segment is closed")
+        if self._vectors is not None:
+            return self._vectors[index]
+        path, key, context = self._lazy  # type: ignore[misc]
+        size = self._dim * 4
+        return np.frombuffer(read_sealed_range(path, key, context, index * size, size), np.float32)
+
+    def relocate(self, directory: str | os.PathLike[str]) -> None:
+        """The folder was renamed (temporary name -> final): read rows from there."""
+        if self._lazy is not None:
+            self._lazy = (Path(directory) / VECTORS_FILE, *self._lazy[1:])
 
     @property
     def closed(self) -> bool:
-        return self._vectors is None
+        return self._closed
 
     def close(self) -> None:
         """Drop the rows and the searcher (memory is freed once no search still uses them)."""
+        self._closed = True
         self._vectors = None
         self._norms = None
         self._searcher = None
@@ -304,12 +335,13 @@ class Segment:
         rows are returned whenever the search reaches that many (the search widens itself).
 
         Returns (rows int64 (q, k), distances float32 (q, k)), ascending; -1 / +inf pad a
-        result with fewer than k rows. Distances are recomputed exactly from the stored rows.
-        Raises ClosedError after close(), DimensionMismatchError, InvalidArgumentError.
+        result with fewer than k rows. Distances are exact: recomputed from the rows (brute)
+        or ScaNN's exact reorder scores (trained). Raises ClosedError after close(),
+        DimensionMismatchError, InvalidArgumentError.
         """
-        vectors = self._vectors
-        if vectors is None:
+        if self._closed:
             raise ClosedError("segment is closed")
+        vectors = self._vectors
         if not isinstance(queries, np.ndarray):
             queries = np.asarray(queries, dtype=np.float32)
         if queries.dtype != np.float32 or not queries.flags.c_contiguous:
@@ -331,18 +363,20 @@ class Segment:
             rows, distances = search_exact(vectors, queries, k, self._metric,
                                            sqnorms=self._norms, dead=exclude)
             return pad_result(rows, distances, k)
-        return self._search_tree(scann, vectors, queries, k, n_probes, exclude)
+        return self._search_tree(scann, queries, k, n_probes, exclude)
 
-    def _search_tree(self, scann: Any, vectors: np.ndarray, queries: np.ndarray, k: int,
+    def _search_tree(self, scann: Any, queries: np.ndarray, k: int,
                      n_probes: int | None, exclude: np.ndarray | None,
                      ) -> tuple[np.ndarray, np.ndarray]:
         n = self._n
         num_leaves = self._params.num_leaves
         leaves = leaves_for_probes(self._params, n_probes)
+        metric = self._metric
         if exclude is None and queries.shape[0] == 1 and k <= n:  # the hot path
-            found, _scores = scann.search(queries[0], k, max(self._reorder, k), leaves)
-            if found.shape[0] == k:
-                return rescore_one(vectors, self._metric, queries[0], found)
+            found, scores = scann.search(queries[0], k, max(self._reorder, k), leaves)
+            if found.shape[0] == k:  # ScaNN's reorder is exact and sorted best first
+                return (found.astype(np.int64).reshape(1, -1),
+                        scann_scores_to_distances(metric, scores).reshape(1, -1))
         dead = 0 if exclude is None else int(np.count_nonzero(exclude))
         if dead >= n:
             return empty_result(queries.shape[0], k)
@@ -356,9 +390,7 @@ class Segment:
             share = (n - dead) / n
             fetch = min(cap, max(math.ceil(1.5 * k / share) + 16,
                                  math.ceil(self._reorder / math.sqrt(share))))
-        candidates = self._candidates(scann, queries, fetch, leaves)
-        rows, distances = rescore_candidates(vectors, self._metric, queries, candidates, k,
-                                             exclude)
+        rows, distances = select_live(*self._candidates(scann, queries, fetch, leaves), k, exclude)
         short = rows[:, reachable - 1] < 0
         if not short.any():
             return rows, distances
@@ -370,27 +402,29 @@ class Segment:
             if grown == (fetch, leaves):
                 break
             fetch, leaves = grown
-            subset = queries[pending]
-            candidates = self._candidates(scann, subset, fetch, leaves)
-            sub_rows, sub_distances = rescore_candidates(vectors, self._metric, subset,
-                                                         candidates, k, exclude)
+            sub_rows, sub_distances = select_live(
+                *self._candidates(scann, queries[pending], fetch, leaves), k, exclude)
             rows[pending] = sub_rows
             distances[pending] = sub_distances
             pending = pending[sub_rows[:, reachable - 1] < 0]
         return rows, distances
 
     def _candidates(self, scann: Any, queries: np.ndarray, fetch: int,
-                    leaves: int) -> np.ndarray:
-        """ScaNN's candidate rows (q, <= fetch), -1 where it found fewer."""
+                    leaves: int) -> tuple[np.ndarray, np.ndarray]:
+        """ScaNN's candidate rows and exact distances (q, <= fetch), best first; -1 / +inf
+        where it found fewer."""
         pre_reorder = max(self._reorder, fetch)
         if queries.shape[0] == 1:
-            found, _scores = scann.search(queries[0], fetch, pre_reorder, leaves)
-            return found.astype(np.int64)[None, :]
+            found, scores = scann.search(queries[0], fetch, pre_reorder, leaves)
+            return (found.astype(np.int64)[None, :],
+                    scann_scores_to_distances(self._metric, scores)[None, :])
         parallel = queries.shape[0] >= _PARALLEL_BATCH
         found, scores = scann.search_batched(queries, fetch, pre_reorder, leaves, parallel,
                                              _PARALLEL_BATCH)
         rows = found.astype(np.int64)
+        distances = scann_scores_to_distances(self._metric, scores).astype(np.float32)
         padding = np.isnan(scores)  # search_batched pads short results with row 0 / NaN
         if padding.any():
             rows[padding] = -1
-        return rows
+            distances[padding] = np.inf
+        return rows, distances

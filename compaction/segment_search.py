@@ -1,6 +1,7 @@
-"""Exact re-scoring of a trained segment's candidates, so that every distance lsmvec returns is
-computed by one direct formula (``compaction.exact.direct_distances``) on the stored float32
-rows, whichever source found the row. Brute-force segments use ``compaction.exact`` directly.
+"""Selecting a trained segment's results from ScaNN's candidates. ScaNN re-scores its
+candidates exactly (its reorder step, over its own float32 copy of the rows), so its distances
+are used as they are; the segment keeps no second copy of the rows in memory. Brute-force
+segments use ``compaction.exact``.
 
 Conventions: rows are int64 segment row numbers, -1 means "no row"; distances are float32 in
 the lsmvec metric, +inf pairs with -1; each result row is sorted ascending by distance.
@@ -10,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compaction.exact import direct_distances
 
-__all__ = ["empty_result", "pad_result", "rescore_candidates", "rescore_one"]
+__all__ = ["empty_result", "pad_result", "select_live"]
 
 
 def empty_result(num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,56 +33,21 @@ def pad_result(rows: np.ndarray, distances: np.ndarray,
     return padded_rows, padded_distances
 
 
-_LIVE_MARGIN = 16
-"""Live candidates re-scored beyond k when a mask excludes rows: ScaNN's order is already exact
-after its reorder, so a small margin only guards float rounding at the boundary."""
-
-
-def rescore_candidates(vectors: np.ndarray, metric: str, queries: np.ndarray,
-                       candidates: np.ndarray, k: int,
-                       exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of each query's candidate rows (q, c) by exact distance.
-
-    Candidates equal to -1 and rows marked True in ``exclude`` are dropped; missing places are
-    padded with -1 / +inf. Returns (rows int64 (q, k), distances float32 (q, k)).
-    """
-    num_queries, count = candidates.shape
-    if count == 0:
-        return empty_result(num_queries, k)
-    missing = candidates < 0
-    safe = np.where(missing, 0, candidates) if missing.any() else candidates
+def select_live(rows: np.ndarray, distances: np.ndarray, k: int,
+                exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's candidates (q, c), already sorted best first with exact
+    distances (ScaNN's reorder), dropping -1 padding and rows marked True in ``exclude``.
+    Returns (rows int64 (q, k), distances float32 (q, k)), -1 / +inf padded."""
+    if rows.shape[1] == 0:
+        return empty_result(rows.shape[0], k)
+    missing = rows < 0
     if exclude is not None:
-        missing |= exclude[safe]
-        if count > k + _LIVE_MARGIN:
-            # ScaNN returns candidates best first (exactly reordered): keep the first live
-            # ones, so excluded rows' vectors are never gathered.
-            first = np.argsort(missing, axis=1, kind="stable")[:, :k + _LIVE_MARGIN]
-            candidates = np.take_along_axis(candidates, first, axis=1)
-            missing = np.take_along_axis(missing, first, axis=1)
-            safe = np.where(missing, 0, candidates)
-            count = candidates.shape[1]
-    distances = direct_distances(queries, vectors[safe], metric)
-    has_missing = missing.any()
-    if has_missing:
-        distances[missing] = np.inf
-    if count > k:
-        keep = np.argpartition(distances, k - 1, axis=1)[:, :k]
-        distances = np.take_along_axis(distances, keep, axis=1)
-        candidates = np.take_along_axis(candidates, keep, axis=1)
-    order = np.argsort(distances, axis=1, kind="stable")
-    rows = np.take_along_axis(candidates, order, axis=1).astype(np.int64, copy=False)
-    distances = np.take_along_axis(distances, order, axis=1)
-    if has_missing:
-        rows = np.where(np.isinf(distances), -1, rows)
-    return pad_result(rows, distances, k)
-
-
-def rescore_one(vectors: np.ndarray, metric: str, query: np.ndarray,
-                found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``rescore_candidates`` for one query whose candidates are all real rows and all wanted
-    (ScaNN returned exactly k): the same formula with a handful of numpy calls, since this
-    runs once per single query (~6 us)."""
-    distances = direct_distances(query[None, :], vectors[found][None, :, :], metric)[0]
-    order = distances.argsort(kind="stable")
-    return (found.take(order).astype(np.int64).reshape(1, -1),
-            distances.take(order).reshape(1, -1))
+        missing |= exclude[np.where(missing, 0, rows)]
+    if missing.any():
+        first = np.argsort(missing, axis=1, kind="stable")[:, :k]
+        rows = np.take_along_axis(rows, first, axis=1)
+        distances = np.take_along_axis(distances, first, axis=1)
+        gone = np.take_along_axis(missing, first, axis=1)
+        rows = np.where(gone, -1, rows)
+        distances = np.where(gone, np.inf, distances).astype(np.float32)
+    return pad_result(rows[:, :k].astype(np.int64), distances[:, :k].astype(np.float32), k)

@@ -45,6 +45,7 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **
         final = segment_folder(core.folder, seg_id)
         os.rename(tmp, final)
         fsio.fsync_dir(root)
+        segment.relocate(final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error_from(exc, f"cannot write segment {seg_id}") from None
@@ -167,8 +168,6 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
             picked = [(src, src.live_rows()) for src in sources]
             ids = [src.ids[r] for src, rows in picked for r in rows]
             origin = [(src.id, int(r)) for src, rows in picked for r in rows]
-            vectors = (np.concatenate([src.segment.vectors[rows] for src, rows in picked])
-                       if ids else None)
             parts, offset = [], 0
             for src, rows in picked:  # the term indexes follow their rows into the merged one
                 mapping = np.full(src.n_rows, -1, np.int64)
@@ -177,6 +176,10 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
                 offset += len(rows)
             terms = TermIndex.merge(parts, len(ids))
         started = time.monotonic()
+        # Outside the lock: a trained segment reads its rows back from its sealed file. Its
+        # folder stays: only merges remove segments, and this one holds the merge lock.
+        vectors = (np.concatenate([src.segment.vectors[rows] for src, rows in picked])
+                   if ids else None)
         new_id = core.reserve_segment_id() if ids else None
         built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
         _failpoint("merge.before_commit")

@@ -163,7 +163,7 @@ class SegmentSource:
             elif field == "contents":
                 hit["contents"] = stored.contents
             elif field == "vector":
-                hit["vector"] = self.segment.vectors[row].tolist()
+                hit["vector"] = self.segment.row(row).tolist()
         return hit
 
 
