@@ -46,6 +46,20 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int
             np.take_along_axis(dists, order, axis=1))
 
 
+def _plain_hits(ids: list[str], rows: np.ndarray, dists: np.ndarray, with_distance: bool
+                ) -> list[list[dict[str, Any]]]:
+    """The common case -- one source, ids and distances only -- without per-hit calls."""
+    out = []
+    inf = float("inf")
+    for row_list, dist_list in zip(rows.tolist(), dists.tolist()):
+        if with_distance:
+            out.append([{"id": ids[r], "distance": d} for r, d in zip(row_list, dist_list)
+                        if r >= 0 and d != inf])
+        else:
+            out.append([{"id": ids[r]} for r, d in zip(row_list, dist_list) if r >= 0 and d != inf])
+    return out
+
+
 def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,
               include: tuple[str, ...] = ("distance",)) -> list[list[dict[str, Any]]]:
     """Top-k over every source of one snapshot; each source offers search() and hit()."""
@@ -56,6 +70,8 @@ def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes:
     sources = [source for source, _ in found]
     if len(found) == 1:  # one source: already sorted, nothing to merge
         rows, dists = found[0][1]
+        if include == ("distance",) or not include:
+            return _plain_hits(sources[0].ids, rows, dists, bool(include))
         src = np.zeros(rows.shape, np.int64)
     else:
         src, rows, dists = merge_topk([part for _, part in found], k)
