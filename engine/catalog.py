@@ -93,6 +93,9 @@ class Catalog:
                     fsio.fsync_dir(tmp)
                     os.rename(tmp, final)
                     fsio.fsync_dir(self.root)
+                except OSError as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise storage_error_from(exc, f"cannot create index {name!r}") from None
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise

@@ -7,6 +7,7 @@ merge (see reads.py). Opening replays the log on top of what the store already h
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -213,7 +214,7 @@ class IndexCore:
                 if loc is not None:
                     live += 1
                     source = self.seg_by_id.get(loc[0])
-                    if source is not None:
+                    if source is not None and loc[1] < source.n_rows:
                         source.kill(loc[1])
         return live
 
@@ -303,8 +304,16 @@ class IndexCore:
         """The first upsert of an index created without a dimension fixes it (CONFIG rewrite)."""
         with self._config_lock:
             if self.config.dimension is None:
-                self.config.dimension = dim
-                write_config(self.folder, self.config, self.cipher)
+                fixed = dataclasses.replace(self.config, dimension=dim)
+                try:
+                    write_config(self.folder, fixed, self.cipher)
+                except BaseException:
+                    # The rename may have happened before the failure (a failed directory
+                    # fsync): memory follows whatever CONFIG now says.
+                    if _config_dimension(self.folder) == dim:
+                        self.config = fixed
+                    raise
+                self.config = fixed
             elif self.config.dimension != dim:
                 raise DimensionMismatchError(
                     f"vectors have dimension {dim}, the index has dimension {self.config.dimension}")
@@ -367,8 +376,13 @@ class IndexCore:
                 return table, row
         if self.segments:
             loc = self.store.location(item_id)
-            if loc is not None and loc[0] in self.seg_by_id:
-                return self.seg_by_id[loc[0]], loc[1]
+            if loc is not None:
+                source = self.seg_by_id.get(loc[0])
+                # the location is stored in the clear: check it before trusting it
+                if source is None or loc[1] >= source.n_rows or source.ids[loc[1]] != item_id:
+                    raise CorruptionError(f"store entry of an item points at segment {loc[0]} "
+                                          f"row {loc[1]}, which does not hold it", self.store.path)
+                return source, loc[1]
         return None
 
     def read_lock(self):
@@ -438,7 +452,8 @@ class IndexCore:
     def verify(self) -> dict[str, Any]:
         """Check every checksum and tag; report (never raise) what is damaged."""
         from .verify import verify_index
-        return verify_index(self)
+        with self.flush_lock, self.merge_lock:  # no segment switch while it cross-checks
+            return verify_index(self)
 
     def n_lists(self) -> int | None:
         trained = [s.info.n_lists for s in self.segments if s.info.kind == KIND_TREE_AH]
@@ -494,3 +509,11 @@ def _folder_bytes(folder: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+def _config_dimension(folder: Path) -> int | None:
+    import json
+    try:
+        return json.loads((folder / "CONFIG").read_bytes()).get("dimension")
+    except (OSError, ValueError):
+        return None

@@ -12,6 +12,7 @@ by growing the map and retrying.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,17 @@ class Store:
         info = self.env.info()
         if info["map_size"] < _INITIAL_MAP:
             self.env.set_mapsize(_INITIAL_MAP)
+        # LMDB maps the file and trusts it: a truncated file would fault (SIGBUS) on the first
+        # read past its end. Refuse it here instead.
+        try:
+            size = os.path.getsize(self._data)
+        except OSError as exc:
+            self.env.close()
+            raise storage_error_from(exc, "store stat") from None
+        if size < (info["last_pgno"] + 1) * self.env.stat()["psize"]:
+            self.env.close()
+            raise CorruptionError(f"store file is truncated ({size} bytes, its pages need "
+                                  f"{(info['last_pgno'] + 1) * self.env.stat()['psize']})", self._data)
 
     def _wrap(self, exc: BaseException, what: str) -> Exception:
         if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
@@ -190,6 +202,9 @@ class Store:
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
         if raw is None:
+            # Only a store that never committed a flush has no manifest.
+            if self.count():
+                raise CorruptionError("the store holds items but no manifest", self._data)
             return Manifest()
         body = self._open_meta(MANIFEST_KEY, raw)
         try:

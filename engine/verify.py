@@ -58,6 +58,11 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
                                  f"{item.segment} row {item.row}, which does not hold it"})
     except LsmvecError as exc:
         problems.append(_problem(exc))
+    live_rows = sum(int(s.n_rows - s.persisted.sum()) for s in segments)
+    if report["items"] != live_rows:
+        problems.append({"error": "CorruptionError", "path": str(core.store.path), "offset": None,
+                         "message": f"the store holds {report['items']} items but the segments "
+                                    f"hold {live_rows} live rows (an item is missing or extra)"})
     # 3. the log after the checkpoint: framing, CRCs, authentication
     try:
         records = replay(core.folder / "wal", from_lsn=manifest.checkpoint_lsn + 1,

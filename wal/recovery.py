@@ -119,6 +119,10 @@ class Replay(Iterator[Record]):
         for index in range(start, len(logs)):
             first_lsn, path = logs[index]
             if _size(path) == 0:  # created, never written (crash right after a roll or open)
+                if index != len(logs) - 1:  # ...which only the newest file can be
+                    self._on_damage(Damage(path, 0, "an empty log file precedes later ones "
+                                           "(its records are missing)", False), index)
+                    break
                 report.files.append(path)
                 continue
             if expected is not None and first_lsn != expected:
