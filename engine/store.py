@@ -33,6 +33,7 @@ STORE_DIR = "store"
 DATA_FILE = "data.mdb"
 _LOC = struct.Struct("<II")
 _INITIAL_MAP = 64 << 20
+_MIN_PAGE = 4096  # LMDB's two meta pages come first in every data file
 MANIFEST_KEY = b"manifest"
 
 
@@ -86,27 +87,36 @@ class Store:
         self._cipher = cipher
         try:
             self.path.mkdir(mode=0o700, exist_ok=True)
+            existing = os.path.getsize(self._data) if os.path.exists(self._data) else None
+            # 0 bytes: a crash while LMDB created it -- unless segments exist, whose items lived here
+            fresh = existing == 0 and not any((folder / "segments").glob("seg-*"))
+            if existing is not None and existing < 2 * _MIN_PAGE and not fresh:
+                raise CorruptionError(f"store file is truncated ({existing} bytes)", self._data)
             self.env = lmdb.open(str(self.path), map_size=_INITIAL_MAP, max_dbs=4, subdir=True,
                                  sync=True, metasync=True, readahead=False, max_readers=254,
                                  lock=True, meminit=True)
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "open") from None
+        except OSError as exc:
+            raise storage_error_from(exc, "store open") from None
+        # LMDB maps the file and trusts it: a read past the end of a truncated file faults
+        # (SIGBUS) and kills the interpreter. Check the size against the meta page's last page
+        # before any tree page is touched.
+        info = self.env.info()
+        need = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        size = os.path.getsize(self._data)
+        if size < need:
+            self.env.close()
+            raise CorruptionError(f"store file is truncated ({size} bytes, its pages need {need})",
+                                  self._data)
+        try:
             self._items = self.env.open_db(b"items")
             self._meta = self.env.open_db(b"meta")
         except lmdb.Error as exc:
+            self.env.close()
             raise self._wrap(exc, "open") from None
-        info = self.env.info()
         if info["map_size"] < _INITIAL_MAP:
             self.env.set_mapsize(_INITIAL_MAP)
-        # LMDB maps the file and trusts it: a truncated file would fault (SIGBUS) on the first
-        # read past its end. Refuse it here instead.
-        try:
-            size = os.path.getsize(self._data)
-        except OSError as exc:
-            self.env.close()
-            raise storage_error_from(exc, "store stat") from None
-        if size < (info["last_pgno"] + 1) * self.env.stat()["psize"]:
-            self.env.close()
-            raise CorruptionError(f"store file is truncated ({size} bytes, its pages need "
-                                  f"{(info['last_pgno'] + 1) * self.env.stat()['psize']})", self._data)
 
     def _wrap(self, exc: BaseException, what: str) -> Exception:
         if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
