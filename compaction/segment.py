@@ -30,7 +30,7 @@ from compaction.scann_assets import (file_context, load_sealed_searcher, seal_se
                                      train_searcher)
 from compaction.scann_params import (KIND_TREE_AH, SearchParams, choose_params,
                                      leaves_for_probes, scann_scores_to_distances)
-from compaction.sealed_file import read_sealed, read_sealed_range, write_sealed
+from compaction.sealed_file import CHUNK_SIZE, read_sealed, read_sealed_range, write_sealed
 from compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
                                       expected_entries, parse_meta)
 from compaction.exact import search_exact
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 _PARALLEL_BATCH = 256
 """Batches at least this large use ScaNN's own thread pool (search_batched_parallel)."""
+
+_CHUNK_CACHE = 16
+"""Decrypted chunks of a trained segment's vectors.bin kept for row reads (16 MiB at most)."""
 
 _WIDEN_FETCH = 4
 """When dead rows crowd out live ones, the next round asks ScaNN for this many times more."""
@@ -166,7 +169,7 @@ class Segment:
     threads (ScaNN searches are const and release the GIL; no state changes per search)."""
 
     __slots__ = ("_params", "_vectors", "_norms", "_searcher", "_scann", "_n", "_dim",
-                 "_metric", "_reorder", "_lazy", "_closed", "__weakref__")
+                 "_metric", "_reorder", "_lazy", "_closed", "_chunks", "__weakref__")
 
     def __init__(self, params: SearchParams, vectors: np.ndarray, searcher: Any = None,
                  lazy: tuple[Path, bytes, bytes] | None = None) -> None:
@@ -178,6 +181,7 @@ class Segment:
         reads them back from the sealed file when asked (get, merge, filters)."""
         self._params = params
         self._closed = False
+        self._chunks: dict[int, bytes] = {}  # recently decrypted chunks of vectors.bin (row reads)
         self._lazy = lazy if searcher is not None else None
         self._vectors: np.ndarray | None = vectors if self._lazy is None else None
         self._n, self._dim = vectors.shape
@@ -292,12 +296,30 @@ class Segment:
             raise ClosedError("segment is closed")
         if self._vectors is not None:
             return self._vectors[index]
-        path, key, context = self._lazy  # type: ignore[misc]
         size = self._dim * 4
-        return np.frombuffer(read_sealed_range(path, key, context, index * size, size), np.float32)
+        start = index * size
+        first, last = start // CHUNK_SIZE, (start + size - 1) // CHUNK_SIZE
+        blob = b"".join(self._chunk(c) for c in range(first, last + 1))
+        offset = start - first * CHUNK_SIZE
+        return np.frombuffer(blob[offset:offset + size], np.float32)
+
+    def _chunk(self, number: int) -> bytes:
+        """One decrypted 1 MiB chunk of vectors.bin; the last few are kept, since the rows a
+        get() asks for usually cluster (a batch of neighbours, a range of ids)."""
+        chunk = self._chunks.get(number)
+        if chunk is None:
+            path, key, context = self._lazy  # type: ignore[misc]
+            total = self._n * self._dim * 4
+            chunk = read_sealed_range(path, key, context, number * CHUNK_SIZE,
+                                      min(CHUNK_SIZE, total - number * CHUNK_SIZE))
+            if len(self._chunks) >= _CHUNK_CACHE:
+                self._chunks.pop(next(iter(self._chunks)), None)
+            self._chunks[number] = chunk
+        return chunk
 
     def relocate(self, directory: str | os.PathLike[str]) -> None:
         """The folder was renamed (temporary name -> final): read rows from there."""
+        self._chunks.clear()
         if self._lazy is not None:
             self._lazy = (Path(directory) / VECTORS_FILE, *self._lazy[1:])
 
@@ -308,6 +330,7 @@ class Segment:
     def close(self) -> None:
         """Drop the rows and the searcher (memory is freed once no search still uses them)."""
         self._closed = True
+        self._chunks.clear()
         self._vectors = None
         self._norms = None
         self._searcher = None
