@@ -208,6 +208,11 @@ class LsmMachine(RuleBasedStateMachine):
 @pytest.mark.parametrize("metric", METRICS)
 def test_lsm_state_machine(metric: str) -> None:
     machine = type(f"LsmMachine_{metric}", (LsmMachine,), {"metric": metric})
+    check_state_machine(machine)
+
+
+def check_state_machine(machine: type) -> None:
+    """Runs every drawn program; an invariant or oracle mismatch raises inside."""
     run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
 
 
