@@ -183,12 +183,7 @@ def read_sealed(path: str | os.PathLike[str], key: bytes, context: bytes, *,
     """
     key = _check_key(key)
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise CorruptionError("sealed file is missing", path) from exc
-    except OSError as exc:
-        raise storage_error_from(exc, f"open {path}") from exc
+    fd = _open_readonly(path)
     try:
         return _read_open_file(fd, path, key, context, expected_size, expected_sha256)
     except OSError as exc:
@@ -261,12 +256,7 @@ def read_sealed_range(path: str | os.PathLike[str], key: bytes, context: bytes, 
     outside the plaintext."""
     key = _check_key(key)
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise CorruptionError("sealed file is missing", path) from exc
-    except OSError as exc:
-        raise storage_error_from(exc, f"open {path}") from exc
+    fd = _open_readonly(path)
     try:
         header = os.pread(fd, HEADER_SIZE, 0)
         if len(header) < HEADER_SIZE:
@@ -298,6 +288,16 @@ def read_sealed_range(path: str | os.PathLike[str], key: bytes, context: bytes, 
         raise storage_error_from(exc, f"read {path}") from exc
     finally:
         os.close(fd)
+
+
+def _open_readonly(path: str) -> int:
+    """Raises CorruptionError when the file is missing, StorageError for other failures."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise CorruptionError("sealed file is missing", path) from exc
+    except OSError as exc:
+        raise storage_error_from(exc, f"open {path}") from exc
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

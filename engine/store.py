@@ -205,12 +205,16 @@ class Store:
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
-    def read_manifest(self) -> Manifest:
+    def _get_meta(self, name: bytes) -> bytes | None:
+        """A raw value of the meta database, in a short read transaction."""
         try:
             with self.env.begin(db=self._meta) as txn:
-                raw = txn.get(MANIFEST_KEY)
+                return txn.get(name)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
+
+    def read_manifest(self) -> Manifest:
+        raw = self._get_meta(MANIFEST_KEY)
         if raw is None:
             # Only a store that never committed a flush has no manifest.
             if self.count():
@@ -225,11 +229,7 @@ class Store:
 
     def read_dead(self, segment: int, rows: int) -> np.ndarray:
         name = b"dead/%d" % segment
-        try:
-            with self.env.begin(db=self._meta) as txn:
-                raw = txn.get(name)
-        except lmdb.Error as exc:
-            raise self._wrap(exc, "read") from None
+        raw = self._get_meta(name)
         if raw is None:
             return np.zeros(rows, bool)
         bits = np.frombuffer(self._open_meta(name, raw), np.uint8)
@@ -239,11 +239,7 @@ class Store:
 
     def read_row_ids(self, segment: int, rows: int) -> list[str]:
         name = b"rows/%d" % segment
-        try:
-            with self.env.begin(db=self._meta) as txn:
-                raw = txn.get(name)
-        except lmdb.Error as exc:
-            raise self._wrap(exc, "read") from None
+        raw = self._get_meta(name)
         if raw is None:
             raise CorruptionError(f"row ids of segment {segment} are missing", self._data)
         ids = self._open_meta(name, raw)
@@ -255,11 +251,7 @@ class Store:
         """The segment's secondary index (an empty one when it has no metadata)."""
         from .term_index import TermIndex
         name = b"terms/%d" % segment
-        try:
-            with self.env.begin(db=self._meta) as txn:
-                raw = txn.get(name)
-        except lmdb.Error as exc:
-            raise self._wrap(exc, "read") from None
+        raw = self._get_meta(name)
         if raw is None:
             return TermIndex({}, rows)
         try:
