@@ -34,7 +34,10 @@ def folder_bytes(folder: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            total += os.lstat(os.path.join(root, name)).st_size
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # removed by a background merge during the walk
+                continue
     return total
 
 
