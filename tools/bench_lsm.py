@@ -116,6 +116,15 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None]
         return data, queries, args.metric or "euclidean", {
             "dataset": "synthetic clustered (tools.datasets.clustered, 100 clusters, spread 0.6)",
             "seed": args.seed}
+    if args.dataset == "file":
+        if not args.data:
+            raise SystemExit("--dataset file needs --data PATH (.npy, .fvecs or ann-benchmarks .hdf5)")
+        from .datasets import load_file
+        data, queries, file_metric = load_file(args.data, args.queries)
+        say(f"loaded {data.shape[0]:,} x {data.shape[1]} vectors and {len(queries)} queries "
+            f"from {args.data}")
+        return data, queries, args.metric or file_metric or "euclidean", {
+            "dataset": f"file {args.data}", "seed": None}
     from .minilm_data import load_or_embed
     got = load_or_embed(args.n, seed=args.seed, n_queries=args.queries, say=say)
     if got.n != args.n:
@@ -402,7 +411,9 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("synthetic", "minilm"), default="synthetic")
+    parser.add_argument("--dataset", choices=("synthetic", "minilm", "file"), default="synthetic")
+    parser.add_argument("--data", default=None,
+                        help="with --dataset file: a .npy, .fvecs or ann-benchmarks .hdf5 file")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128, help="synthetic only (MiniLM is 384)")
     parser.add_argument("--metric", choices=("euclidean", "cosine"), default=None,

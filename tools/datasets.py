@@ -100,3 +100,45 @@ def brute_force_topk_chunked(data: np.ndarray, queries: np.ndarray, k: int, metr
         order = np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable")
         out[start:start + chunk] = np.take_along_axis(part, order, axis=1)
     return out
+
+
+def read_fvecs(path: str) -> np.ndarray:
+    """A .fvecs file (each row: int32 dimension, then that many float32) as an (n, d) array."""
+    raw = np.fromfile(path, dtype=np.int32)
+    if raw.size == 0:
+        return np.zeros((0, 0), np.float32)
+    dim = int(raw[0])
+    if dim <= 0 or raw.size % (dim + 1):
+        raise ValueError(f"{path}: not an .fvecs file (dimension {dim}, {raw.size} words)")
+    rows = raw.reshape(-1, dim + 1)
+    if not (rows[:, 0] == dim).all():
+        raise ValueError(f"{path}: rows of different dimensions")
+    return rows[:, 1:].view(np.float32).copy()
+
+
+def load_file(path: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(data, queries, metric or None) from a .npy, .fvecs or ann-benchmarks .hdf5 file.
+
+    .npy / .fvecs: the last `n_queries` rows are held out as queries. .hdf5: its "train" and
+    "test" sets, and its "distance" attribute ("angular" -> cosine). Never unpickles."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        data = np.load(path, allow_pickle=False).astype(np.float32)
+    elif lower.endswith(".fvecs"):
+        data = read_fvecs(path)
+    elif lower.endswith((".hdf5", ".h5")):
+        try:
+            import h5py
+        except ImportError:
+            raise SystemExit("reading HDF5 needs h5py: pip install h5py") from None
+        with h5py.File(path, "r") as f:
+            train = np.asarray(f["train"], np.float32)
+            test = np.asarray(f["test"], np.float32)[:n_queries]
+            distance = f.attrs.get("distance", "")
+        metric = {"angular": "cosine", "euclidean": "euclidean"}.get(str(distance))
+        return train, test, metric
+    else:
+        raise SystemExit(f"{path}: expected .npy, .fvecs or .hdf5")
+    if data.ndim != 2 or len(data) <= n_queries:
+        raise SystemExit(f"{path}: need a 2-D array with more than {n_queries} rows")
+    return data[:-n_queries], data[-n_queries:], None
