@@ -119,8 +119,12 @@ class Store:
             self.env.set_mapsize(_INITIAL_MAP)
 
     def _wrap(self, exc: BaseException, what: str) -> Exception:
+        # LMDB's "internal" errors on a write (a full page, a cursor stack overflow, a panic)
+        # come from a damaged tree, as do its read-side corruption errors.
         if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
-                            lmdb.InvalidError, lmdb.VersionMismatchError)):
+                            lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.PageFullError,
+                            lmdb.CursorFullError, lmdb.PanicError, lmdb.BadChecksumError,
+                            lmdb.IncompatibleError, lmdb.ProblemError)):
             return CorruptionError(f"store {what}: {exc}", self._data)
         if isinstance(exc, OSError):
             return storage_error_from(exc, f"store {what}")
