@@ -31,7 +31,8 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import failpoints, fsio
@@ -327,9 +328,9 @@ class WalWriter:
 
     # -- syncing, truncating, closing -----------------------------------------------------------
 
-    def roll(self) -> None:
-        """Continue in a new file now, so a later checkpoint can free this one whole (the
-        engine rolls at each flush). Raises ClosedError, LogPoisonedError."""
+    @contextmanager
+    def _io_writable(self) -> Iterator[None]:
+        """Hold the I/O lock on a log that is neither closed nor poisoned."""
         with self._cond:
             self._check_writable()
         with self._io:
@@ -337,19 +338,19 @@ class WalWriter:
                 raise ClosedError("log writer is closed")
             if self._poison is not None:
                 raise self._poisoned_error()
+            yield
+
+    def roll(self) -> None:
+        """Continue in a new file now, so a later checkpoint can free this one whole (the
+        engine rolls at each flush). Raises ClosedError, LogPoisonedError."""
+        with self._io_writable():
             if self._file_size > 0:
                 self._roll()
 
     def sync(self) -> None:
         """fsync the active file now (earlier files were synced when rolled).
         Raises ClosedError, LogPoisonedError (also when this sync fails)."""
-        with self._cond:
-            self._check_writable()
-        with self._io:
-            if self._closed:
-                raise ClosedError("log writer is closed")
-            if self._poison is not None:
-                raise self._poisoned_error()
+        with self._io_writable():
             try:
                 self.fsyncs += 1
                 fsio.FS.fsync(self._fd)
