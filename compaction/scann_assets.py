@@ -26,6 +26,7 @@ from scann.scann_ops.py import scann_ops_pybind
 from compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_FILE,
                                   SCANN_DATASET_FILE, SCANN_DOCIDS_FILE, SCRATCH_PREFIX)
 from compaction.scann_params import SearchParams
+from compaction.scann_serialize import serialize_searcher
 from compaction.sealed_file import SealedFileInfo, read_sealed, write_sealed
 from wal.errors import CorruptionError, LsmvecError, storage_error_from
 
@@ -100,24 +101,22 @@ def seal_searcher(searcher: scann_ops_pybind.ScannSearcher, vectors: np.ndarray,
                   ) -> tuple[dict[str, SealedFileInfo], bool]:
     """Serialize ``searcher`` into a scratch folder and seal every asset into ``directory``
     under its own name. ScaNN's ``dataset.npy`` is left out when its rows equal ``vectors``
-    byte for byte (it is rebuilt from ``vectors.bin`` at load: half the disk).
+    byte for byte (it is rebuilt from ``vectors.bin`` at load: half the disk). The serialize
+    runs in a forked child where possible (see ``scann_serialize``).
 
     Returns ({name: SealedFileInfo}, dataset_stored). Raises LsmvecError when ScaNN wrote a
     file name this module does not know (refusing to seal blindly), StorageError on I/O errors.
     """
     scratch = make_scratch_dir(directory.parent)
     try:
-        searcher.serialize(str(scratch), relative_path=True)
+        dataset_stored = serialize_searcher(searcher, scratch, vectors)
         names = sorted(os.listdir(scratch))
         unknown = [name for name in names if name not in SCANN_ASSET_FILES]
         if unknown or SCANN_ASSETS_INDEX_FILE not in names:
             raise LsmvecError(f"ScaNN wrote unexpected assets {unknown or names}; "
                               f"refusing to seal them (is ScaNN a different version?)")
-        dataset_stored = not _dataset_matches(scratch / SCANN_DATASET_FILE, vectors)
         sealed: dict[str, SealedFileInfo] = {}
         for name in names:
-            if name == SCANN_DATASET_FILE and not dataset_stored:
-                continue
             data = (scratch / name).read_bytes()
             sealed[name] = write_sealed(directory / name, data, key, file_context(context, name))
         return sealed, dataset_stored
@@ -125,22 +124,6 @@ def seal_searcher(searcher: scann_ops_pybind.ScannSearcher, vectors: np.ndarray,
         raise storage_error_from(exc, f"serialize ScaNN searcher for {directory}") from exc
     finally:
         remove_scratch_dir(scratch)
-
-
-def _dataset_matches(path: Path, vectors: np.ndarray) -> bool:
-    if not path.exists():
-        return True  # nothing to store; load writes it from the vectors regardless
-    with open(path, "rb") as f:
-        major, _minor = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
-        if shape != vectors.shape or fortran or dtype != np.dtype("<f4"):
-            return False
-        stored = np.fromfile(f, dtype="<f4", count=vectors.size)
-    # Bit-for-bit (as uint32) so -0.0 vs 0.0 counts as a difference; no extra copies.
-    return stored.size == vectors.size and np.array_equal(
-        stored.view(np.uint32), vectors.reshape(-1).view(np.uint32))
 
 
 def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]],

@@ -94,9 +94,13 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
            training_threads: int, tuning: dict[str, Any], *,
            own_copy: bool) -> tuple[SegmentFiles, SearchParams, np.ndarray, Any]:
     started = time.monotonic()
-    vectors = _checked_vectors(vectors, own_copy)
+    vectors = _checked_vectors(vectors)
     n, dim = vectors.shape
     params = choose_params(n, dim, metric, n_lists=n_lists, **tuning)
+    # A trained Segment keeps no rows of its own (ScaNN holds them): no private copy then.
+    own_copy = own_copy and params.kind != KIND_TREE_AH
+    if own_copy:
+        vectors = vectors.copy()
     _prepare_directory(directory)
     report = progress or (lambda stage: None)
     report("vectors")
@@ -126,8 +130,8 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     return files, params, vectors, searcher
 
 
-def _checked_vectors(vectors: np.ndarray, own_copy: bool) -> np.ndarray:
-    """C-contiguous float32 rows, all finite; a private copy when ``own_copy``."""
+def _checked_vectors(vectors: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 rows, all finite."""
     if not isinstance(vectors, np.ndarray):
         raise InvalidTypeError(f"vectors must be a numpy array, got {type(vectors).__name__}")
     if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
@@ -135,8 +139,7 @@ def _checked_vectors(vectors: np.ndarray, own_copy: bool) -> np.ndarray:
                                  f"{vectors.shape}")
     if not np.issubdtype(vectors.dtype, np.floating):
         raise InvalidTypeError(f"vectors must be floating point, got {vectors.dtype}")
-    rows = (np.array(vectors, dtype=np.float32, order="C", copy=True) if own_copy
-            else np.ascontiguousarray(vectors, dtype=np.float32))
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
     if not np.isfinite(rows).all():
         raise InvalidVectorError("vectors contain NaN or inf (they would corrupt the index)")
     return rows

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from compaction.filenames import temp_segment_dir_name
+from compaction.row_gather import concat_rows
 from compaction.segment import build_and_open_segment
 from wal import failpoints, fsio
 from wal.errors import storage_error_from
@@ -70,12 +71,12 @@ def _info(seg_id: int, files) -> SegmentInfo:
 
 def _shadow_new(source: SegmentSource, tables: Iterable[Memtable]) -> None:
     """Rows of a freshly installed segment that newer memtable writes already supersede."""
-    row_of = {item_id: row for row, item_id in enumerate(source.ids)}
-    for table in tables:
-        for item_id in (*table.row_of, *table.tombstones):
-            row = row_of.get(item_id)
-            if row is not None:
-                source.kill(row)
+    newer = {item_id for table in tables for item_id in (*table.row_of, *table.tombstones)}
+    if not newer:  # the usual case after train(): no id map of the whole segment to build
+        return
+    for row, item_id in enumerate(source.ids):
+        if item_id in newer:
+            source.kill(row)
 
 
 def _mark_dead(core: "IndexCore", txn: StoreTxn, touched: dict[int, list[int]],
@@ -166,8 +167,14 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
             if not sources:
                 return False
             picked = [(src, src.live_rows()) for src in sources]
-            ids = [src.ids[r] for src, rows in picked for r in rows]
-            origin = [(src.id, int(r)) for src, rows in picked for r in rows]
+            # Vectorised, no per-row tuples: 100k fresh tracked objects would set off a full
+            # garbage collection that holds the GIL (a loop stall) for tens of milliseconds.
+            ids: list[str] = []
+            for src, rows in picked:
+                ids.extend(np.asarray(src.ids, object)[rows].tolist())
+            origin_seg = np.concatenate([np.full(len(rows), src.id, np.int64)
+                                         for src, rows in picked])
+            origin_row = np.concatenate([rows for _src, rows in picked]).astype(np.int64)
             parts, offset = [], 0
             for src, rows in picked:  # the term indexes follow their rows into the merged one
                 mapping = np.full(src.n_rows, -1, np.int64)
@@ -178,8 +185,8 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
         started = time.monotonic()
         # Outside the lock: a trained segment reads its rows back from its sealed file. Its
         # folder stays: only merges remove segments, and this one holds the merge lock.
-        vectors = (np.concatenate([src.segment.vectors[rows] for src, rows in picked])
-                   if ids else None)
+        vectors = (concat_rows([(src.segment.vectors, rows) for src, rows in picked],
+                               picked[0][0].segment.dim) if ids else None)
         new_id = core.reserve_segment_id() if ids else None
         built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
         _failpoint("merge.before_commit")
@@ -190,8 +197,9 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
             def edit(txn: StoreTxn) -> None:
                 nonlocal manifest
                 persisted[:] = False
-                for row, (item_id, where) in enumerate(zip(ids, origin)):
-                    if txn.location(item_id) == where:
+                for row, (item_id, seg, old_row) in enumerate(
+                        zip(ids, origin_seg.tolist(), origin_row.tolist())):
+                    if txn.location(item_id) == (seg, old_row):
                         txn.reseal_item(item_id, new_id, row)
                     else:  # superseded or deleted by a flush that committed meanwhile
                         persisted[row] = True

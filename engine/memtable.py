@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 
 from compaction.exact import search_exact
+from compaction.row_gather import gather_rows
 
 _MIN_CAPACITY = 256
 TOMBSTONE = -1
@@ -161,5 +162,5 @@ class Memtable:
         write supersedes them when it is flushed in turn."""
         rows = np.fromiter(sorted(self.row_of.values()), np.int64, len(self.row_of))
         ids = [self.ids[r] for r in rows]
-        return (ids, self._vectors[rows], [self.contents[r] for r in rows],
+        return (ids, gather_rows(self._vectors, rows), [self.contents[r] for r in rows],
                 [self.metadata[r] for r in rows])

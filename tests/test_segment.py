@@ -15,6 +15,7 @@ import pytest
 from scann.scann_ops.py import scann_ops_pybind
 
 import compaction.scann_assets as scann_assets
+import compaction.scann_serialize as scann_serialize
 from compaction.filenames import SCANN_DOCIDS_FILE, SEGMENT_META_FILE, VECTORS_FILE
 from compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, MIN_TREE_ROWS
 from compaction.segment import (FileEntry, Segment, SegmentFiles, build_and_open_segment,
@@ -216,7 +217,7 @@ def test_a_dataset_that_differs_from_the_rows_is_stored_and_reloaded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ScaNN's dataset.npy is normally rebuilt from vectors.bin; if it ever differs it is
     sealed and loaded as is."""
-    monkeypatch.setattr(scann_assets, "_dataset_matches", lambda path, vectors: False)
+    monkeypatch.setattr(scann_serialize, "_dataset_matches", lambda path, vectors: False)
     rows, queries = clustered(2 * MIN_TREE_ROWS, 20, 8, 8, seed=12, unit=False)
     files, built = build_and_open_segment(tmp_path / "seg", rows, metric="euclidean", key=KEY,
                                           context=CONTEXT, kind="tree_ah")

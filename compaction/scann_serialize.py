@@ -1,0 +1,147 @@
+"""Serialize a trained ScaNN searcher without stalling the parent's other threads.
+
+ScaNN 1.4.2's ``serialize()`` holds the GIL for its whole run (about 0.4 s for 100k x 384),
+which freezes every event loop and query thread in the process. On Linux the searcher is
+therefore serialized by a forked child: the child shares the searcher copy-on-write, writes
+the assets into the (private) scratch folder, drops ``dataset.npy`` when it equals the
+segment's own rows, and exits with a code saying which. The parent waits in ``waitpid``
+(GIL released); only the fork itself holds the GIL (about 9 ms per GB of resident memory).
+
+The child runs nothing but ScaNN's serializer and a file comparison, then ``os._exit``: it
+never touches LMDB, the log, locks or logging. Any failure or a child that does not finish
+in time falls back to serializing in this process, so the fork is only ever an optimisation.
+``LSMVEC_SERIALIZE_IN_CHILD=0`` turns it off.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compaction.filenames import SCANN_DATASET_FILE
+
+__all__ = ["serialize_searcher", "fork_usable", "CHILD_TIMEOUT_S"]
+
+logger = logging.getLogger(__name__)
+
+CHILD_TIMEOUT_S = 600.0
+"""A child still running after this long is killed and the parent serializes itself."""
+
+_EXIT_DATASET_DROPPED = 10
+_EXIT_DATASET_KEPT = 11
+_EXIT_FAILED = 12
+_POLL_S = 0.002
+
+
+def fork_usable() -> bool:
+    """True where serializing in a forked child is safe and wanted (Linux, not disabled)."""
+    if os.environ.get("LSMVEC_SERIALIZE_IN_CHILD", "1") in ("0", "false", "no"):
+        return False
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def serialize_searcher(searcher: Any, scratch: Path, vectors: np.ndarray,
+                       timeout_s: float | None = None) -> bool:
+    """Serialize ``searcher`` into the empty folder ``scratch``; returns whether
+    ``dataset.npy`` had to be kept (ScaNN's copy of the rows differs from ``vectors``).
+    Raises OSError / RuntimeError from an in-process serialize."""
+    if fork_usable():
+        kept = _serialize_in_child(searcher, scratch, vectors,
+                                   CHILD_TIMEOUT_S if timeout_s is None else timeout_s)
+        if kept is not None:
+            return kept
+        for name in os.listdir(scratch):  # whatever a failed child left
+            os.unlink(scratch / name)
+    searcher.serialize(str(scratch), relative_path=True)
+    return _settle_dataset(scratch, vectors)
+
+
+def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray,
+                        timeout_s: float) -> bool | None:
+    """None when the child failed or timed out (the caller serializes itself)."""
+    _trim_heap()  # fewer resident pages: the fork copies their page tables holding the GIL
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as exc:
+        logger.warning("cannot fork to serialize ScaNN (%s); serializing in-process", exc)
+        return None
+    if pid == 0:  # child: never return into the parent's frames
+        code = _EXIT_FAILED
+        try:
+            searcher.serialize(str(scratch), relative_path=True)
+            code = _EXIT_DATASET_KEPT if _settle_dataset(scratch, vectors) else _EXIT_DATASET_DROPPED
+        finally:
+            os._exit(code)
+    logger.debug("forked ScaNN serialize child %d in %.1f ms", pid,
+                 (time.perf_counter() - started) * 1000)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            logger.warning("ScaNN serialize child %d ran over %.0fs; killed it, serializing "
+                           "in-process", pid, timeout_s)
+            return None
+        time.sleep(_POLL_S)
+    code = os.waitstatus_to_exitcode(status)
+    if code in (_EXIT_DATASET_DROPPED, _EXIT_DATASET_KEPT):
+        return code == _EXIT_DATASET_KEPT
+    logger.warning("ScaNN serialize child %d ended with status %d; serializing in-process",
+                   pid, code)
+    return None
+
+
+def _trim_heap() -> None:
+    """Return glibc's free heap pages (ScaNN training leaves tens of MB per arena) to the
+    system. ctypes releases the GIL for the call."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+def _settle_dataset(scratch: Path, vectors: np.ndarray) -> bool:
+    """Remove ScaNN's ``dataset.npy`` when it equals ``vectors`` bit for bit (the segment's
+    vectors.bin rebuilds it at load: half the disk). Returns whether it was kept."""
+    path = scratch / SCANN_DATASET_FILE
+    if not path.exists():
+        return False
+    if _dataset_matches(path, vectors):
+        path.unlink()
+        return False
+    return True
+
+
+def _dataset_matches(path: Path, vectors: np.ndarray) -> bool:
+    with open(path, "rb") as f:
+        major, _minor = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if shape != vectors.shape or fortran or dtype != np.dtype("<f4"):
+            return False
+        stored = np.fromfile(f, dtype="<f4", count=vectors.size)
+    # Bit-for-bit (as uint32) so -0.0 vs 0.0 counts as a difference; no extra copies.
+    return stored.size == vectors.size and np.array_equal(
+        stored.view(np.uint32), vectors.reshape(-1).view(np.uint32))

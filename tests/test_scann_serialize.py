@@ -1,0 +1,118 @@
+"""Serializing ScaNN in a forked child: the parent never runs ScaNN's GIL-holding serialize,
+the files equal an in-process serialize, and every child failure falls back cleanly."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compaction.scann_serialize as scann_serialize
+from compaction.scann_assets import train_searcher
+from compaction.scann_params import MIN_TREE_ROWS, choose_params
+
+pytestmark = pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork (Linux)")
+
+
+class FakeSearcher:
+    """Writes a known dataset.npy (and one other asset) and records which process ran."""
+
+    def __init__(self, vectors: np.ndarray, *, in_child: str = "ok", differ: bool = False,
+                 log: Path) -> None:
+        self.vectors = vectors
+        self.in_child = in_child
+        self.differ = differ
+        self.parent = os.getpid()
+        self.log = log
+
+    def serialize(self, path: str, relative_path: bool = False) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if os.getpid() != self.parent:
+            if self.in_child == "raise":
+                raise RuntimeError("child failure")
+            if self.in_child == "hang":
+                time.sleep(3600)
+            if self.in_child == "die":
+                os._exit(1)
+        rows = self.vectors + (1.0 if self.differ else 0.0)
+        np.save(os.path.join(path, "dataset.npy"), rows)
+        Path(path, "scann_assets.pbtxt").write_text("assets {}\n")
+
+
+def pids(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()]
+
+
+def rows(n: int = 50, dim: int = 8) -> np.ndarray:
+    return np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_the_child_serializes_and_settles_the_dataset(tmp_path: Path, differ: bool) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    fake = FakeSearcher(vectors, differ=differ, log=tmp_path / "log")
+    kept = scann_serialize.serialize_searcher(fake, scratch, vectors)
+    assert kept is differ
+    assert pids(tmp_path / "log") != [os.getpid()] and os.getpid() not in pids(tmp_path / "log")
+    assert (scratch / "dataset.npy").exists() is differ
+    assert (scratch / "scann_assets.pbtxt").read_text() == "assets {}\n"
+
+
+@pytest.mark.parametrize("failure", ["raise", "die"])
+def test_a_failing_child_falls_back_to_the_parent(tmp_path: Path, failure: str) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    fake = FakeSearcher(vectors, in_child=failure, log=tmp_path / "log")
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) is False
+    ran = pids(tmp_path / "log")
+    assert len(ran) == 2 and ran[0] != os.getpid() and ran[1] == os.getpid()
+    assert sorted(os.listdir(scratch)) == ["scann_assets.pbtxt"]
+
+
+def test_a_child_over_time_is_killed_and_the_parent_serializes(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    fake = FakeSearcher(vectors, in_child="hang", log=tmp_path / "log")
+    started = time.monotonic()
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors, timeout_s=0.5) is False
+    assert time.monotonic() - started < 30
+    child = pids(tmp_path / "log")[0]
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # killed and reaped: no zombie left behind
+    assert pids(tmp_path / "log")[1] == os.getpid()
+
+
+def test_the_environment_switch_keeps_serialize_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LSMVEC_SERIALIZE_IN_CHILD", "0")
+    assert not scann_serialize.fork_usable()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    fake = FakeSearcher(vectors, log=tmp_path / "log")
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) is False
+    assert pids(tmp_path / "log") == [os.getpid()]
+
+
+def test_a_real_searcher_serialized_in_a_child_equals_one_serialized_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n, dim = MIN_TREE_ROWS + 500, 16
+    vectors = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    searcher = train_searcher(vectors, choose_params(n, dim, "euclidean", kind="tree_ah"))
+    forked, local = tmp_path / "forked", tmp_path / "local"
+    forked.mkdir()
+    local.mkdir()
+    assert scann_serialize.serialize_searcher(searcher, forked, vectors) is False
+    monkeypatch.setenv("LSMVEC_SERIALIZE_IN_CHILD", "0")
+    assert scann_serialize.serialize_searcher(searcher, local, vectors) is False
+    names = sorted(os.listdir(local))
+    assert sorted(os.listdir(forked)) == names and "dataset.npy" not in names
+    for name in names:
+        assert (forked / name).read_bytes() == (local / name).read_bytes(), name
