@@ -9,7 +9,8 @@ Peers (tools/peers.py) come from the optional extra `lsmvec[bench-peers]`; a mis
 skipped with the reason. Each store runs in a fresh subprocess reading the same .npy files (data,
 queries, exact answers), so one store's threads, caches and allocator state do not touch the
 next. For each knob setting: recall@10 over the queries (from the batched call), single-query QPS
-(one query per call over all queries) and batched QPS (one call with all queries), each the
+(one query per call over all queries), per-query latency p50/p99 (one more pass, each query
+timed alone) and batched QPS (one call with all queries), each the
 fastest of 3-20 timed passes (at least 1 s in all) after an untimed warm-up pass. The row
 reported per store is the fastest single-query setting with recall@10 >= --target (0.95), else
 its most accurate one (marked). Prints one markdown table, writes JSON and,
@@ -74,7 +75,14 @@ def measure_setting(peer: Peer, queries: np.ndarray, truth: np.ndarray, k: int) 
     singles()  # warm-up: stores that load lists or pages lazily pay for it here
     single = best_pass(singles)
     batched = best_pass(lambda: peer.query_batch(queries, k))
-    return {"recall": recall, "single_qps": len(queries) / single, "batch_qps": len(queries) / batched}
+    latencies = []
+    for q in queries:  # one more pass, each query timed on its own
+        t0 = time.perf_counter()
+        peer.query(q, k)
+        latencies.append(time.perf_counter() - t0)
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    return {"recall": recall, "single_qps": len(queries) / single, "batch_qps": len(queries) / batched,
+            "p50_ms": float(p50), "p99_ms": float(p99)}
 
 
 def pick_setting(sweep: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -153,7 +161,7 @@ def spawn(name: str, work: Path, args: argparse.Namespace, metric: str) -> dict[
 
 def markdown_table(results: list[dict[str, Any]], target: float, k: int) -> str:
     head = ["store", "version", "durable ingest (vec/s)", "ingest + train (s)", "setting",
-            f"recall@{k}", "single QPS", "batched QPS", "disk MB"]
+            f"recall@{k}", "single QPS", "p50 / p99 ms", "batched QPS", "disk MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in results:
         if "best" not in r:
@@ -165,7 +173,8 @@ def markdown_table(results: list[dict[str, Any]], target: float, k: int) -> str:
         recall = f"{b['recall']:.3f}" + ("" if b["reached_target"] else f" (< {target:g})")
         lines.append(f"| {r['name']} | {r['version']} | {r['ingest_vps']:,.0f} | "
                      f"{r['ingest_s']:.1f} + {r['ready_s']:.1f} | {setting} | {recall} | "
-                     f"{b['single_qps']:,.0f} | {b['batch_qps']:,.0f} | {r['disk_bytes'] / 1e6:,.0f} |")
+                     f"{b['single_qps']:,.0f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | "
+                     f"{b['batch_qps']:,.0f} | {r['disk_bytes'] / 1e6:,.0f} |")
     return "\n".join(lines)
 
 
