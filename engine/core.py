@@ -383,6 +383,8 @@ class IndexCore(CoreInfo):
                     raise CorruptionError(f"store entry of an item points at segment {loc[0]} "
                                           f"row {loc[1]}, which does not hold it", self.store.path)
                 return source, loc[1]
+            for source in self.segments:  # no entry: make sure no segment row expects one
+                source.check_unstored(item_id)
         return None
 
     def read_lock(self):

@@ -47,6 +47,7 @@ class SegmentSource:
         self.any_dead = bool(persisted.any())
         self.store = store
         self._subs: dict[tuple, tuple] = {}
+        self._by_hash: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def id(self) -> int:
@@ -65,6 +66,35 @@ class SegmentSource:
         self.persisted = rows
         self.dead |= rows
         self.any_dead = bool(self.dead.any())
+
+    def find_row(self, item_id: str) -> int | None:
+        """The row holding `item_id` (live or dead), or None: the cross-check that turns a
+        store entry LMDB lost (its pages carry no checksum) into a CorruptionError instead of
+        a silently missing item. The index (16 bytes per row, from Python's in-process string
+        hash) is built on the first call; racing builders build the same thing."""
+        index = self._by_hash
+        if index is None:
+            hashes = np.fromiter(map(hash, self.ids), np.int64, len(self.ids))
+            order = np.argsort(hashes, kind="stable")
+            index = self._by_hash = (hashes[order], order)
+        hashes, order = index
+        wanted = hash(item_id)
+        start = int(np.searchsorted(hashes, wanted, "left"))
+        for j in range(start, len(hashes)):
+            if hashes[j] != wanted:
+                break
+            if self.ids[order[j]] == item_id:
+                return int(order[j])
+        return None
+
+    def check_unstored(self, item_id: str) -> None:
+        """Raise CorruptionError when the store has no entry for `item_id` but this segment
+        holds a row of it the store must still point at (not persisted dead)."""
+        row = self.find_row(item_id)
+        if row is not None and not self.persisted[row]:
+            raise CorruptionError(f"the store lost the entry of an item that segment {self.id} "
+                                  f"row {row} holds (damaged LMDB page? run verify)",
+                                  self.store.path)
 
     def live_rows(self) -> np.ndarray:
         """Rows the store still points at (memtable shadowing aside): what a merge must carry."""
@@ -137,6 +167,9 @@ class SegmentSource:
                 if unknown:
                     items = self.store.get_items([self.ids[r] for r in unknown])
                     for r, item in zip(unknown, items):
+                        if item is None and not self.persisted[r]:
+                            raise CorruptionError(f"segment {self.id} row {r} has no item in "
+                                                  f"the store", self.store.path)
                         verdict[r] = item is not None and flt.matches(item.metadata)
                 keep = [j for j, r in enumerate(rows) if verdict[int(r)]][:k]
                 if len(keep) >= k or fetch >= live or len(rows) < fetch:

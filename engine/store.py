@@ -11,6 +11,7 @@ by growing the map and retrying.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -25,7 +26,7 @@ import numpy as np
 from wal import failpoints
 
 from .crypto import IndexCipher
-from .errors import CorruptionError, StorageError, storage_error_from
+from .errors import CorruptionError, StorageError, StorageFullError, storage_error_from
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ STORE_DIR = "store"
 DATA_FILE = "data.mdb"
 _LOC = struct.Struct("<II")
 _INITIAL_MAP = 64 << 20
+_FULL_DISK_BYTES = 64 << 20
+"""Below this much free space, an LMDB write failing with EIO is taken for a full disk."""
 _MIN_PAGE = 4096  # LMDB's two meta pages come first in every data file
 MANIFEST_KEY = b"manifest"
 
@@ -128,7 +131,24 @@ class Store:
             return CorruptionError(f"store {what}: {exc}", self._data)
         if isinstance(exc, OSError):
             return storage_error_from(exc, f"store {what}")
+        if self._disk_full(exc):
+            return StorageFullError(errno.ENOSPC, f"store {what}: no space left on device "
+                                                  f"(LMDB said: {exc})")
         return StorageError(0, f"store {what}: {exc}")
+
+    def _disk_full(self, exc: BaseException) -> bool:
+        """LMDB reports a write that ran out of space as a short write, i.e. EIO; call it a
+        full disk when the store's file system has (almost) no room left."""
+        text = str(exc)
+        if "No space left" in text or "Disk quota" in text:
+            return True
+        if "Input/output error" not in text:
+            return False
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _FULL_DISK_BYTES
 
     # -- sealing ------------------------------------------------------------------------------
 
