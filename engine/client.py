@@ -18,6 +18,7 @@ from .crypto import IndexCipher, check_key, generate_key
 from .errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
 from .index import Index
 from .lockfile import LOCK_NAME, LockFile
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,11 @@ class Client:
         config = new_config(index_name, key, dimension=dimension, metric=metric,
                             embedding_model=embedding_model, options=dict(tuning))
         cipher = IndexCipher(key, config.uuid_bytes)
-        folder = self._catalog.create(index_name, lambda tmp: write_config(tmp, config, cipher))
+        def populate(tmp: Path) -> None:  # the whole index is made before it is renamed in
+            write_config(tmp, config, cipher)
+            Store(tmp, cipher, create=True).close()
+
+        folder = self._catalog.create(index_name, populate)
         return self._face(_acquire_core(folder, key, durability))
 
     def load_index(self, index_name: str, index_key: bytes, *, durability: str | None = None) -> Index:

@@ -22,7 +22,7 @@ from wal import RecoveryMode, WalWriter, replay
 from . import records
 from .config import read_config, write_config
 from .core_info import CoreInfo
-from .errors import ClosedError, CorruptionError, DimensionMismatchError
+from .errors import ClosedError, CorruptionError, DimensionMismatchError, StorageError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
@@ -72,6 +72,7 @@ class IndexCore(CoreInfo):
             self.frozen: list[Memtable] = []
             self.flush_lock = threading.Lock()
             self.merge_lock = threading.Lock()
+            self.commit_lock = threading.Lock()  # one store write transaction (+ its switch) at a time
             self._writers_cond = threading.Condition()
             self._ids_lock = threading.Lock()
             self._training = False
@@ -194,28 +195,30 @@ class IndexCore(CoreInfo):
 
     def _shadow(self, ids: list[str]) -> int:
         """A newer version or a delete is arriving: hide older versions everywhere.
-        Returns how many of `ids` were live before (for the live count)."""
-        tables = [self.memtable, *reversed(self.frozen)]
-        frozen = self.frozen
-        segments = bool(self.segments)
+        Returns how many of `ids` were live before (for the live count).
+
+        Set operations against each memtable, then each segment's in-memory id index: no per-id
+        Python loop over the tables and no store lookup (a bulk load of new ids costs a few
+        hash probes per id)."""
+        wanted = set(ids)
+        for table in self.frozen:
+            table.kill_many(wanted)
         live = 0
-        for item_id in ids:
-            found = None
-            for table in tables:
-                found = table.lookup(item_id)
-                if found is not None:
-                    break
-            for table in frozen:
-                table.kill(item_id)
-            if found is not None:
-                live += found != TOMBSTONE
-            elif segments:
-                loc = self.store.location(item_id)
-                if loc is not None:
-                    live += 1
-                    source = self.seg_by_id.get(loc[0])
-                    if source is not None and loc[1] < source.n_rows:
-                        source.kill(loc[1])
+        for table in (self.memtable, *reversed(self.frozen)):  # newest first
+            if not wanted:
+                return live
+            found = wanted & table.row_of.keys()
+            deleted = (wanted & table.tombstones) - found if table.tombstones else set()
+            live += len(found)
+            wanted -= found
+            wanted -= deleted
+        if wanted and self.segments:
+            rest = list(wanted)
+            for source in self.segments:
+                rows = source.live_rows_of(rest)
+                live += len(rows)
+                for row in rows:
+                    source.kill(row)
         return live
 
     def _freeze(self) -> None:
@@ -245,8 +248,15 @@ class IndexCore(CoreInfo):
             return
         with self._writers_cond:
             while len(self.frozen) >= MAX_FROZEN and not self._closed:
+                if isinstance(self._flusher.error, StorageError):
+                    break  # the flusher cannot make room (a full disk?): see below
                 self._flusher.signal()
                 self._writers_cond.wait(0.5)
+        if len(self.frozen) >= MAX_FROZEN and not self._closed:
+            # Flush here, in the caller: it makes room (space was freed) or raises the
+            # StorageError itself, before this call has written anything.
+            self._flush_step()
+            self._flusher.error = None
 
     # -- background work ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ MAX_ID_BYTES = 1024
 METRICS = frozenset({"euclidean", "squared_euclidean", "cosine"})
 ITEM_FIELDS = ("id", "vector", "contents", "metadata")
 _MIN_SAFE_SQUARED_NORM = 1e-30   # below this a float32 sum of squares has lost bits to underflow
+_MAX_SAFE_SQUARED_NORM = 1e37  # above this (or NaN / inf) the fast query check defers to the careful one
 _NOT_A_SEQUENCE = (str, bytes, bytearray, Mapping)
 _REAL_SCALARS = (int, float, np.integer, np.floating)
 _NON_FINITE = "contains NaN or infinity (after conversion to float32)"
@@ -128,8 +129,14 @@ def normalize_query(query_vectors: Any, *, dimension: int | None,
     _check_metric(metric)
     if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
             and query_vectors.dtype == np.float32 and query_vectors.shape[0] == dimension):
-        # the hot path of a single-query loop: already a float32 vector of the right length
-        out = query_vectors.reshape(1, -1).copy()
+        # the hot path of a single-query loop: already a float32 vector of the right length.
+        # One dot product decides: a finite, safe sum of squares means every value is finite.
+        squared = np.dot(query_vectors, query_vectors)
+        if squared >= _MIN_SAFE_SQUARED_NORM and squared < _MAX_SAFE_SQUARED_NORM:
+            if metric == "cosine":
+                return (query_vectors / np.sqrt(squared)).reshape(1, -1), True
+            return query_vectors.reshape(1, -1).copy(), True
+        out = query_vectors.reshape(1, -1).copy()  # zero, tiny, huge or not finite: look closer
         return _finish_inplace(out, metric, lambda _: "query vector"), True
     if query_vectors is None or isinstance(query_vectors, _NOT_A_SEQUENCE):
         raise InvalidTypeError(f"query_vectors: expected a vector or a batch of vectors, got "

@@ -76,11 +76,10 @@ class Memtable:
             self._sqnorms[start:start + n] = np.einsum("nd,nd->n", vectors, vectors)
         self._dead[start:start + n] = False
         row_of, tomb = self.row_of, self.tombstones
-        for offset, item_id in enumerate(ids):
-            old = row_of.get(item_id)
-            if old is not None:
-                self._dead[old] = True
-            row_of[item_id] = start + offset
+        if row_of:
+            for item_id in row_of.keys() & set(ids):  # older rows of these ids die
+                self._dead[row_of[item_id]] = True
+        row_of.update(zip(ids, range(start, start + n)))
         if tomb:
             tomb.difference_update(ids)
         self.ids.extend(ids)
@@ -106,6 +105,12 @@ class Memtable:
         row = self.row_of.get(item_id)
         if row is not None:
             self._dead[row] = True
+
+    def kill_many(self, ids: set[str]) -> None:
+        """`kill` for a set of ids (a set intersection, not a loop over `ids`)."""
+        row_of = self.row_of
+        for item_id in ids & row_of.keys():
+            self._dead[row_of[item_id]] = True
 
     # -- reads --------------------------------------------------------------------------------
 

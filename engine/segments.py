@@ -35,9 +35,17 @@ _SUBMATRIX_MAX_BYTES = 64 << 20
 _SUBMATRIX_CACHE = 8
 
 
+def id_index_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted in-process string hashes of `ids`, the row of each): SegmentSource.id_index."""
+    hashes = np.fromiter(map(hash, ids), np.int64, len(ids))
+    order = np.argsort(hashes, kind="stable")
+    return hashes[order], order
+
+
 class SegmentSource:
     def __init__(self, info: SegmentInfo, segment: Segment, ids: list[str], persisted: np.ndarray,
-                 store: Store, terms: TermIndex):
+                 store: Store, terms: TermIndex,
+                 id_index: tuple[np.ndarray, np.ndarray] | None = None):
         self.info = info
         self.terms = terms
         self.segment = segment
@@ -47,7 +55,7 @@ class SegmentSource:
         self.any_dead = bool(persisted.any())
         self.store = store
         self._subs: dict[tuple, tuple] = {}
-        self._by_hash: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_hash = id_index
 
     @property
     def id(self) -> int:
@@ -72,12 +80,7 @@ class SegmentSource:
         store entry LMDB lost (its pages carry no checksum) into a CorruptionError instead of
         a silently missing item. The index (16 bytes per row, from Python's in-process string
         hash) is built on the first call; racing builders build the same thing."""
-        index = self._by_hash
-        if index is None:
-            hashes = np.fromiter(map(hash, self.ids), np.int64, len(self.ids))
-            order = np.argsort(hashes, kind="stable")
-            index = self._by_hash = (hashes[order], order)
-        hashes, order = index
+        hashes, order = self.id_index()
         wanted = hash(item_id)
         start = int(np.searchsorted(hashes, wanted, "left"))
         for j in range(start, len(hashes)):
@@ -86,6 +89,35 @@ class SegmentSource:
             if self.ids[order[j]] == item_id:
                 return int(order[j])
         return None
+
+    def id_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted hashes of the row ids, their rows); built once (flushes and merges build it
+        in the background before installing the segment)."""
+        index = self._by_hash
+        if index is None:
+            index = self._by_hash = id_index_of(self.ids)
+        return index
+
+    def live_rows_of(self, ids: list[str]) -> list[int]:
+        """Rows holding one of `ids` that the store still points at (not persisted dead): what a
+        newer write of those ids supersedes here. Vectorised; no store access."""
+        hashes, order = self.id_index()
+        if not len(hashes) or not ids:
+            return []
+        wanted = np.fromiter(map(hash, ids), np.int64, len(ids))
+        pos = np.searchsorted(hashes, wanted)
+        hit = np.flatnonzero(hashes[np.minimum(pos, len(hashes) - 1)] == wanted)
+        out = []
+        for i in hit.tolist():
+            j, item_id, h = int(pos[i]), ids[i], wanted[i]
+            while j < len(hashes) and hashes[j] == h:
+                row = int(order[j])
+                if self.ids[row] == item_id:
+                    if not self.persisted[row]:
+                        out.append(row)
+                    break
+                j += 1
+        return out
 
     def check_unstored(self, item_id: str) -> None:
         """Raise CorruptionError when the store has no entry for `item_id` but this segment
@@ -213,7 +245,7 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
     if segment.n != info.rows:
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
     ids = store.read_row_ids(info.id, info.rows)
-    persisted = store.read_dead(info.id, info.rows)
+    persisted = store.read_dead(info.id, info.rows, info.dead)
     return SegmentSource(info, segment, ids, persisted, store, store.read_terms(info.id, info.rows))
 
 

@@ -11,19 +11,20 @@ by growing the map and retrying.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import lmdb
 import msgpack
 import numpy as np
 
-from wal import failpoints
+from wal import failpoints, fsio
 
 from .crypto import IndexCipher
 from .errors import CorruptionError, StorageError, StorageFullError, storage_error_from
@@ -48,13 +49,17 @@ class SegmentInfo:
     kind: str
     files: list[list[Any]]  # [name, size, sha256 hex]
     n_lists: int | None = None
+    dead: int = 0
+    """Rows of the segment the store no longer points at: the size of its dead/ set, kept in
+    the sealed manifest so a dead/ record LMDB lost cannot bring deleted items back."""
 
     def pack(self) -> list:
-        return [self.id, self.rows, self.kind, self.files, self.n_lists]
+        return [self.id, self.rows, self.kind, self.files, self.n_lists, self.dead]
 
     @classmethod
     def unpack(cls, raw: list) -> "SegmentInfo":
-        return cls(int(raw[0]), int(raw[1]), str(raw[2]), [list(f) for f in raw[3]], raw[4])
+        return cls(int(raw[0]), int(raw[1]), str(raw[2]), [list(f) for f in raw[3]], raw[4],
+                   int(raw[5]))
 
 
 @dataclass
@@ -84,17 +89,21 @@ def _unpack(data: bytes, path: str) -> Any:
 class Store:
     """Thread-safe: LMDB serialises write transactions; reads are short read transactions."""
 
-    def __init__(self, folder: Path, cipher: IndexCipher):
+    def __init__(self, folder: Path, cipher: IndexCipher, *, create: bool = False):
+        """Open the store of an index folder. `create` (only while the index is being built in
+        its temporary folder) makes the file, its tables and an empty manifest; otherwise all of
+        them must exist, so a store that lost its tables or manifest is a CorruptionError and
+        never taken for a new, empty index."""
         self.path = folder / STORE_DIR
         self._data = str(self.path / DATA_FILE)
         self._cipher = cipher
         try:
-            self.path.mkdir(mode=0o700, exist_ok=True)
+            if create:
+                self.path.mkdir(mode=0o700)
             existing = os.path.getsize(self._data) if os.path.exists(self._data) else None
-            # 0 bytes: a crash while LMDB created it -- unless segments exist, whose items lived here
-            fresh = existing == 0 and not any((folder / "segments").glob("seg-*"))
-            if existing is not None and existing < 2 * _MIN_PAGE and not fresh:
-                raise CorruptionError(f"store file is truncated ({existing} bytes)", self._data)
+            if not create and (existing is None or existing < 2 * _MIN_PAGE):
+                raise CorruptionError(f"store file is missing or truncated ({existing} bytes)",
+                                      self._data)
             self.env = lmdb.open(str(self.path), map_size=_INITIAL_MAP, max_dbs=4, subdir=True,
                                  sync=True, metasync=True, readahead=False, max_readers=254,
                                  lock=True, meminit=True)
@@ -113,11 +122,17 @@ class Store:
             raise CorruptionError(f"store file is truncated ({size} bytes, its pages need {need})",
                                   self._data)
         try:
-            self._items = self.env.open_db(b"items")
-            self._meta = self.env.open_db(b"meta")
+            self._items = self.env.open_db(b"items", create=create)
+            self._meta = self.env.open_db(b"meta", create=create)
+        except lmdb.NotFoundError:
+            self.env.close()
+            raise CorruptionError("the store's tables are missing", self._data) from None
         except lmdb.Error as exc:
             self.env.close()
             raise self._wrap(exc, "open") from None
+        if create:
+            self.commit(lambda txn: txn.put_manifest(Manifest()))
+            fsio.fsync_dir(self.path)  # data.mdb's own directory entry
         if info["map_size"] < _INITIAL_MAP:
             self.env.set_mapsize(_INITIAL_MAP)
 
@@ -179,9 +194,11 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def location(self, item_id: str, txn: lmdb.Transaction | None = None) -> tuple[int, int] | None:
-        """(segment, row) of the id's flushed version, without decrypting anything."""
-        key = self._cipher.id_hash(item_id)
+    def location(self, item_id: str, txn: lmdb.Transaction | None = None,
+                 key: bytes | None = None) -> tuple[int, int] | None:
+        """(segment, row) of the id's flushed version, without decrypting anything (`key`:
+        the id's hash when the caller has it already)."""
+        key = key or self._cipher.id_hash(item_id)
         try:
             if txn is None:
                 with self.env.begin(db=self._items, buffers=False) as txn:
@@ -195,6 +212,17 @@ class Store:
         if len(value) < _LOC.size:
             raise CorruptionError("store item value too short", self._data)
         return _LOC.unpack_from(value)
+
+    def prepare_items(self, ids: list[str], segment: int, contents: list, metadata: list
+                      ) -> list[tuple[bytes, bytes]]:
+        """(key, sealed value) of each item as row i of `segment`: the per-item hashing and
+        sealing a flush does before it takes any lock (the transaction then only puts)."""
+        out = []
+        id_hash, seal = self._cipher.id_hash, self._seal_item
+        for row, item_id in enumerate(ids):
+            key = id_hash(item_id)
+            out.append((key, seal(key, item_id, segment, row, contents[row], metadata[row])))
+        return out
 
     def get_items(self, ids: Iterable[str]) -> list[StoredItem | None]:
         out: list[StoredItem | None] = []
@@ -239,11 +267,8 @@ class Store:
 
     def read_manifest(self) -> Manifest:
         raw = self._get_meta(MANIFEST_KEY)
-        if raw is None:
-            # Only a store that never committed a flush has no manifest.
-            if self.count():
-                raise CorruptionError("the store holds items but no manifest", self._data)
-            return Manifest()
+        if raw is None:  # every store is created with one
+            raise CorruptionError("the store's manifest is missing", self._data)
         body = self._open_meta(MANIFEST_KEY, raw)
         try:
             return Manifest([SegmentInfo.unpack(s) for s in body["segments"]], int(body["checkpoint"]),
@@ -251,15 +276,23 @@ class Store:
         except (KeyError, TypeError, ValueError, IndexError):
             raise CorruptionError("malformed manifest", self._data) from None
 
-    def read_dead(self, segment: int, rows: int) -> np.ndarray:
+    def read_dead(self, segment: int, rows: int, expected: int) -> np.ndarray:
+        """The segment's dead-row set; `expected` (the manifest's count) must match it."""
         name = b"dead/%d" % segment
         raw = self._get_meta(name)
         if raw is None:
+            if expected:
+                raise CorruptionError(f"dead-row set of segment {segment} is missing",
+                                      self._data)
             return np.zeros(rows, bool)
         bits = np.frombuffer(self._open_meta(name, raw), np.uint8)
         if len(bits) != (rows + 7) // 8:
             raise CorruptionError(f"dead-row set of segment {segment} has the wrong size", self._data)
-        return np.unpackbits(bits, count=rows).astype(bool)
+        dead = np.unpackbits(bits, count=rows).astype(bool)
+        if int(np.count_nonzero(dead)) != expected:
+            raise CorruptionError(f"dead-row set of segment {segment} does not match the "
+                                  f"manifest", self._data)
+        return dead
 
     def read_row_ids(self, segment: int, rows: int) -> list[str]:
         name = b"rows/%d" % segment
@@ -276,8 +309,8 @@ class Store:
         from .term_index import TermIndex
         name = b"terms/%d" % segment
         raw = self._get_meta(name)
-        if raw is None:
-            return TermIndex({}, rows)
+        if raw is None:  # every segment gets one, empty or not
+            raise CorruptionError(f"term index of segment {segment} is missing", self._data)
         try:
             return TermIndex.unpack(self._open_meta(name, raw), rows)
         except (ValueError, TypeError, KeyError):
@@ -285,16 +318,29 @@ class Store:
 
     # -- the one write path -------------------------------------------------------------------
 
-    def commit(self, edit: Callable[["StoreTxn"], None]) -> None:
-        """Run edit(txn) in one write transaction; grow the map and retry when it is full."""
+    def commit(self, edit: Callable[["StoreTxn"], None], *,
+               guard: Callable[[], ContextManager[Any]] | None = None,
+               then: Callable[[], None] | None = None) -> None:
+        """Run edit(txn) in one write transaction; grow the map and retry when it is full.
+
+        `guard` (a lock's context manager) is held only around the commit itself and `then`
+        (the caller's switch of its in-memory state), so the long part -- the edit -- blocks
+        nobody, while readers still never see the committed store beside the old memory.
+        Callers serialize their commits (one write transaction at a time)."""
         try:
             failpoints.hit("store.commit")
         except OSError as exc:
             raise storage_error_from(exc, "store commit") from None
         while True:
+            txn = None
             try:
-                with self.env.begin(write=True) as txn:
-                    edit(StoreTxn(self, txn))
+                txn = self.env.begin(write=True)
+                edit(StoreTxn(self, txn))
+                with guard() if guard is not None else contextlib.nullcontext():
+                    done, txn = txn, None
+                    done.commit()
+                    if then is not None:
+                        then()
                 return
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"] * 2
@@ -302,6 +348,9 @@ class Store:
                 self.env.set_mapsize(size)
             except lmdb.Error as exc:
                 raise self._wrap(exc, "write") from None
+            finally:
+                if txn is not None:
+                    txn.abort()
 
     def close(self) -> None:
         self.env.close()
@@ -315,8 +364,12 @@ class StoreTxn:
         self._s = store
         self.txn = txn
 
-    def location(self, item_id: str) -> tuple[int, int] | None:
-        return self._s.location(item_id, self.txn)
+    def location(self, item_id: str, key: bytes | None = None) -> tuple[int, int] | None:
+        return self._s.location(item_id, self.txn, key)
+
+    def put_prepared(self, key: bytes, value: bytes) -> None:
+        """Put a (key, value) pair from Store.prepare_items."""
+        self.txn.put(key, value, db=self._s._items)
 
     def put_item(self, item_id: str, segment: int, row: int, contents, metadata) -> None:
         key = self._s._cipher.id_hash(item_id)
@@ -335,9 +388,8 @@ class StoreTxn:
         self.txn.put(name, self._s._seal_meta(name, ids), db=self._s._meta)
 
     def put_terms(self, segment: int, terms) -> None:
-        if terms.rows or terms.ranges or terms.unexact:
-            name = b"terms/%d" % segment
-            self.txn.put(name, self._s._seal_meta(name, terms.pack()), db=self._s._meta)
+        name = b"terms/%d" % segment
+        self.txn.put(name, self._s._seal_meta(name, terms.pack()), db=self._s._meta)
 
     def drop_segment(self, segment: int) -> None:
         self.txn.delete(b"terms/%d" % segment, db=self._s._meta)

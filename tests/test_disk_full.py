@@ -21,8 +21,8 @@ from engine.errors import StorageError, StorageFullError
 
 DIM = 32
 BATCH = 200
-SIZE_MB = 24
-BALLAST_MB = 6
+SIZE_MB = 32
+BALLAST_MB = 20
 
 
 @pytest.fixture
@@ -104,14 +104,14 @@ def test_full_disk_refuses_cleanly_and_recovers_when_space_is_freed(small_fs: Pa
     assert not leftovers, leftovers
 
 
-@pytest.mark.parametrize("keep_mb", [15.5, 14, 12, 10, 9, 8, 7, 6, 0])
+@pytest.mark.parametrize("keep_mb", [21.5, 19, 17, 15, 13, 12, 0])
 def test_a_flush_on_a_full_disk_raises_and_works_once_space_is_freed(small_fs: Path,
                                                                       keep_mb: float) -> None:
-    """The log fits, the flush may not: 16 MB of ballast is freed (a flush needs about 1.1x
+    """The log fits, the flush may not: 22 MB of ballast is freed (a flush needs about 1.1x
     what the log holds), then `keep_mb` of it is taken back, which moves where the flush runs
     out of space (segment files, the store commit) or lets it through."""
     ballast = small_fs / "ballast"
-    ballast.write_bytes(os.urandom(16 << 20))
+    ballast.write_bytes(os.urandom(22 << 20))
     key = generate_key()
     oracle: dict[str, tuple[np.ndarray, str]] = {}
     client = Client(small_fs / "db")
@@ -135,3 +135,44 @@ def test_a_flush_on_a_full_disk_raises_and_works_once_space_is_freed(small_fs: P
         index = client.load_index("full", key)
         check_state(index, oracle, refused)
         assert index.verify()["ok"]
+
+
+def test_writers_held_back_by_a_failing_flusher_get_its_error_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure waits for the background flusher; when every flush fails (a full disk),
+    the waiting upsert flushes itself and raises StorageFullError instead of waiting forever,
+    and writes go on once flushes succeed again."""
+    import threading
+
+    import engine.maintenance as maintenance
+    real_build = maintenance.build_segment_folder
+    failing = threading.Event()
+
+    def build(*args, **kwargs):
+        if failing.is_set():
+            raise StorageFullError(28, "cannot write segment: No space left on device")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(maintenance, "build_segment_folder", build)
+    key = generate_key()
+    oracle: dict[str, tuple[np.ndarray, str]] = {}
+    client = Client(tmp_path / "db")
+    index = client.create_index("bp", key, dimension=DIM, memtable_bytes=16 << 10)
+    failing.set()
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(fill(index, oracle, 0)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "an upsert waited forever behind a failing flusher"
+    n, refused, error = outcome[0]
+    assert isinstance(error, StorageFullError)
+    check_state(index, oracle, refused)
+    failing.clear()
+    for m in range(n, n + 3):
+        ids, vectors, contents = batch(m)
+        index.upsert([{"id": i, "vector": v, "contents": c} for i, v, c in zip(ids, vectors, contents)])
+        oracle.update({i: (v, c) for i, v, c in zip(ids, vectors, contents)})
+    check_state(index, oracle, refused)
+    client.close()
+    with Client(tmp_path / "db") as client:
+        check_state(client.load_index("bp", key), oracle, refused)
