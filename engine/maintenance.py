@@ -111,7 +111,7 @@ def flush_oldest(core: "IndexCore") -> bool:
         terms = TermIndex.build(metadata, len(ids))
         # Hash and seal every item before taking the write lock: under it, the transaction
         # only reads locations and puts (upserts and queries wait for less than a third as long).
-        prepared = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else []
+        keys, values = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else ([], [])
         id_index = id_index_of(ids)
         _failpoint("flush.before_commit")
         new_persisted: dict[int, np.ndarray] = {}
@@ -121,7 +121,7 @@ def flush_oldest(core: "IndexCore") -> bool:
             nonlocal manifest
             new_persisted.clear()
             touched: dict[int, list[int]] = {}
-            for item_id, (key, value) in zip(ids, prepared):
+            for item_id, key, value in zip(ids, keys, values):
                 loc = txn.location(item_id, key)
                 if loc is not None:
                     touched.setdefault(loc[0], []).append(loc[1])

@@ -214,15 +214,16 @@ class Store:
         return _LOC.unpack_from(value)
 
     def prepare_items(self, ids: list[str], segment: int, contents: list, metadata: list
-                      ) -> list[tuple[bytes, bytes]]:
-        """(key, sealed value) of each item as row i of `segment`: the per-item hashing and
-        sealing a flush does before it takes any lock (the transaction then only puts)."""
-        out = []
+                      ) -> tuple[list[bytes], list[bytes]]:
+        """(keys, sealed values) of the items as rows 0.. of `segment`: the per-item hashing
+        and sealing a flush does before it takes any lock (the transaction then only puts).
+        Two flat lists of bytes, no per-item tuples: tens of thousands of new container
+        objects would set off a full garbage collection, a GIL pause other threads feel."""
         id_hash, seal = self._cipher.id_hash, self._seal_item
-        for row, item_id in enumerate(ids):
-            key = id_hash(item_id)
-            out.append((key, seal(key, item_id, segment, row, contents[row], metadata[row])))
-        return out
+        keys = [id_hash(item_id) for item_id in ids]
+        values = [seal(key, item_id, segment, row, contents[row], metadata[row])
+                  for row, (key, item_id) in enumerate(zip(keys, ids))]
+        return keys, values
 
     def get_items(self, ids: Iterable[str]) -> list[StoredItem | None]:
         out: list[StoredItem | None] = []
