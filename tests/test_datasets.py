@@ -27,3 +27,23 @@ def test_npy_and_bad_inputs(tmp_path) -> None:
         read_fvecs(str(tmp_path / "bad.fvecs"))
     with pytest.raises(SystemExit):
         load_file(str(tmp_path / "x.csv"), 5)
+
+
+def test_ann_benchmarks_hdf5(tmp_path) -> None:
+    """An ann-benchmarks file: "train" / "test" sets and a "distance" attribute."""
+    import h5py  # in the test extra (lsmvec[bench] brings it for users)
+    rng = np.random.default_rng(5)
+    train = rng.standard_normal((300, 12)).astype(np.float32)
+    test = rng.standard_normal((40, 12)).astype(np.float32)
+    for distance, metric in (("angular", "cosine"), ("euclidean", "euclidean"), ("jaccard", None)):
+        path = tmp_path / f"glove-{distance}.hdf5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("train", data=train.astype(np.float64))
+            f.create_dataset("test", data=test)
+            f.create_dataset("neighbors", data=np.zeros((40, 10), np.int32))
+            f.attrs["distance"] = distance
+        data, queries, got = load_file(str(path), 25)
+        assert got == metric
+        assert data.dtype == np.float32 and queries.dtype == np.float32
+        np.testing.assert_array_equal(data, train)
+        np.testing.assert_array_equal(queries, test[:25])
