@@ -376,10 +376,11 @@ def report(r: dict[str, Any]) -> str:
         rows.append([f"{label} ({s['leaves']} leaves)", f"{s['lsm_recall']:.3f}", f"{s['raw_recall']:.3f}",
                      f"{s['lsm_single_qps']:,.0f}", f"{s['raw_single_qps']:,.0f}", f"{s['single_ratio']:.2f}",
                      f"{s['lsm_p50_ms']:.2f} / {s['raw_p50_ms']:.2f}",
+                     f"{s['lsm_p99_ms']:.2f} / {s['raw_p99_ms']:.2f}",
                      f"{s['lsm_batch_qps']:,.0f}", f"{s['raw_batch_qps']:,.0f}", f"{s['batch_ratio']:.2f}",
                      f"{s['raw_batch_serial_qps']:,.0f}"])
     out.append(md_table(["n_probes", "recall lsm", "recall raw", "single q/s lsm", "single q/s raw",
-                         "single ratio", "p50 ms lsm / raw", "batch q/s lsm", "batch q/s raw (parallel)",
+                         "single ratio", "p50 ms lsm / raw", "p99 ms lsm / raw", "batch q/s lsm", "batch q/s raw (parallel)",
                          "batch ratio", "raw serial batch q/s"], rows))
     out.append("")
     reopen = [c["open_seconds"] for c in r["reopen_children"]]
@@ -443,7 +444,34 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, "w") as f:
         json.dump({**result, "markdown": text}, f, indent=1, default=float)
     print(f"\nJSON: {path}", file=sys.stderr)
+    png = os.path.splitext(path)[0] + ".png"
+    if plot(result, png):
+        print(f"plot: {png}", file=sys.stderr)
     return 0
+
+
+def plot(result: dict, path: str) -> bool:
+    """Recall vs single-query QPS, lsmvec and raw ScaNN; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = sorted(result["search"], key=lambda s: s["leaves"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for who, label in (("lsm", "lsmvec"), ("raw", "raw ScaNN")):
+        ax.plot([s[f"{who}_recall"] for s in points], [s[f"{who}_single_qps"] for s in points],
+                marker="o", label=label)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("single-query QPS")
+    ax.set_title(f"{result.get('dataset', '')} n={result['n']:,}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

@@ -109,8 +109,9 @@ def _delegate(module: str):
     def run(args: argparse.Namespace) -> int:
         rest = list(args.rest)
         target = module
-        if module == "bench_lsm" and "--compare" in rest:  # lsmvec bench --compare: the peers
-            rest.remove("--compare")
+        if module == "bench_lsm" and (getattr(args, "compare", False) or "--compare" in rest):
+            if "--compare" in rest:  # lsmvec bench --compare: the peers
+                rest.remove("--compare")
             target = "bench_compare"
         mod = __import__(f"tools.{target}", fromlist=["main"])
         return int(mod.main(rest) or 0)
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                                ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS "
                                 "(--compare: vs every installed peer store)")):
         p = sub.add_parser(name, help=text, description=text + " (options: lsmvec " + name + " -- --help)")
+        if name == "bench":
+            p.add_argument("--compare", action="store_true",
+                           help="the same data against every installed peer store")
         p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on")
         p.set_defaults(func=_delegate(module))
     for name, func, text in (("inspect", cmd_inspect, "config, stats, segments and log files"),
@@ -145,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # options of the delegated tools (lsmvec bench --n 1000) pass through
+        if not hasattr(args, "rest"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.rest = [*unknown, *args.rest]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "rest", None) and args.rest[0] == "--":

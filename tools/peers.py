@@ -202,8 +202,9 @@ class RawScannPeer(Peer):
         (folder / "scann").mkdir()
         self.searcher.serialize(str(folder / "scann"), relative_path=True)
         fsync_tree(folder)
-        self.leaves: int | None = self.params.leaves_to_search or None
-        self.reorder = max(self.params.reorder, 10) if self.params.kind != KIND_BRUTE else None
+        # -1: "the searcher's default" (ScaNN's pybind layer takes ints, not None)
+        self.leaves: int = self.params.leaves_to_search or -1
+        self.reorder = max(self.params.reorder, 10) if self.params.kind != KIND_BRUTE else -1
 
     def knob_values(self) -> list[int]:
         return probe_sweep(self.params.num_leaves) if self.params.num_leaves else []
