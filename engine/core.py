@@ -87,7 +87,7 @@ class IndexCore(CoreInfo):
             self.wal = WalWriter(folder / WAL_DIR, self._next_lsn,
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
-                                 seal=self._seal)
+                                 seal=self._seal, seal_parts=True)
             self._drop_flushed_logs()
             self._flusher = Compactor(self._flush_step, "lsmvec-flush")
             self._merger = Compactor(self._merge_step, "lsmvec-merge")
@@ -142,8 +142,8 @@ class IndexCore(CoreInfo):
 
     # -- log ----------------------------------------------------------------------------------
 
-    def _seal(self, lsn: int, kind: int, payload: bytes) -> bytes:
-        return self.cipher.wal.seal(payload, _wal_aad(self.cipher.uuid, lsn, kind))
+    def _seal(self, lsn: int, kind: int, parts: list) -> bytearray:
+        return self.cipher.wal.seal_parts(parts, _wal_aad(self.cipher.uuid, lsn, kind))
 
     def _open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:
         return self.cipher.wal.open(payload, _wal_aad(self.cipher.uuid, lsn, kind))

@@ -14,6 +14,7 @@ import secrets
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -59,15 +60,36 @@ class Aead:
     collision chance below 2^-32). Associated data binds each ciphertext to its place.
     """
 
-    __slots__ = ("_gcm", "_where")
+    __slots__ = ("_gcm", "_key", "_where")
 
     def __init__(self, key: bytes, where: str):
         self._gcm = AESGCM(key)
+        self._key = key
         self._where = where
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._gcm.encrypt(nonce, bytes(plaintext), aad)
+
+    def seal_parts(self, parts: list, aad: bytes) -> bytearray:
+        """`seal` of the concatenation of `parts` (buffers), without making it: GCM runs over
+        each part straight into one output buffer (a 15 MB batch: one copy, not three)."""
+        nonce = os.urandom(NONCE_BYTES)
+        views = [memoryview(part).cast("B") for part in parts]
+        total = sum(view.nbytes for view in views)
+        out = bytearray(NONCE_BYTES + total + 16 + 15)  # update_into wants 15 bytes of slack
+        out[:NONCE_BYTES] = nonce
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        target = memoryview(out)
+        pos = NONCE_BYTES
+        for view in views:
+            pos += encryptor.update_into(view, target[pos:pos + view.nbytes + 15])
+        encryptor.finalize()
+        target[pos:pos + 16] = encryptor.tag
+        target.release()
+        del out[pos + 16:]
+        return out
 
     def open(self, sealed: bytes | memoryview, aad: bytes, path: str | None = None,
              offset: int | None = None) -> bytes:

@@ -27,11 +27,15 @@ class UpsertRecord:
     metadata: list[dict | None]
 
 
-def encode_upsert(ids: list[str], vectors: np.ndarray, contents: list, metadata: list) -> bytes:
+def encode_upsert(ids: list[str], vectors: np.ndarray, contents: list, metadata: list
+                  ) -> list[bytes | memoryview]:
+    """The payload as its parts (length, msgpack header, raw float32 rows): the log seals and
+    writes them without joining them first. b"".join() gives the payload as one buffer."""
     header = msgpack.packb({"ids": ids, "contents": contents, "metadata": metadata,
                             "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0},
                            use_bin_type=True)
-    return b"".join((_U32.pack(len(header)), header, np.ascontiguousarray(vectors, np.float32).data))
+    return [_U32.pack(len(header)), header,
+            memoryview(np.ascontiguousarray(vectors, np.float32)).cast("B")]
 
 
 def encode_delete(ids: list[str]) -> bytes:

@@ -55,14 +55,15 @@ def test_forged_delete_payload_is_refused(name: str) -> None:
 
 
 def test_header_length_beyond_the_record_is_refused() -> None:
-    good = records.encode_upsert(["a"], np.ones((1, 4), np.float32), [None], [None])
+    good = b"".join(records.encode_upsert(["a"], np.ones((1, 4), np.float32), [None], [None]))
     forged = _U32.pack(0x7FFFFFFF) + good[4:]
     with pytest.raises(CorruptionError, match="overruns"):
         records.decode_upsert(forged)
 
 
 def test_vector_block_that_disagrees_with_the_ids_is_refused() -> None:
-    good = records.encode_upsert(["a", "b"], np.ones((2, 4), np.float32), [None, None], [None, None])
+    good = b"".join(records.encode_upsert(["a", "b"], np.ones((2, 4), np.float32), [None, None],
+                                          [None, None]))
     with pytest.raises(CorruptionError):
         records.decode_upsert(good[:-4])  # one float short
     round_trip = records.decode_upsert(good)

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from . import failpoints, fsio
 from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 DURABILITIES = ("fsync", "os")
 MAX_GROUP_BYTES = 64 << 20  # one group's payload cap: bounds a leader's latency and memory
 Payload = Buffer | Sequence[Buffer]
-Seal = Callable[[int, int, bytes], bytes]
+Seal = Callable[[int, int, Any], Any]
 Apply = Callable[[int], None]
 
 
@@ -77,11 +78,13 @@ class WalWriter:
     or when a log file at or after next_lsn already holds records (the caller must pass the
     replay report's next_lsn); StorageError when the directory or file cannot be created.
     Thread-safe. `seal(lsn, kind, payload) -> bytes` transforms each payload before it is
-    written (the engine encrypts, binding the LSN); it runs in the leader's thread.
+    written (the engine encrypts, binding the LSN); it runs in the leader's thread. With
+    `seal_parts`, seal gets the payload's list of buffers instead of their concatenation.
     """
 
     def __init__(self, directory: str | os.PathLike[str], next_lsn: int, *,
-                 durability: str = "fsync", roll_bytes: int = 64 << 20, seal: Seal | None = None):
+                 durability: str = "fsync", roll_bytes: int = 64 << 20, seal: Seal | None = None,
+                 seal_parts: bool = False):
         if durability not in DURABILITIES:
             raise InvalidArgumentError(f"durability must be one of {DURABILITIES}, "
                                        f"got {durability!r}")
@@ -93,6 +96,7 @@ class WalWriter:
         self.durability = durability
         self.roll_bytes = roll_bytes
         self._seal = seal
+        self._seal_parts = seal_parts  # seal gets the payload's parts, unjoined (saves a copy)
         self._cond = threading.Condition(threading.Lock())  # guards the queue and the flags
         self._io = threading.Lock()  # guards the fd, file size and next LSN during I/O
         self._queue: deque[_Entry] = deque()
@@ -234,8 +238,9 @@ class WalWriter:
             parts, size = entry.parts, entry.size
             if self._seal is not None and entry.kind != KIND_CLOSE:
                 try:
-                    sealed = self._seal(lsn, entry.kind, join_parts(parts))
-                    if not isinstance(sealed, bytes):
+                    sealed = self._seal(lsn, entry.kind,
+                                        parts if self._seal_parts else join_parts(parts))
+                    if not isinstance(sealed, (bytes, bytearray)):
                         sealed = bytes(sealed)
                     parts, size = [sealed], len(sealed)
                     if size > MAX_PAYLOAD:
