@@ -22,7 +22,7 @@ from wal import RecoveryMode, WalWriter, replay
 from . import records
 from .config import read_config, write_config
 from .core_info import CoreInfo
-from .errors import ClosedError, CorruptionError, DimensionMismatchError, StorageError
+from .errors import ClosedError, CorruptionError, DimensionMismatchError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
@@ -248,7 +248,7 @@ class IndexCore(CoreInfo):
             return
         with self._writers_cond:
             while len(self.frozen) >= MAX_FROZEN and not self._closed:
-                if isinstance(self._flusher.error, StorageError):
+                if self._flusher.error is not None:
                     break  # the flusher cannot make room (a full disk?): see below
                 self._flusher.signal()
                 self._writers_cond.wait(0.5)

@@ -344,6 +344,9 @@ class Store:
                         then()
                 return
             except lmdb.MapFullError:
+                if txn is not None:  # set_mapsize needs no write transaction open
+                    txn.abort()
+                    txn = None
                 size = self.env.info()["map_size"] * 2
                 log.info("store map full: growing to %d bytes", size)
                 self.env.set_mapsize(size)
