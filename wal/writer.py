@@ -61,13 +61,15 @@ class _DirectorySyncError(OSError):
 class _Entry:
     """One queued record and, once its group is done, its outcome."""
 
-    __slots__ = ("kind", "parts", "size", "apply", "lsn", "done", "error")
+    __slots__ = ("kind", "parts", "size", "apply", "lsn", "done", "error", "wake")
 
     def __init__(self, kind: int, parts: list[Buffer], size: int, apply: Apply | None):
         self.kind, self.parts, self.size, self.apply = kind, parts, size, apply
         self.lsn = 0
         self.done = False
         self.error: BaseException | None = None
+        self.wake = threading.Lock()  # held until the leader releases this caller
+        self.wake.acquire()
 
 
 class WalWriter:
@@ -179,8 +181,10 @@ class WalWriter:
         with self._cond:
             self._check_writable()
             self._queue.append(entry)
-            while not entry.done and self._queue[0] is not entry:
-                self._cond.wait()
+            head = self._queue[0] is entry
+        if not head:  # released once: when its group is done, or when it becomes the head
+            entry.wake.acquire()
+        with self._cond:
             group = None if entry.done else self._take_group()
         if group is not None:
             self._lead(group)
@@ -219,10 +223,19 @@ class WalWriter:
                     entry.error = exc
             raise
         finally:
+            # Wake exactly the callers that can go on -- this group's and the next leader --
+            # not every waiting thread (with hundreds of writers, a notify_all per group is a
+            # thundering herd that costs more CPU than the group commit saves).
             with self._cond:
                 for _ in group:
                     self._queue.popleft().done = True
-                self._cond.notify_all()
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._cond.notify_all()  # close() waits for an empty queue
+            for entry in group[1:]:  # group[0] leads: the head, not waiting
+                entry.wake.release()
+            if following is not None:
+                following.wake.release()
 
     def _write_group(self, group: list[_Entry], force_sync: bool) -> None:
         """Seal, encode, write and (if durable mode or forced) sync `group`; store each entry's
