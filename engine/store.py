@@ -15,6 +15,9 @@ import contextlib
 import errno
 import logging
 import os
+import signal
+import subprocess
+import sys
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,17 @@ log = logging.getLogger(__name__)
 STORE_DIR = "store"
 DATA_FILE = "data.mdb"
 _LOC = struct.Struct("<II")
+_WALK_CHILD = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=4, subdir=True)
+with env.begin() as txn:
+    for name in (b"items", b"meta"):
+        db = env.open_db(name, txn=txn, create=False)
+        for key, value in txn.cursor(db=db):
+            pass
+"""
+"""The store walk run by Store.walk_in_child: every key and value of both tables."""
+
 _INITIAL_MAP = 64 << 20
 _FULL_DISK_BYTES = 64 << 20
 """Below this much free space, an LMDB write failing with EIO is taken for a full disk."""
@@ -242,6 +256,27 @@ class Store:
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
         return out
+
+    def walk_in_child(self, timeout_s: float = 600.0) -> str | None:
+        """Walk every page of both tables in a child process first: LMDB keeps no page
+        checksums and, on some damaged pages, aborts the process from inside the C library
+        (an assertion in mdb_cursor_next) where no exception can be raised. Returns None when
+        the walk finished, else what went wrong (the caller must not walk the tree itself).
+        Callers hold off store writes meanwhile (the child reads without a reader slot)."""
+        try:
+            done = subprocess.run([sys.executable, "-c", _WALK_CHILD, str(self.path)],
+                                  capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        except subprocess.TimeoutExpired:
+            return f"walking the store took over {timeout_s:.0f} s"
+        except OSError as exc:
+            log.warning("cannot start the store walk child (%s); walking in-process", exc)
+            return None
+        if done.returncode < 0:
+            name = signal.Signals(-done.returncode).name
+            detail = done.stderr.strip().splitlines()[-1:] or [""]
+            return f"LMDB killed the process walking its B-tree ({name}: {detail[0][:200]})"
+        return None  # exit 0, or an LMDB error the in-process walk reports as CorruptionError
 
     def iter_items(self) -> Iterator[StoredItem]:
         try:

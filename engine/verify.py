@@ -47,7 +47,10 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
             problems.append(_problem(exc))
     # 2. store: every item opens, and its location names a live row holding that id
     rows = {s.id: s for s in segments}
+    broken = core.store.walk_in_child()
     try:
+        if broken is not None:
+            raise CorruptionError(broken, str(core.store.path))
         for item in core.store.iter_items():
             report["items"] += 1
             source = rows.get(item.segment)
@@ -59,7 +62,7 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
     except LsmvecError as exc:
         problems.append(_problem(exc))
     live_rows = sum(int(s.n_rows - s.persisted.sum()) for s in segments)
-    if report["items"] != live_rows:
+    if report["items"] != live_rows and broken is None:
         problems.append({"error": "CorruptionError", "path": str(core.store.path), "offset": None,
                          "message": f"the store holds {report['items']} items but the segments "
                                     f"hold {live_rows} live rows (an item is missing or extra)"})

@@ -78,3 +78,20 @@ def test_the_cross_check_survives_reopen_and_merges(tmp_path: Path) -> None:
         lose_entry(index, "99")
         with pytest.raises(CorruptionError):
             index.get(["99"])
+
+
+def test_verify_walks_the_store_in_a_child_first(tmp_path: Path, monkeypatch) -> None:
+    """LMDB aborts the process on some damaged pages (no exception is possible): verify()
+    walks the tree in a child first and reports a child killed by a signal as damage,
+    without walking it in-process."""
+    import engine.store as store_module
+    client, index, _ = build(tmp_path)
+    with client:
+        assert index.verify()["ok"]
+        monkeypatch.setattr(store_module, "_WALK_CHILD", "import os; os.abort()")
+        walked = []
+        monkeypatch.setattr(type(index._core.store), "iter_items",
+                            lambda self: walked.append(1) or iter(()))
+        report = index.verify()
+        assert not report["ok"] and not walked
+        assert any("SIGABRT" in p["message"] for p in report["problems"]), report["problems"]
