@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
@@ -49,6 +50,8 @@ with env.begin() as txn:
 """The store walk run by Store.walk_in_child: every key and value of both tables."""
 
 _INITIAL_MAP = 64 << 20
+_PREPARE_BLOCK = 1024
+"""Items hashed and sealed between two voluntary GIL releases in a flush (~2-3 ms of work)."""
 _FULL_DISK_BYTES = 64 << 20
 """Below this much free space, an LMDB write failing with EIO is taken for a full disk."""
 _MIN_PAGE = 4096  # LMDB's two meta pages come first in every data file
@@ -234,9 +237,16 @@ class Store:
         Two flat lists of bytes, no per-item tuples: tens of thousands of new container
         objects would set off a full garbage collection, a GIL pause other threads feel."""
         id_hash, seal = self._cipher.id_hash, self._seal_item
-        keys = [id_hash(item_id) for item_id in ids]
-        values = [seal(key, item_id, segment, row, contents[row], metadata[row])
-                  for row, (key, item_id) in enumerate(zip(keys, ids))]
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for start in range(0, len(ids), _PREPARE_BLOCK):
+            block = ids[start:start + _PREPARE_BLOCK]
+            hashed = [id_hash(item_id) for item_id in block]
+            values.extend(seal(key, item_id, segment, row, contents[row], metadata[row])
+                          for row, key, item_id in zip(range(start, start + len(block)),
+                                                       hashed, block))
+            keys.extend(hashed)
+            time.sleep(0)  # let waiting threads (an event loop) have the GIL between blocks
         return keys, values
 
     def get_items(self, ids: Iterable[str]) -> list[StoredItem | None]:
