@@ -227,6 +227,7 @@ class IndexCore(CoreInfo):
         if table.n_rows == 0 and not table.tombstones:
             return
         table.frozen = True
+        table.seal_lists()
         self.frozen.append(table)
         self.memtable = Memtable(table.dimension, self.config.metric, table.last_lsn + 1,
                                  expected_bytes=self.memtable_bytes)

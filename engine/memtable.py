@@ -32,9 +32,9 @@ class Memtable:
         self._sqnorms = np.zeros(0, np.float32)
         self._dead = np.zeros(0, bool)
         self.n_rows = 0
-        self.ids: list[str] = []
-        self.contents: list[bytes | None] = []
-        self.metadata: list[dict | None] = []
+        self.ids: list[str] | tuple[str, ...] = []
+        self.contents: list[bytes | None] | tuple = []
+        self.metadata: list[dict | None] | tuple = []
         self.row_of: dict[str, int] = {}
         self.tombstones: set[str] = set()
         self.frozen = False
@@ -99,6 +99,13 @@ class Memtable:
             self.tombstones.add(item_id)
         self.payload_bytes += 64 * len(ids)
         self.last_lsn = lsn
+
+    def seal_lists(self) -> None:
+        """Freeze: ids, contents and metadata become tuples, which the garbage collector stops
+        walking once they hold only untracked objects (str ids, bytes / str contents)."""
+        self.ids = tuple(self.ids)
+        self.contents = tuple(self.contents)
+        self.metadata = tuple(self.metadata)
 
     def kill(self, item_id: str) -> None:
         """Hide this memtable's version of `item_id` (a newer memtable now owns the id)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,13 +43,16 @@ def id_index_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SegmentSource:
-    def __init__(self, info: SegmentInfo, segment: Segment, ids: list[str], persisted: np.ndarray,
+    def __init__(self, info: SegmentInfo, segment: Segment, ids: Sequence[str], persisted: np.ndarray,
                  store: Store, terms: TermIndex,
                  id_index: tuple[np.ndarray, np.ndarray] | None = None):
         self.info = info
         self.terms = terms
         self.segment = segment
-        self.ids = ids
+        # A tuple of str is untracked by the garbage collector after its first pass; a list of
+        # a million ids would be walked by every full collection (a GIL pause that grows with
+        # the index: 11 ms at 100k rows).
+        self.ids: tuple[str, ...] = tuple(ids)
         self.persisted = persisted
         self.dead = persisted.copy()
         self.any_dead = bool(persisted.any())
