@@ -107,14 +107,9 @@ class Memtable:
         self.contents = tuple(self.contents)
         self.metadata = tuple(self.metadata)
 
-    def kill(self, item_id: str) -> None:
-        """Hide this memtable's version of `item_id` (a newer memtable now owns the id)."""
-        row = self.row_of.get(item_id)
-        if row is not None:
-            self._dead[row] = True
-
     def kill_many(self, ids: set[str]) -> None:
-        """`kill` for a set of ids (a set intersection, not a loop over `ids`)."""
+        """Hide this memtable's versions of `ids` (a newer memtable now owns them): a set
+        intersection, not a loop over `ids`."""
         row_of = self.row_of
         for item_id in ids & row_of.keys():
             self._dead[row_of[item_id]] = True

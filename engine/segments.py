@@ -78,32 +78,18 @@ class SegmentSource:
         self.dead |= rows
         self.any_dead = bool(self.dead.any())
 
-    def find_row(self, item_id: str) -> int | None:
-        """The row holding `item_id` (live or dead), or None: the cross-check that turns a
-        store entry LMDB lost (its pages carry no checksum) into a CorruptionError instead of
-        a silently missing item. The index (16 bytes per row, from Python's in-process string
-        hash) is built on the first call; racing builders build the same thing."""
-        hashes, order = self.id_index()
-        wanted = hash(item_id)
-        start = int(np.searchsorted(hashes, wanted, "left"))
-        for j in range(start, len(hashes)):
-            if hashes[j] != wanted:
-                break
-            if self.ids[order[j]] == item_id:
-                return int(order[j])
-        return None
-
     def id_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted hashes of the row ids, their rows); built once (flushes and merges build it
-        in the background before installing the segment)."""
+        """(sorted in-process string hashes of the row ids, their rows): 16 bytes per row,
+        built once (flushes and merges build it in the background before installing the
+        segment; racing builders build the same thing)."""
         index = self._by_hash
         if index is None:
             index = self._by_hash = id_index_of(self.ids)
         return index
 
-    def live_rows_of(self, ids: list[str]) -> list[int]:
-        """Rows holding one of `ids` that the store still points at (not persisted dead): what a
-        newer write of those ids supersedes here. Vectorised; no store access."""
+    def rows_of(self, ids: Sequence[str]) -> list[int]:
+        """The rows holding any of `ids` (live or dead; ids are unique within a segment).
+        Vectorised hash probes, no store access."""
         hashes, order = self.id_index()
         if not len(hashes) or not ids:
             return []
@@ -116,19 +102,23 @@ class SegmentSource:
             while j < len(hashes) and hashes[j] == h:
                 row = int(order[j])
                 if self.ids[row] == item_id:
-                    if not self.persisted[row]:
-                        out.append(row)
+                    out.append(row)
                     break
                 j += 1
         return out
 
+    def live_rows_of(self, ids: Sequence[str]) -> list[int]:
+        """Rows holding one of `ids` that the store still points at (not persisted dead): what a
+        newer write of those ids supersedes here."""
+        return [row for row in self.rows_of(ids) if not self.persisted[row]]
+
     def check_unstored(self, item_id: str) -> None:
         """Raise CorruptionError when the store has no entry for `item_id` but this segment
         holds a row of it the store must still point at (not persisted dead)."""
-        row = self.find_row(item_id)
-        if row is not None and not self.persisted[row]:
+        expected = self.live_rows_of([item_id])  # LMDB pages carry no checksum: cross-check
+        if expected:
             raise CorruptionError(f"the store lost the entry of an item that segment {self.id} "
-                                  f"row {row} holds (damaged LMDB page? run verify)",
+                                  f"row {expected[0]} holds (damaged LMDB page? run verify)",
                                   self.store.path)
 
     def live_rows(self) -> np.ndarray:

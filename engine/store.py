@@ -420,11 +420,6 @@ class StoreTxn:
         """Put a (key, value) pair from Store.prepare_items."""
         self.txn.put(key, value, db=self._s._items)
 
-    def put_item(self, item_id: str, segment: int, row: int, contents, metadata) -> None:
-        key = self._s._cipher.id_hash(item_id)
-        self.txn.put(key, self._s._seal_item(key, item_id, segment, row, contents, metadata),
-                     db=self._s._items)
-
     def delete_item(self, item_id: str) -> None:
         self.txn.delete(self._s._cipher.id_hash(item_id), db=self._s._items)
 

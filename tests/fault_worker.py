@@ -147,20 +147,24 @@ def model_after(ops: list[cw.Op]) -> dict[str, Value]:
     return model
 
 
-def value_of(item: dict[str, Any]) -> Value:
+def value_of(item: dict[str, Any], dim: int | None = None) -> Value:
     vec = np.asarray(item["vector"], dtype=np.float32)
-    assert vec.ndim == 1 and len(vec) > 0, f"{item['id']}: vector shape {vec.shape}"
+    if dim is None:
+        assert vec.ndim == 1 and len(vec) > 0, f"{item['id']}: vector shape {vec.shape}"
+    else:
+        assert vec.shape == (dim,), f"{item['id']}: vector shape {vec.shape}"
     return vec.tobytes(), item.get("contents"), item.get("metadata") or {}
 
 
-def read_state(index: Any) -> dict[str, Value]:
-    """Every live item; asserts list_ids, get and get_num_vectors agree."""
+def read_state(index: Any, dim: int | None = None) -> dict[str, Value]:
+    """Every live item; asserts list_ids, get and get_num_vectors agree (and, given `dim`,
+    that every vector has that length)."""
     ids = index.list_ids()
     assert len(ids) == len(set(ids)), "list_ids returned duplicates"
     items = index.get(ids)
     assert [it["id"] for it in items] == ids, "get(list_ids()) did not return every live id"
     assert index.get_num_vectors() == len(ids), "get_num_vectors disagrees with list_ids"
-    return {it["id"]: value_of(it) for it in items}
+    return {it["id"]: value_of(it, dim) for it in items}
 
 
 @dataclass

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 import crash_worker as cw
+import fault_worker as fw
 from conftest import assert_matches_oracle
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.slow
 INDEX_NAME = "crashy"
 WORKER = str(Path(cw.__file__).resolve())
 MARKER_TIMEOUT_S = 60.0
-Value = tuple[bytes, "bytes | None", dict]  # (float32 vector bytes, contents, metadata)
+Value = fw.Value  # (float32 vector bytes, contents, metadata)
 
 
 # ----------------------------------------------------------------------------- the engine's features
@@ -205,26 +206,10 @@ def _differences(actual: dict[str, Value], model: dict[str, Value], limit: int =
     return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
-def value_of(item: dict[str, Any]) -> Value:
-    vec = np.asarray(item["vector"], dtype=np.float32)
-    assert vec.shape == (cw.DIM,), f"{item['id']}: vector shape {vec.shape}"
-    return vec.tobytes(), item.get("contents"), item.get("metadata") or {}
-
-
-def read_all(index: Any) -> dict[str, Value]:
-    """Every live item, checking list_ids, get and get_num_vectors agree."""
-    ids = index.list_ids()
-    assert len(ids) == len(set(ids)), "list_ids returned duplicates"
-    items = index.get(ids)
-    assert [it["id"] for it in items] == ids, "get(list_ids()) did not return every live id"
-    assert index.get_num_vectors() == len(ids), "get_num_vectors disagrees with list_ids"
-    return {it["id"]: value_of(it) for it in items}
-
-
 def check_against_oracle(index: Any, runs: list[ChildRun], extra: dict[str, Value]) -> dict[str, Value]:
     """Assert the reopened index holds, per history, its acked state or its acked+in-flight
     state; `extra` are items the parent wrote itself. Returns the full state read."""
-    state = read_all(index)
+    state = fw.read_state(index, dim=cw.DIM)
     rest = dict(state)
     for item_id, value in extra.items():
         assert rest.pop(item_id, None) == value, f"the parent's own item {item_id} is wrong"

@@ -121,6 +121,14 @@ def segment_dirs(index_dir: Path) -> list[Path]:
     return sorted((index_dir / "segments").glob("seg-*"))
 
 
+def load_refused(root: Path, name: str, key: bytes) -> CorruptionError:
+    """load_index of a damaged index: the CorruptionError it must raise."""
+    with Client(root) as client:
+        with pytest.raises(CorruptionError) as info:
+            client.load_index(name, key)
+    return info.value
+
+
 def small_index(root: Path, name: str, key: bytes, rows: int = 200, seed: int = 0,
                 **options: Any) -> tuple[Client, Any, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -241,10 +249,8 @@ def test_flipped_byte_in_a_segment_file_names_the_file(tmp_path: Path) -> None:
     (seg,) = segment_dirs(tmp_path / "flip")
     target = seg / "vectors.bin"
     flip_byte(target, target.stat().st_size // 2)
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("flip", key)
-    assert info.value.path == str(target), info.value
+    error = load_refused(tmp_path, "flip", key)
+    assert error.path == str(target), error
 
 
 def test_flipped_byte_in_a_trained_segment_asset_names_the_file(tmp_path: Path) -> None:
@@ -261,10 +267,8 @@ def test_flipped_byte_in_a_trained_segment_asset_names_the_file(tmp_path: Path) 
     assert assets, list(seg.iterdir())
     target = max(assets, key=lambda p: p.stat().st_size)
     flip_byte(target, target.stat().st_size // 2)
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("tree", key)
-    assert info.value.path == str(target), info.value
+    error = load_refused(tmp_path, "tree", key)
+    assert error.path == str(target), error
 
 
 def _unclean_copy(tmp_path: Path, batches: int) -> tuple[Path, bytes, list[list[str]], Path]:
@@ -323,10 +327,8 @@ def test_planted_docids_pickle_in_a_segment_is_refused_unloaded(tmp_path: Path) 
     planted = seg / "scann_docids.pkl"
     # A protocol-0 pickle that runs `touch marker` if anything ever unpickles it.
     planted.write_bytes(b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("plant", key)
-    assert info.value.path == str(planted), info.value
+    error = load_refused(tmp_path, "plant", key)
+    assert error.path == str(planted), error
     assert not marker.exists(), "the planted pickle was executed"
 
 
@@ -338,10 +340,8 @@ def test_any_extra_file_in_a_segment_folder_is_refused(tmp_path: Path) -> None:
     (seg,) = segment_dirs(tmp_path / "extra")
     extra = seg / "notes.txt"
     extra.write_bytes(b"hello")
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("extra", key)
-    assert info.value.path == str(extra), info.value
+    error = load_refused(tmp_path, "extra", key)
+    assert error.path == str(extra), error
 
 
 def test_segment_folder_copied_from_another_index_is_refused(tmp_path: Path) -> None:
@@ -356,10 +356,8 @@ def test_segment_folder_copied_from_another_index_is_refused(tmp_path: Path) -> 
     assert mine.name == theirs.name
     shutil.rmtree(mine)
     shutil.copytree(theirs, mine)
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("mine", key)
-    assert info.value.path is not None and info.value.path.startswith(str(mine)), info.value
+    error = load_refused(tmp_path, "mine", key)
+    assert error.path is not None and error.path.startswith(str(mine)), error
 
 
 def test_segment_file_from_a_fork_of_the_same_index_is_refused(tmp_path: Path) -> None:
@@ -404,10 +402,8 @@ def test_segment_file_moved_between_segments_is_refused(tmp_path: Path) -> None:
     data_a, data_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(data_b)
     b.write_bytes(data_a)
-    with Client(tmp_path) as client:
-        with pytest.raises(CorruptionError) as info:
-            client.load_index("swap", key)
-    assert info.value.path in (str(a), str(b)), info.value
+    error = load_refused(tmp_path, "swap", key)
+    assert error.path in (str(a), str(b)), error
 
 
 def test_rolled_back_store_is_refused_without_deleting_newer_segments(tmp_path: Path) -> None:
