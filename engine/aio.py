@@ -3,10 +3,14 @@
 Every blocking call (file I/O, fsync, LMDB, ScaNN, embedding) runs in a worker thread under one
 CapacityLimiter per client, so the event loop never blocks; works under asyncio and trio.
 
+Concurrent upsert / delete calls on one AsyncIndex are batched before the thread hop
+(aio_writes.WriteBatcher): one worker thread, one log write and one fsync serve them all.
+
 Cancellation: a call cancelled before its worker thread started never happens. Once the thread
-runs, it is not abandoned (anyio shields it): the call completes -- wholly applied and durable,
-for upsert/delete -- and the cancellation is delivered when it returns. So a cancelled write is
-all or nothing, never partial; to learn which, read the ids back.
+runs, it is not abandoned -- not even by a native asyncio task.cancel(), which goes through
+anyio's shield (aio_threads.ThreadCall): the call completes -- wholly applied and durable, for
+upsert/delete -- and the cancellation is delivered when it returns. So a cancelled write is all
+or nothing, never partial; to learn which, read the ids back.
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ import os
 from typing import Any, Callable
 
 import anyio
-import anyio.to_thread
 
 from .client import Client
+from .aio_threads import ThreadCall
+from .aio_writes import WriteBatcher
 from .index import Index
 
 __all__ = ["AsyncClient", "AsyncIndex"]
@@ -32,10 +37,10 @@ class AsyncIndex:
     def __init__(self, index: Index, limiter: anyio.CapacityLimiter):
         self._index = index
         self._limiter = limiter
+        self._writes = WriteBatcher(index.write_many, limiter)
 
     async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                              limiter=self._limiter)
+        return await ThreadCall(functools.partial(fn, *args, **kwargs)).run(self._limiter)
 
     @property
     def dimension(self) -> int | None:
@@ -76,12 +81,26 @@ def _coroutine_of(cls: type, name: str) -> Callable:
     return method
 
 
-_INDEX_METHODS = ("upsert", "delete", "query", "get", "list_ids", "get_num_vectors", "train",
+def _batched_write(name: str) -> Callable:
+    sync = getattr(Index, name)
+
+    async def method(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._writes.submit(name, args, kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = sync.__doc__
+    method.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
+    return method
+
+
+_INDEX_METHODS = ("query", "get", "list_ids", "get_num_vectors", "train",
                   "is_trained", "training_state", "flush", "compact", "stats", "verify",
                   "index_name", "index_type", "index_config", "delete_index", "close")
 AsyncIndex._target = lambda self: self._index  # type: ignore[attr-defined]
 for _name in _INDEX_METHODS:
     setattr(AsyncIndex, _name, _coroutine_of(Index, _name))
+for _name in ("upsert", "delete"):  # concurrent calls share one thread hop (see aio_writes)
+    setattr(AsyncIndex, _name, _batched_write(_name))
 
 
 class AsyncClient:
@@ -93,8 +112,7 @@ class AsyncClient:
         self._limiter = anyio.CapacityLimiter(max_threads)
 
     async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                              limiter=self._limiter)
+        return await ThreadCall(functools.partial(fn, *args, **kwargs)).run(self._limiter)
 
     async def create_index(self, *args: Any, **kwargs: Any) -> AsyncIndex:
         return AsyncIndex(await self._call(self._client.create_index, *args, **kwargs), self._limiter)

@@ -352,24 +352,58 @@ class IndexCore(CoreInfo):
 
     def upsert(self, batch: Batch) -> None:
         self._check_writable()
-        if not batch.ids:
-            return
-        if self.config.dimension is None or batch.vectors.shape[1] != self.config.dimension:
-            self._fix_dimension(int(batch.vectors.shape[1]))
-        self._wait_for_room()
-        payload = records.encode_upsert(batch.ids, batch.vectors, batch.contents, batch.metadata)
-        vectors, ids, contents, metadata = batch.vectors, batch.ids, batch.contents, batch.metadata
-        self.wal.append(records.KIND_UPSERT, payload,
-                        lambda lsn: self._apply_upsert(lsn, ids, vectors, contents, metadata))
+        record = self._upsert_record(batch)
+        if record is not None:
+            self._wait_for_room()
+            self.wal.append(*record)
 
     def delete(self, ids: list[str]) -> None:
         self._check_writable()
+        record = self._delete_record(ids)
+        if record is not None:
+            self._wait_for_room()
+            self.wal.append(*record)
+
+    def write_many(self, writes: list[tuple[int, Any]]) -> list[BaseException | None]:
+        """Several independent upsert / delete calls -- (records.KIND_UPSERT, Batch) or
+        (records.KIND_DELETE, ids) -- from one thread, as one group of log records: each call
+        is still its own record, all or nothing, and its own outcome (None or the error)."""
+        self._check_writable()
+        outcomes: list[BaseException | None] = [None] * len(writes)
+        queued: list[tuple[int, tuple]] = []
+        for i, (kind, what) in enumerate(writes):
+            try:
+                record = (self._upsert_record(what) if kind == records.KIND_UPSERT
+                          else self._delete_record(what))
+            except Exception as exc:
+                outcomes[i] = exc
+                continue
+            if record is not None:
+                queued.append((i, record))
+        if queued:
+            self._wait_for_room()
+            results = self.wal.append_many([record for _i, record in queued])
+            for (i, _record), result in zip(queued, results):
+                if isinstance(result, BaseException):
+                    outcomes[i] = result
+        return outcomes
+
+    def _upsert_record(self, batch: Batch) -> tuple | None:
+        """The log record (kind, payload, apply) of a validated batch; None when empty."""
+        if not batch.ids:
+            return None
+        if self.config.dimension is None or batch.vectors.shape[1] != self.config.dimension:
+            self._fix_dimension(int(batch.vectors.shape[1]))
+        payload = records.encode_upsert(batch.ids, batch.vectors, batch.contents, batch.metadata)
+        vectors, ids, contents, metadata = batch.vectors, batch.ids, batch.contents, batch.metadata
+        return (records.KIND_UPSERT, payload,
+                lambda lsn: self._apply_upsert(lsn, ids, vectors, contents, metadata))
+
+    def _delete_record(self, ids: list[str]) -> tuple | None:
         if not ids:
-            return
+            return None
         ids = list(dict.fromkeys(ids))
-        self._wait_for_room()
-        self.wal.append(records.KIND_DELETE, records.encode_delete(ids),
-                        lambda lsn: self._apply_delete(lsn, ids))
+        return records.KIND_DELETE, records.encode_delete(ids), lambda lsn: self._apply_delete(lsn, ids)
 
     # -- reads --------------------------------------------------------------------------------
 

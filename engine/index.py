@@ -14,7 +14,8 @@ from .config import read_config
 from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
                      WrongKeyError)
 from .filters import compile_filter
-from .items import normalize_ids, normalize_query, normalize_upsert
+from .items import Batch, normalize_ids, normalize_query, normalize_upsert
+from .records import KIND_DELETE, KIND_UPSERT
 from .reads import check_include
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
@@ -58,6 +59,15 @@ class Index:
         Raises (before anything is written) the InvalidArgumentError / InvalidTypeError family
         naming the item and field.
         """
+        self._live().upsert(self._upsert_batch(items, vectors, ids=ids, index_key=index_key))
+
+    def delete(self, ids: Any, *, index_key: bytes | None = None) -> None:
+        """Remove items; unknown ids are ignored. Durable when it returns."""
+        self._live().delete(self._delete_ids(ids, index_key=index_key))
+
+    def _upsert_batch(self, items: Any = None, vectors: Any = None, *, ids: Any = None,
+                      index_key: bytes | None = None) -> Batch:
+        """upsert's arguments -> a validated (and embedded) Batch; raises what upsert raises."""
         core = self._live()
         self._check_call_key(index_key)
         if vectors is not None and ids is None and items is not None:
@@ -66,13 +76,40 @@ class Index:
                                  metric=core.config.metric, embeds=core.embedder is not None)
         if len(batch.embed_rows):
             batch = core.embed_batch(batch)
-        core.upsert(batch)
+        return batch
 
-    def delete(self, ids: Any, *, index_key: bytes | None = None) -> None:
-        """Remove items; unknown ids are ignored. Durable when it returns."""
-        core = self._live()
+    def _delete_ids(self, ids: Any, *, index_key: bytes | None = None) -> list[str]:
+        self._live()
         self._check_call_key(index_key)
-        core.delete(normalize_ids(ids))
+        return normalize_ids(ids)
+
+    def write_many(self, calls: Sequence[tuple[str, tuple, dict]]) -> list[BaseException | None]:
+        """Run several independent upsert / delete calls, given as (method name, args, kwargs),
+        as one group of log records (AsyncIndex batches concurrent callers this way). Each call
+        is validated on its own and is all or nothing; returns each one's error, or None."""
+        core = self._live()
+        outcomes: list[BaseException | None] = [None] * len(calls)
+        writes: list[tuple[int, Any]] = []
+        slots: list[int] = []
+        for i, (method, args, kwargs) in enumerate(calls):
+            try:
+                if method == "upsert":
+                    writes.append((KIND_UPSERT, self._upsert_batch(*args, **kwargs)))
+                elif method == "delete":
+                    writes.append((KIND_DELETE, self._delete_ids(*args, **kwargs)))
+                else:
+                    raise InvalidArgumentError(f"write_many runs upsert and delete, not {method!r}")
+            except Exception as exc:
+                outcomes[i] = exc
+                continue
+            slots.append(i)
+        try:
+            results = core.write_many(writes)
+        except Exception as exc:  # e.g. closed, or no room: every call that got this far fails
+            results = [exc] * len(writes)
+        for i, result in zip(slots, results):
+            outcomes[i] = result
+        return outcomes
 
     # -- reads --------------------------------------------------------------------------------
 

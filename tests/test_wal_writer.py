@@ -178,6 +178,77 @@ def test_concurrent_appends_share_fsyncs_and_apply_in_lsn_order(tmp_path, monkey
     assert records(tmp_path) == [(lsn, *returned[lsn]) for lsn in range(1, 801)]
 
 
+def test_append_many_writes_its_records_back_to_back_with_one_sync(tmp_path, fdatasync):
+    writer = WalWriter(tmp_path, 1)
+    applied: list[int] = []
+    writer.append(1, b"first")
+    before = fdatasync.calls
+    payloads = [b"r%d" % i * (i + 1) for i in range(50)]
+    lsns = writer.append_many([(1 + i % 2, p, applied.append) for i, p in enumerate(payloads)])
+    assert lsns == list(range(2, 52)) and applied == lsns
+    assert fdatasync.calls == before + 1 and writer.groups == 2
+    assert writer.append_many([]) == []
+    writer.close()
+    assert records(tmp_path) == [(1, 1, b"first")] + [
+        (lsn, 1 + i % 2, p) for i, (lsn, p) in enumerate(zip(lsns, payloads))]
+
+
+def test_append_many_reports_each_records_error_on_its_own(tmp_path):
+    def seal(lsn: int, kind: int, payload: bytes) -> bytes:
+        if payload == b"bad":
+            raise ValueError("cannot seal")
+        return payload
+
+    def failing_apply(lsn: int) -> None:
+        raise RuntimeError(f"apply {lsn}")
+
+    writer = WalWriter(tmp_path, 1, durability="os", seal=seal)
+    out = writer.append_many([(1, b"a", None), (1, b"bad", None), (1, b"b", failing_apply),
+                              (1, b"c", None)])
+    assert out[0] == 1 and out[3] == 3
+    assert isinstance(out[1], ValueError) and isinstance(out[2], RuntimeError)
+    assert "apply 2" in str(out[2])  # an apply error: the record is logged, only its caller knows
+    with pytest.raises(InvalidArgumentError):  # a bad record refuses the whole call up front
+        writer.append_many([(1, b"ok", None), (0, b"kind 0", None)])
+    writer.close()
+    assert records(tmp_path, mode=RecoveryMode.ABSOLUTE) == [(1, 1, b"a"), (2, 1, b"b"),
+                                                             (3, 1, b"c")]
+
+
+def test_append_many_and_single_appends_from_many_threads_keep_lsn_order(tmp_path, monkeypatch):
+    counter = SyncCounter(os.fdatasync, sleep=0.001)
+    monkeypatch.setattr(os, "fdatasync", counter)
+    writer = WalWriter(tmp_path, 1, roll_bytes=4096)  # rolls inside groups, too
+    applied: list[int] = []
+    returned: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(20):
+                if t % 2:
+                    payloads = [b"%d:%d:%d" % (t, i, j) for j in range(1 + i % 5)]
+                    lsns = writer.append_many([(1, p, applied.append) for p in payloads])
+                    assert lsns == sorted(lsns)
+                    returned.update(zip(lsns, payloads))
+                else:
+                    payload = b"%d:%d" % (t, i)
+                    returned[writer.append(1, payload, applied.append)] = payload
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    n = len(returned)
+    assert sorted(returned) == list(range(1, n + 1)) and applied == list(range(1, n + 1))
+    writer.close()
+    assert records(tmp_path) == [(lsn, 1, returned[lsn]) for lsn in range(1, n + 1)]
+
+
 def test_fsync_durability_syncs_once_per_append(tmp_path, fdatasync):
     writer = WalWriter(tmp_path, 1, roll_bytes=1000)
     for i in range(40):

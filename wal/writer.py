@@ -172,25 +172,51 @@ class WalWriter:
         StorageError / StorageFullError (the write failed; nothing was logged),
         LogPoisonedError (a sync failed, now or earlier).
         """
+        entry = self._entry(kind, payload, apply)
+        with self._cond:
+            self._check_writable()
+            self._queue.append(entry)
+            head = self._queue[0] is entry
+        self._await(entry, head)
+        if entry.error is not None:
+            raise entry.error
+        return entry.lsn
+
+    def append_many(self, records: Sequence[tuple[int, Payload, Apply | None]]
+                    ) -> list[int | BaseException]:
+        """Append several records, queued back to back, from one thread: they share groups
+        (one write, one sync) without a thread per record. Returns, per record, its LSN or the
+        error that `append` would have raised for it (each record stands alone: one failing
+        does not undo another). Raises, before queueing anything, what `append` raises for a
+        bad kind or payload, and ClosedError / LogPoisonedError."""
+        entries = [self._entry(kind, payload, apply) for kind, payload, apply in records]
+        if not entries:
+            return []
+        with self._cond:
+            self._check_writable()
+            head = not self._queue
+            self._queue.extend(entries)
+        for i, entry in enumerate(entries):
+            if not entry.done:
+                self._await(entry, head and i == 0)
+        return [entry.error if entry.error is not None else entry.lsn for entry in entries]
+
+    def _entry(self, kind: int, payload: Payload, apply: Apply | None) -> _Entry:
         if not is_data_kind(kind):
             raise InvalidArgumentError(f"record kind must be an int in 1..254, got {kind!r}")
         parts, size = payload_parts(payload)
         if size > MAX_PAYLOAD:
             raise InvalidArgumentError(f"record payload of {size} bytes exceeds {MAX_PAYLOAD}")
-        entry = _Entry(kind, parts, size, apply)
-        with self._cond:
-            self._check_writable()
-            self._queue.append(entry)
-            head = self._queue[0] is entry
+        return _Entry(kind, parts, size, apply)
+
+    def _await(self, entry: _Entry, head: bool) -> None:
+        """Wait until `entry`'s group is done, leading it when `entry` reaches the head."""
         if not head:  # released once: when its group is done, or when it becomes the head
             entry.wake.acquire()
         with self._cond:
             group = None if entry.done else self._take_group()
         if group is not None:
             self._lead(group)
-        if entry.error is not None:
-            raise entry.error
-        return entry.lsn
 
     def _take_group(self) -> list[_Entry]:
         """The head of the queue, up to MAX_GROUP_BYTES (at least one). Stays queued until done,

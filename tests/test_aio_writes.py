@@ -1,0 +1,445 @@
+"""Batched writes: Index.write_many (sync) and AsyncIndex's WriteBatcher (asyncio and trio).
+
+The oracle is a dict of what each call wrote; every call must be its own all-or-nothing unit,
+with its own outcome, however the calls were grouped.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import numpy as np
+import pytest
+
+from engine import AsyncClient, Client, generate_key
+from engine.errors import (ClosedError, DimensionMismatchError, InvalidIdError, InvalidVectorError,
+                           WrongKeyError)
+
+from conftest import random_vectors
+
+DIM = 8
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def vectors_of(found: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {item["id"]: item["vector"] for item in found}
+
+
+# ----------------------------------------------------------------------------- Index.write_many
+
+def test_write_many_gives_each_call_its_own_outcome(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    key = generate_key()
+    a, b, c = (random_vectors(rng, 3, DIM) for _ in range(3))
+    nan = a.copy()
+    nan[1, 2] = np.nan
+    with Client(tmp_path) as client:
+        index = client.create_index("w", key, dimension=DIM)
+        index.upsert(ids=["old0", "old1"], vectors=c[:2])
+        outcomes = index.write_many([
+            ("upsert", (), {"ids": ["a0", "a1", "a2"], "vectors": a}),
+            ("upsert", (), {"ids": ["n0", "n1", "n2"], "vectors": nan}),            # NaN
+            ("upsert", ([{"id": "b0", "vector": b[0]}, {"id": "b1", "vector": b[1]}],), {}),
+            ("delete", (["old0", "a0"],), {}),                                       # after a0
+            ("upsert", (), {"ids": ["x"], "vectors": random_vectors(rng, 1, DIM + 1)}),
+            ("upsert", (), {"ids": ["a0"], "vectors": b[2:3]}),                      # after delete
+            ("delete", ([""],), {}),                                                 # bad id
+            ("upsert", (), {"ids": ["k"], "vectors": b[:1], "index_key": generate_key()}),
+            ("upsert", (), {"ids": ["z"], "vectors": b[:1], "no_such_argument": 1}),
+        ])
+        kinds = [type(o) if o is not None else None for o in outcomes]
+        assert kinds[:4] == [None, InvalidVectorError, None, None]
+        assert issubclass(kinds[4], (DimensionMismatchError, InvalidVectorError))
+        assert kinds[5] is None and kinds[6] is InvalidIdError and kinds[7] is WrongKeyError
+        assert kinds[8] is TypeError
+        got = vectors_of(index.get(["a0", "a1", "a2", "b0", "b1", "old0", "old1", "n0", "x", "k",
+                                    "z"], include=["vector"]))
+        assert sorted(got) == ["a0", "a1", "a2", "b0", "b1", "old1"]
+        np.testing.assert_array_equal(got["a0"], b[2])  # the upsert queued after the delete wins
+        np.testing.assert_array_equal(got["a1"], a[1])
+        assert index.get_num_vectors() == 6
+    with Client(tmp_path) as client:  # the same after replaying the log
+        again = vectors_of(client.load_index("w", key).get(sorted(got), include=["vector"]))
+        assert sorted(again) == sorted(got)
+        np.testing.assert_array_equal(again["a0"], b[2])
+
+
+def test_write_many_fixes_the_dimension_once_and_refuses_a_second_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    with Client(tmp_path) as client:
+        index = client.create_index("d", generate_key())  # no dimension yet
+        outcomes = index.write_many([
+            ("upsert", (), {"ids": ["p"], "vectors": random_vectors(rng, 1, 5)}),
+            ("upsert", (), {"ids": ["q"], "vectors": random_vectors(rng, 1, 6)}),
+            ("upsert", (), {"ids": ["r"], "vectors": random_vectors(rng, 1, 5)}),
+        ])
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], DimensionMismatchError)
+        assert index.dimension == 5 and sorted(index.list_ids()) == ["p", "r"]
+
+
+def test_write_many_on_a_closed_index_fails_every_call(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    with Client(tmp_path) as client:
+        index = client.create_index("c", generate_key(), dimension=DIM)
+        index.close()
+        with pytest.raises(ClosedError):
+            index.write_many([("upsert", (), {"ids": ["a"], "vectors": random_vectors(rng, 1, DIM)})])
+
+
+# ----------------------------------------------------------------------------- WriteBatcher
+
+class Gate:
+    """Wraps a batcher's write_many: batch k blocks in its worker thread until open(k), so a
+    test can queue calls behind it and cancel them at known points."""
+
+    def __init__(self, batcher: Any):
+        self.real = batcher._write_many
+        self.sizes: list[int] = []
+        self._gates = [threading.Event() for _ in range(8)]
+        self.before_return: dict[int, Any] = {}  # batch -> callable run in its thread, last
+        batcher._write_many = self
+
+    def __call__(self, calls: list) -> list:
+        self.sizes.append(len(calls))
+        k = len(self.sizes) - 1
+        assert self._gates[k].wait(30), "gate never opened"
+        try:
+            return self.real(calls)
+        finally:
+            if k in self.before_return:
+                self.before_return[k]()
+
+    def open(self, *batches: int) -> None:
+        for k in batches:
+            self._gates[k].set()
+
+    async def wait_entered(self, batches: int) -> None:
+        """Until `batches` batches have reached their worker thread."""
+        while len(self.sizes) < batches:
+            await anyio.sleep(0.001)
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_share_one_thread_call_and_one_fsync(
+        tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs = [0]
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        syncs[0] += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    rng = np.random.default_rng(4)
+    batches = {t: random_vectors(rng, 1 + t % 4, DIM) for t in range(300)}
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("b", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        syncs[0] = 0
+
+        async def one(t: int) -> None:
+            await index.upsert(ids=[f"t{t}-{i}" for i in range(len(batches[t]))], vectors=batches[t])
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, 0)
+                await gate.wait_entered(1)  # the first call leads alone; the rest queue behind it
+                for t in range(1, 300):
+                    tg.start_soon(one, t)
+                await anyio.sleep(0.05)
+                gate.open(0, 1)
+        assert gate.sizes == [1, 299] and syncs[0] == 2
+        ids = [f"t{t}-{i}" for t, v in batches.items() for i in range(len(v))]
+        got = vectors_of(await index.get(ids, include=["vector"]))
+        assert len(got) == len(ids)
+        for t, vecs in batches.items():
+            for i, v in enumerate(vecs):
+                np.testing.assert_array_equal(got[f"t{t}-{i}"], v)
+
+
+@pytest.mark.anyio
+async def test_a_bad_call_fails_alone_inside_a_batch(tmp_path: Path, anyio_backend: str) -> None:
+    rng = np.random.default_rng(5)
+    good = random_vectors(rng, 2, DIM)
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("e", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        errors: dict[str, BaseException] = {}
+
+        async def call(name: str, coro_fn: Any) -> None:
+            try:
+                await coro_fn()
+            except Exception as exc:
+                errors[name] = exc
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "lead", lambda: index.upsert(ids=["lead"], vectors=good[:1]))
+                await gate.wait_entered(1)
+                tg.start_soon(call, "dim", lambda: index.upsert(ids=["x"], vectors=np.ones((1, DIM + 2))))
+                tg.start_soon(call, "ok", lambda: index.upsert(ids=["ok"], vectors=good[1:]))
+                tg.start_soon(call, "id", lambda: index.delete([""]))
+                tg.start_soon(call, "del", lambda: index.delete(["lead"]))
+                await anyio.sleep(0.05)
+                gate.open(0, 1)
+        assert sorted(errors) == ["dim", "id"]
+        assert isinstance(errors["dim"], (DimensionMismatchError, InvalidVectorError))
+        assert gate.sizes == [1, 4]
+        assert sorted(await index.list_ids()) == ["ok"]
+
+
+@pytest.mark.anyio
+async def test_cancellation_withdraws_a_queued_call_and_completes_a_taken_one(
+        tmp_path: Path, anyio_backend: str) -> None:
+    """The leader's batch is blocked in its thread. Behind it: a queued call that gets
+    cancelled (never happens), others that go on. The leader itself is cancelled while its
+    thread runs: its call completes, then it sees the cancellation. One task is cancelled
+    after it was named the next leader but before it could lead: the task after it leads."""
+    rng = np.random.default_rng(6)
+    v = random_vectors(rng, 6, DIM)
+    key = generate_key()
+    outcome: dict[str, str] = {}
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("x", key, dimension=DIM)
+        gate = Gate(index._writes)
+        scopes = {name: anyio.CancelScope() for name in ("lead", "queued", "ok1", "ok2")}
+
+        async def upsert(name: str, row: int) -> None:
+            with scopes[name]:
+                await index.upsert(ids=[name], vectors=v[row:row + 1])
+                outcome[name] = "returned"
+            if scopes[name].cancelled_caught:
+                outcome[name] = "cancelled"
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upsert, "lead", 0)
+                await gate.wait_entered(1)
+                for row, name in enumerate(("queued", "ok1", "ok2"), start=1):
+                    tg.start_soon(upsert, name, row)
+                await anyio.sleep(0.02)
+                scopes["queued"].cancel()  # the next leader in line: withdrawn, leadership moves on
+                scopes["lead"].cancel()  # its thread runs: it must complete anyway
+                await anyio.sleep(0.02)
+                assert "lead" not in outcome, "a cancelled leader returned before its batch ended"
+                gate.open(0, 1)
+        assert outcome == {"lead": "cancelled", "queued": "cancelled", "ok1": "returned",
+                           "ok2": "returned"}
+        assert gate.sizes == [1, 2]
+        assert sorted(await index.list_ids()) == ["lead", "ok1", "ok2"]
+    async with AsyncClient(tmp_path) as client:
+        assert sorted(await (await client.load_index("x", key)).list_ids()) == ["lead", "ok1", "ok2"]
+
+
+@pytest.mark.anyio
+async def test_a_task_cancelled_as_it_is_named_leader_hands_the_lead_on(
+        tmp_path: Path, anyio_backend: str) -> None:
+    """The first batch's thread cancels the task queued first, just before it returns. Under
+    asyncio the cancellation reaches that task after the leader has already named it to lead
+    the next batch; under trio, before. Either way it withdraws, and the calls queued behind
+    it must not be stranded: the next one leads."""
+    rng = np.random.default_rng(9)
+    v = random_vectors(rng, 4, DIM)
+    outcome: dict[str, str] = {}
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("n", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        named = anyio.CancelScope()
+        gate.before_return[0] = lambda: anyio.from_thread.run_sync(named.cancel)
+
+        async def upsert(name: str, row: int) -> None:
+            await index.upsert(ids=[name], vectors=v[row:row + 1])
+            outcome[name] = "returned"
+
+        async def upsert_named() -> None:
+            with named:
+                await index.upsert(ids=["named"], vectors=v[1:2])
+            outcome["named"] = "cancelled" if named.cancelled_caught else "returned"
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upsert, "lead", 0)
+                await gate.wait_entered(1)
+                tg.start_soon(upsert_named)
+                await anyio.sleep(0.01)
+                tg.start_soon(upsert, "ok1", 2)
+                tg.start_soon(upsert, "ok2", 3)
+                await anyio.sleep(0.02)
+                gate.open(0, 1, 2)
+        assert outcome == {"lead": "returned", "named": "cancelled", "ok1": "returned",
+                           "ok2": "returned"}
+        assert sorted(await index.list_ids()) == ["lead", "ok1", "ok2"]
+        assert gate.sizes == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_native_asyncio_cancel_of_the_named_leader_hands_the_lead_on(tmp_path: Path) -> None:
+    """Plain asyncio (task.cancel(), as asyncio.wait_for does): the leader cancels the task it
+    has just named to lead next, before that task runs. It must withdraw and pass the lead."""
+    import asyncio
+    rng = np.random.default_rng(10)
+    v = random_vectors(rng, 4, DIM)
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("a", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        tasks: dict[str, asyncio.Task] = {}
+
+        async def lead() -> None:
+            await index.upsert(ids=["lead"], vectors=v[:1])
+            tasks["named"].cancel()  # named by now, not yet running
+
+        tasks["lead"] = asyncio.create_task(lead())
+        await gate.wait_entered(1)
+        tasks["named"] = asyncio.create_task(index.upsert(ids=["named"], vectors=v[1:2]))
+        await asyncio.sleep(0.01)
+        for row, name in ((2, "ok1"), (3, "ok2")):
+            tasks[name] = asyncio.create_task(index.upsert(ids=[name], vectors=v[row:row + 1]))
+        await asyncio.sleep(0.02)
+        gate.open(0, 1, 2)
+        done, pending = await asyncio.wait(list(tasks.values()), timeout=20)
+        assert not pending, "calls queued behind a cancelled leader were stranded"
+        assert tasks["named"].cancelled()
+        assert sorted(await index.list_ids()) == ["lead", "ok1", "ok2"]
+        assert gate.sizes == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_native_asyncio_cancels_of_taken_calls_wait_for_their_batch(tmp_path: Path) -> None:
+    """task.cancel() of a leader whose thread runs, and of a follower already taken into that
+    batch: both calls complete, and only then do the tasks end cancelled."""
+    import asyncio
+    rng = np.random.default_rng(11)
+    v = random_vectors(rng, 3, DIM)
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("t", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        first = asyncio.create_task(index.upsert(ids=["first"], vectors=v[:1]))
+        await gate.wait_entered(1)
+        leader = asyncio.create_task(index.upsert(ids=["leader"], vectors=v[1:2]))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(index.upsert(ids=["follower"], vectors=v[2:3]))
+        await asyncio.sleep(0.01)
+        gate.open(0)
+        await gate.wait_entered(2)  # "leader" leads batch 2 and has taken "follower"
+        leader.cancel()
+        follower.cancel()
+        await asyncio.sleep(0.02)
+        print("DEBUG leader", leader.done(), "follower", follower.done())
+        assert not leader.done() and not follower.done(), "a taken call ended before its batch"
+        gate.open(1)
+        await asyncio.wait([first, leader, follower], timeout=20)
+        assert first.result() is None and leader.cancelled() and follower.cancelled()
+        assert sorted(await index.list_ids()) == ["first", "follower", "leader"]
+        assert gate.sizes == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_follower_whose_batch_runs_completes(tmp_path: Path,
+                                                               anyio_backend: str) -> None:
+    rng = np.random.default_rng(7)
+    v = random_vectors(rng, 3, DIM)
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("f", generate_key(), dimension=DIM)
+        gate = Gate(index._writes)
+        follower = anyio.CancelScope()
+        state: list[str] = []
+
+        async def follow() -> None:
+            with follower:
+                await index.upsert(ids=["f"], vectors=v[1:2])
+                state.append("returned")
+            state.append("cancelled" if follower.cancelled_caught else "done")
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: index.upsert(ids=["a"], vectors=v[:1]))
+                await gate.wait_entered(1)
+                tg.start_soon(lambda: index.upsert(ids=["g"], vectors=v[2:3]))  # leads batch 2
+                await anyio.sleep(0.01)
+                tg.start_soon(follow)
+                await anyio.sleep(0.02)
+                gate.open(0)
+                await gate.wait_entered(2)  # "g" and "f" are now taken by the second batch ...
+                follower.cancel()  # ... so cancelling "f" cannot stop it
+                await anyio.sleep(0.02)
+                assert state == [], "a cancelled call returned while its batch ran"
+                gate.open(1)
+        assert state == ["cancelled"]
+        assert gate.sizes == [1, 2]
+        assert sorted(await index.list_ids()) == ["a", "f", "g"]
+
+
+@pytest.mark.anyio
+async def test_a_leader_cancelled_while_it_waits_for_a_thread_requeues_the_others(
+        tmp_path: Path, anyio_backend: str) -> None:
+    """Two worker threads. Index b's second leader takes three calls (its own and two
+    followers) but finds both threads held (by a, and by c, which was waiting first), and is
+    cancelled there: its own call never happens, and the two it had taken queue again and run
+    once a thread frees."""
+    rng = np.random.default_rng(12)
+    v = random_vectors(rng, 6, DIM)
+    async with AsyncClient(tmp_path, max_threads=2) as client:
+        a, b, c = [await client.create_index(n, generate_key(), dimension=DIM) for n in "abc"]
+        gate_a, gate_b, gate_c = Gate(a._writes), Gate(b._writes), Gate(c._writes)
+        gate_b.open(1, 2)
+        leader = anyio.CancelScope()
+        outcome: dict[str, str] = {}
+
+        async def lead() -> None:
+            with leader:
+                await b.upsert(ids=["L"], vectors=v[:1])
+            outcome["L"] = "cancelled" if leader.cancelled_caught else "returned"
+
+        async def upsert(index: Any, name: str, row: int) -> None:
+            await index.upsert(ids=[name], vectors=v[row:row + 1])
+            outcome[name] = "returned"
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upsert, a, "hold", 3)
+                await gate_a.wait_entered(1)  # thread 1
+                tg.start_soon(upsert, b, "x", 4)
+                await gate_b.wait_entered(1)  # thread 2
+                tg.start_soon(upsert, c, "y", 5)  # waits for a thread
+                await anyio.sleep(0.01)
+                tg.start_soon(lead)
+                await anyio.sleep(0.01)
+                tg.start_soon(upsert, b, "F1", 1)
+                tg.start_soon(upsert, b, "F2", 2)
+                await anyio.sleep(0.01)
+                gate_b.open(0)  # x is done; its thread goes to c; L takes [L, F1, F2] and waits
+                await gate_c.wait_entered(1)
+                await anyio.sleep(0.02)
+                assert gate_b.sizes == [1] and "x" in outcome
+                leader.cancel()
+                await anyio.sleep(0.02)
+                gate_a.open(0)
+                gate_c.open(0)
+        assert outcome == {"hold": "returned", "x": "returned", "y": "returned",
+                           "L": "cancelled", "F1": "returned", "F2": "returned"}
+        assert gate_b.sizes == [1, 2]
+        assert sorted(await b.list_ids()) == ["F1", "F2", "x"]
+
+
+@pytest.mark.anyio
+async def test_calls_made_one_after_another_each_lead_their_own_batch(
+        tmp_path: Path, anyio_backend: str) -> None:
+    rng = np.random.default_rng(8)
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("s", generate_key(), dimension=DIM)
+        for i in range(5):
+            await index.upsert(ids=[f"s{i}"], vectors=random_vectors(rng, 1, DIM))
+        await index.delete(["s0"])
+        with pytest.raises(InvalidIdError):
+            await index.delete([""])
+        assert index._writes.batches == 7 and not index._writes._busy
+        assert sorted(await index.list_ids()) == ["s1", "s2", "s3", "s4"]
