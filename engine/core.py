@@ -26,7 +26,7 @@ from .errors import ClosedError, CorruptionError, DimensionMismatchError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
-from .reads import run_query
+from .reads import live_ids, run_query
 from .rwlock import RWLock
 from .segments import SegmentSource, collect_orphans, open_segment
 from .store import Manifest, Store
@@ -351,18 +351,15 @@ class IndexCore(CoreInfo):
         return finish_vectors(self.embedder.embed(list(texts)), self.config.metric), single
 
     def upsert(self, batch: Batch) -> None:
-        self._check_writable()
-        record = self._upsert_record(batch)
-        if record is not None:
-            self._wait_for_room()
-            self.wal.append(*record)
+        self._raise_first(self.write_many([(records.KIND_UPSERT, batch)]))
 
     def delete(self, ids: list[str]) -> None:
-        self._check_writable()
-        record = self._delete_record(ids)
-        if record is not None:
-            self._wait_for_room()
-            self.wal.append(*record)
+        self._raise_first(self.write_many([(records.KIND_DELETE, ids)]))
+
+    @staticmethod
+    def _raise_first(outcomes: list[BaseException | None]) -> None:
+        if outcomes[0] is not None:
+            raise outcomes[0]
 
     def write_many(self, writes: list[tuple[int, Any]]) -> list[BaseException | None]:
         """Several independent upsert / delete calls -- (records.KIND_UPSERT, Batch) or
@@ -454,21 +451,7 @@ class IndexCore(CoreInfo):
 
     def live_ids(self) -> list[str]:
         with self.read_lock():
-            seen: set[str] = set()
-            out: list[str] = []
-            for table in (self.memtable, *reversed(self.frozen)):
-                for item_id in table.row_of:
-                    if item_id not in seen:
-                        seen.add(item_id)
-                        out.append(item_id)
-                seen.update(table.tombstones)
-            for source in self.segments:
-                ids = source.ids
-                for row in source.live_rows():
-                    item_id = ids[row]
-                    if item_id not in seen:
-                        out.append(item_id)
-            return out
+            return live_ids([self.memtable, *reversed(self.frozen)], self.segments)
 
     def count(self) -> int:
         with self.read_lock():

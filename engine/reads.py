@@ -83,3 +83,23 @@ def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes:
             hits.append(sources[src[qi, j]].hit(int(rows[qi, j]), float(dists[qi, j]), include))
         out.append(hits)
     return out
+
+
+def live_ids(tables: list, segments: list) -> list[str]:
+    """Every live id once: memtables newest first (their tombstones hide older rows), then
+    segments (whose shadowed rows are already dead)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for table in tables:
+        for item_id in table.row_of:
+            if item_id not in seen:
+                seen.add(item_id)
+                out.append(item_id)
+        seen.update(table.tombstones)
+    for source in segments:
+        ids = source.ids
+        for row in source.live_rows():
+            item_id = ids[row]
+            if item_id not in seen:
+                out.append(item_id)
+    return out
