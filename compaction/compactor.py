@@ -8,10 +8,66 @@ instead of spinning on a failing disk.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
-from typing import Callable
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BACKGROUND_NICE = 10
+
+
+def background_nice() -> int:
+    """How far background work lowers its threads' CPU priority (LSMVEC_BACKGROUND_NICE,
+    default 10; 0 turns it off)."""
+    try:
+        return max(0, int(os.environ.get("LSMVEC_BACKGROUND_NICE", DEFAULT_BACKGROUND_NICE)))
+    except ValueError:
+        return DEFAULT_BACKGROUND_NICE
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread, and the threads it
+    starts -- ScaNN's training pool, a forked child -- inherit it). Flushes, merges and
+    training then yield the CPU to the application's own threads, an event loop above all,
+    instead of delaying them by whole scheduler slices when the cores are busy (RocksDB
+    lowers its compaction threads the same way). An unprivileged thread cannot raise it back:
+    call this only in threads that do nothing else."""
+    nice = background_nice()
+    if not nice or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.debug("cannot lower background thread priority: %s", exc)
+
+
+def run_in_background_thread(fn: Callable[[], T], name: str = "lsmvec-maintenance") -> T:
+    """Run `fn` in a new thread of lowered priority and wait for it: returns its result or
+    raises its error. For maintenance a caller asked for (train, compact, flush), whose
+    caller's own thread must keep its priority."""
+    if not background_nice() or not sys.platform.startswith("linux"):
+        return fn()
+    outcome: list = []
+
+    def work() -> None:
+        lower_thread_priority()
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 class Compactor:
@@ -29,6 +85,7 @@ class Compactor:
         self._wake.set()
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             self._wake.wait()
             self._wake.clear()

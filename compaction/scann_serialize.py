@@ -5,7 +5,9 @@ which freezes every event loop and query thread in the process. On Linux the sea
 therefore serialized by a forked child: the child shares the searcher copy-on-write, writes
 the assets into the (private) scratch folder, drops ``dataset.npy`` when it equals the
 segment's own rows, and exits with a code saying which. The parent waits in ``waitpid``
-(GIL released); only the fork itself holds the GIL (about 9 ms per GB of resident memory).
+(GIL released); only the fork itself holds the GIL, for a time that grows with the number of
+page-table entries to copy: big anonymous mappings are first collapsed into huge pages
+(MADV_COLLAPSE, GIL released), which cut it from about 20 ms to about 2 ms at 1.2 GB.
 
 The child runs nothing but ScaNN's serializer and a file comparison, then ``os._exit``: it
 never touches LMDB, the log, locks or logging. Any failure or a child that does not finish
@@ -68,6 +70,7 @@ def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray,
                         timeout_s: float) -> bool | None:
     """None when the child failed or timed out (the caller serializes itself)."""
     _trim_heap()  # fewer resident pages: the fork copies their page tables holding the GIL
+    _collapse_to_huge_pages()  # and far fewer page-table entries for the rest
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process
@@ -119,6 +122,46 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
+
+_MADV_COLLAPSE = 25  # Linux 6.1+
+_HUGE = 2 << 20
+COLLAPSE_MIN_BYTES = 8 << 20
+"""Anonymous mappings at least this big are collapsed into huge pages before the fork."""
+
+
+def _collapse_to_huge_pages() -> None:
+    """madvise(MADV_COLLAPSE) every big private anonymous mapping (ScaNN's training buffers,
+    sealed-file reads): the fork copies one entry per 2 MiB huge page instead of 512 per
+    4 KiB page, which on this kind of VM took a 1.2 GB process's fork from ~20 ms to ~2 ms
+    of GIL held. The collapse copies memory, but in a syscall that ctypes runs with the GIL
+    released. Kernels without MADV_COLLAPSE refuse it (EINVAL), as they may refuse a single
+    mapping; nothing else changes then."""
+    global _madvise
+    if _madvise is None:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            _madvise = libc.madvise
+            _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _madvise = False
+    if not _madvise:
+        return
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5 or fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        lo, hi = (lo + _HUGE - 1) & ~(_HUGE - 1), hi & ~(_HUGE - 1)
+        if hi - lo >= COLLAPSE_MIN_BYTES:
+            _madvise(lo, hi - lo, _MADV_COLLAPSE)  # a refusal (EINVAL, EAGAIN) leaves it as is
+
+
+_madvise: Any = None
 
 
 def _settle_dataset(scratch: Path, vectors: np.ndarray) -> bool:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from compaction.compactor import Compactor
+from compaction.compactor import Compactor, run_in_background_thread
 from compaction.policy import SegmentStat, pick
-from wal import RecoveryMode, WalWriter, replay
+from wal import RecoveryMode, WalWriter
 
 from . import records
 from .config import read_config, write_config
@@ -27,6 +27,7 @@ from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
 from .reads import live_ids, run_query
+from .replay import replay_log
 from .rwlock import RWLock
 from .segments import SegmentSource, collect_orphans, open_segment
 from .store import Manifest, Store
@@ -53,6 +54,7 @@ class IndexCore(CoreInfo):
     def __init__(self, folder: Path, index_key: bytes, *, durability: str = "fsync",
                  recovery: RecoveryMode = RecoveryMode.TOLERATE_TORN_TAIL):
         self.folder = folder
+        self.wal_dir = folder / WAL_DIR
         self._lock = LockFile(folder / LOCK_NAME, f"index {folder.name!r}")
         try:
             self.config, self.cipher = read_config(folder, index_key)
@@ -84,7 +86,7 @@ class IndexCore(CoreInfo):
             self._load_segments()
             self._live = self.store.count()
             self._replay(recovery)
-            self.wal = WalWriter(folder / WAL_DIR, self._next_lsn,
+            self.wal = WalWriter(self.wal_dir, self._next_lsn,
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
                                  seal=self._seal, seal_parts=True)
@@ -149,36 +151,7 @@ class IndexCore(CoreInfo):
         return self.cipher.wal.open(payload, _wal_aad(self.cipher.uuid, lsn, kind))
 
     def _replay(self, mode: RecoveryMode) -> None:
-        start = self.manifest.checkpoint_lsn + 1
-        records_iter = replay(self.folder / WAL_DIR, from_lsn=start, mode=mode)
-        last = start - 1
-        self.memtable.first_lsn = start
-        for rec in records_iter:
-            try:
-                payload = self._open_payload(rec.lsn, rec.kind, rec.payload)
-            except CorruptionError as exc:
-                raise CorruptionError("log record fails authentication", rec.path, rec.offset) from exc
-            self._apply(rec.lsn, rec.kind, payload, rec.path, rec.offset)
-            last = rec.lsn
-        report = getattr(records_iter, "report", None)
-        self._next_lsn = max(last, report.last_lsn) + 1
-        if self.memtable.payload_bytes >= self.memtable_bytes:
-            self._freeze()
-        if report is not None and getattr(report, "truncated", None):
-            log.warning("index %s: dropped a torn log tail: %s", self.folder.name, report.truncated)
-
-    def _apply(self, lsn: int, kind: int, payload: bytes, path: str | None = None,
-               offset: int | None = None) -> None:
-        if kind == records.KIND_UPSERT:
-            rec = records.decode_upsert(payload, path, offset)
-            dim = self.memtable.dimension or self.config.dimension
-            if dim is not None and rec.vectors.shape[1] != dim and len(rec.ids):
-                raise CorruptionError("log record has the wrong dimension", path, offset)
-            self._apply_upsert(lsn, rec.ids, rec.vectors, rec.contents, rec.metadata)
-        elif kind == records.KIND_DELETE:
-            self._apply_delete(lsn, records.decode_delete(payload, path, offset))
-        else:
-            raise CorruptionError(f"unknown log record kind {kind}", path, offset)
+        self._next_lsn = replay_log(self, mode)
 
     def _apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
                       metadata: list) -> None:
@@ -279,27 +252,40 @@ class IndexCore(CoreInfo):
     def flush(self) -> None:
         """Freeze the memtable and write every frozen one as a segment, now."""
         self._check_writable()
-        with self._rw.write():
-            self._freeze()
-        while self._flush_step():
-            pass
+        run_in_background_thread(self._flush_all)
 
     def compact(self) -> None:
         """Flush, then run merges until the size-tiered policy has nothing left to do."""
-        self.flush()
-        while self._merge_step():
-            pass
+        self._check_writable()
+        run_in_background_thread(self._compact_all)
 
     def train(self, n_lists: int | None = None) -> None:
         """Flush and merge everything into one segment, trained (tree + AH) when large enough."""
         self._check_writable()
         self._training = True
         try:
-            self.flush()
-            from .maintenance import merge_segments
-            merge_segments(self, None, n_lists=n_lists)  # all segments, listed under the lock
+            run_in_background_thread(lambda: self._train_all(n_lists))
         finally:
             self._training = False
+
+    # The asked-for maintenance runs in a thread of lowered CPU priority (see compactor.py),
+    # like the background flushes and merges, so it cannot starve the caller's event loop.
+
+    def _flush_all(self) -> None:
+        with self._rw.write():
+            self._freeze()
+        while self._flush_step():
+            pass
+
+    def _compact_all(self) -> None:
+        self._flush_all()
+        while self._merge_step():
+            pass
+
+    def _train_all(self, n_lists: int | None) -> None:
+        from .maintenance import merge_segments
+        self._flush_all()
+        merge_segments(self, None, n_lists=n_lists)  # all segments, listed under the lock
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -467,10 +453,7 @@ class IndexCore(CoreInfo):
             self._flusher.stop()
             self._merger.stop()
             if not self.wal.poisoned:
-                with self._rw.write():
-                    self._freeze()
-                while flush_pending(self):
-                    pass
+                run_in_background_thread(self._flush_all)
         finally:
             self._closed = True
             try:
@@ -480,11 +463,6 @@ class IndexCore(CoreInfo):
                 for source in self.segments:
                     source.segment.close()
                 self._lock.release()
-
-
-def flush_pending(core: IndexCore) -> bool:
-    from .maintenance import flush_oldest
-    return flush_oldest(core)
 
 
 def _config_dimension(folder: Path) -> int | None:

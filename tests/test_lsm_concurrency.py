@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 from conftest import assert_matches_oracle, vector_list
 from engine import Client, generate_key
@@ -74,7 +75,11 @@ def check_no_duplicates(results: list[dict], where: str) -> None:
     assert len(ids) == len(set(ids)), f"{where}: duplicate ids {ids}"
 
 
-def test_queries_stay_correct_under_writes_flushes_and_merges(tmp_path: Path) -> None:
+def test_queries_stay_correct_under_writes_flushes_and_merges(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Maintenance at normal priority: against three busy threads on two cores, lowered-priority
+    # flushes and merges (the default) would run too rarely to interleave with them much.
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", "0")
     rng = np.random.default_rng(42)
     stable_ids = [f"stable-{i}" for i in range(N_STABLE)]
     stable_vecs = rng.standard_normal((N_STABLE, DIM)).astype(np.float32)

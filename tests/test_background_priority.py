@@ -1,0 +1,85 @@
+"""Background work (flushes, merges, train/compact/flush asked for) runs at lowered CPU priority
+on Linux, in threads of its own, so it yields the cores to the application's threads."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compaction import compactor
+from compaction.compactor import run_in_background_thread
+from engine import Client, generate_key
+from engine import maintenance
+
+from conftest import random_vectors
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+
+
+def my_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_run_in_background_thread_lowers_only_its_own_thread(monkeypatch) -> None:
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", "7")
+    before = my_nice()
+    seen = run_in_background_thread(lambda: (threading.get_ident(), my_nice()))
+    assert seen[0] != threading.get_ident()
+    assert seen[1] == min(19, before + 7)
+    assert my_nice() == before  # the caller's thread keeps its priority
+
+
+def test_run_in_background_thread_returns_and_raises_like_a_call(monkeypatch) -> None:
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", "5")
+    assert run_in_background_thread(lambda: 42) == 42
+
+    def fail() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        run_in_background_thread(fail)
+
+
+def test_nice_zero_runs_in_the_callers_thread(monkeypatch) -> None:
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", "0")
+    assert run_in_background_thread(threading.get_ident) == threading.get_ident()
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", "not a number")
+    assert compactor.background_nice() == compactor.DEFAULT_BACKGROUND_NICE
+
+
+@pytest.mark.parametrize("nice", ["10", "0"])
+def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monkeypatch,
+                                                           nice: str) -> None:
+    """flush() and train() from the caller, and the background flusher and merger threads,
+    all do their work at caller's nice + LSMVEC_BACKGROUND_NICE."""
+    monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", nice)
+    base = my_nice()
+    seen: dict[str, set[int]] = {"flush": set(), "merge": set()}
+    real_flush, real_merge = maintenance.flush_oldest, maintenance.merge_segments
+
+    def flush_oldest(core, *args, **kwargs):
+        seen["flush"].add(my_nice())
+        return real_flush(core, *args, **kwargs)
+
+    def merge_segments(core, *args, **kwargs):
+        seen["merge"].add(my_nice())
+        return real_merge(core, *args, **kwargs)
+
+    monkeypatch.setattr(maintenance, "flush_oldest", flush_oldest)
+    monkeypatch.setattr(maintenance, "merge_segments", merge_segments)
+    rng = np.random.default_rng(1)
+    with Client(tmp_path) as client:
+        index = client.create_index("p", generate_key(), dimension=8,
+                                    memtable_bytes=4096)
+        for i in range(40):  # small memtables: the background flusher and merger run
+            index.upsert(ids=[f"{i}-{j}" for j in range(20)], vectors=random_vectors(rng, 20, 8))
+        index.flush()
+        index.train()
+        assert index.get_num_vectors() == 800
+    want = min(19, base + int(nice))
+    assert seen["flush"] == {want} and seen["merge"] == {want}, seen
+    assert my_nice() == base
