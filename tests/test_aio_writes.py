@@ -443,3 +443,34 @@ async def test_calls_made_one_after_another_each_lead_their_own_batch(
             await index.delete([""])
         assert index._writes.batches == 7 and not index._writes._busy
         assert sorted(await index.list_ids()) == ["s1", "s2", "s3", "s4"]
+
+
+@pytest.mark.asyncio
+async def test_a_native_asyncio_cancel_of_any_running_call_waits_for_its_thread(
+        tmp_path: Path) -> None:
+    """asyncio.wait_for around a call whose worker thread runs: the task ends (TimeoutError)
+    only after the thread finished, never while it still works on the index."""
+    import asyncio
+    started, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+    async with AsyncClient(tmp_path) as client:
+        index = await client.create_index("w", generate_key(), dimension=DIM)
+        real = index.sync.stats
+
+        def slow_stats() -> dict:
+            started.set()
+            assert release.wait(30)
+            out = real()
+            finished.append("stats")
+            return out
+
+        index.sync.stats = slow_stats  # type: ignore[method-assign]
+        task = asyncio.create_task(asyncio.wait_for(index.stats(), timeout=0.05))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)  # well past the timeout: the thread still runs
+        assert not task.done(), "the call ended while its worker thread still ran"
+        release.set()
+        with pytest.raises(asyncio.TimeoutError):
+            await task
+        assert finished == ["stats"]
