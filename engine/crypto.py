@@ -53,6 +53,11 @@ def key_check_value(index_key: bytes, uuid: bytes) -> bytes:
     return _hkdf(index_key, uuid, "key-check")
 
 
+_SMALL_SEAL = 64 << 10
+"""Below this many bytes, `seal_parts` joins the parts (a copy this small costs less than
+setting up a streaming GCM context: 3 vs 8 us for a 15 KB record)."""
+
+
 class Aead:
     """AES-256-GCM with a random 96-bit nonce in front of each ciphertext.
 
@@ -77,6 +82,10 @@ class Aead:
         nonce = os.urandom(NONCE_BYTES)
         views = [memoryview(part).cast("B") for part in parts]
         total = sum(view.nbytes for view in views)
+        if total <= _SMALL_SEAL:  # a one-shot seal of the joined parts is cheaper than a stream
+            out = bytearray(nonce)
+            out += self._gcm.encrypt(nonce, b"".join(views), aad)
+            return out
         out = bytearray(NONCE_BYTES + total + 16 + 15)  # update_into wants 15 bytes of slack
         out[:NONCE_BYTES] = nonce
         encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()

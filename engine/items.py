@@ -334,7 +334,10 @@ def _id_column(ids: Any) -> list[str]:
     elif isinstance(ids, _NOT_A_SEQUENCE) or not isinstance(ids, Sequence):
         raise InvalidTypeError(f"ids: expected an id or a list/array of ids, got "
                                f"{type(ids).__name__}")
-    return [_check_id(v, f"ids[{j}]") for j, v in enumerate(ids)]
+    # Fast path: a non-empty ASCII str within the byte limit is valid as it is (isascii is a
+    # flag check); anything else goes through _check_id, which names the fault.
+    return [v if type(v) is str and v.isascii() and 0 < len(v) <= MAX_ID_BYTES
+            else _check_id(v, f"ids[{j}]") for j, v in enumerate(ids)]
 
 
 def _last_occurrences(ids: list[str]) -> list[int] | None:
