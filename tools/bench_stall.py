@@ -22,6 +22,7 @@ import argparse
 import gc
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,13 +87,13 @@ async def run(n: int, dim: int, explain: list | None = None,
             last = time.monotonic()
 
     gc_pauses = GcPauses()
-    if explain is not None:
-        gc.callbacks.append(gc_pauses)
+    gc.callbacks.append(gc_pauses)
+    folder = tempfile.mkdtemp(prefix="lsmvec-stall-")  # removed below: ~200 MB a run
     probe = (subprocess.Popen([sys.executable, "-m", "tools.heartbeat_probe", "3600"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               cwd=Path(__file__).resolve().parent.parent) if control else None)
     try:
-        async with AsyncClient(tempfile.mkdtemp(prefix="lsmvec-stall-")) as client:
+        async with AsyncClient(folder) as client:
             index = await client.create_index("s", generate_key(), dimension=dim, metric="cosine")
             async with anyio.create_task_group() as group:
                 group.start_soon(heartbeat)
@@ -116,6 +117,7 @@ async def run(n: int, dim: int, explain: list | None = None,
         control_gaps = _stop_probe(probe) if probe is not None else None
         if gc_pauses in gc.callbacks:
             gc.callbacks.remove(gc_pauses)
+        shutil.rmtree(folder, ignore_errors=True)
     result: dict[str, Any] = {"ingest_s": ingest_s, "train_s": train_s}
     gaps = list(zip(starts, ends))
     for phase, part in (("ingest", gaps[:phase_marks[0]]), ("train", gaps[phase_marks[0]:])):
@@ -123,7 +125,8 @@ async def run(n: int, dim: int, explain: list | None = None,
         result[f"{phase}_max_ms"] = float(ms.max())
         result[f"{phase}_p99_ms"] = float(np.percentile(ms, 99))
         if control_gaps is not None:
-            result[f"{phase}_long"] = [((b - a) * 1000, _overlap_ms(a, b, control_gaps))
+            result[f"{phase}_long"] = [((b - a) * 1000, _overlap_ms(a, b, control_gaps),
+                                        sum(p[4] for p in gc_pauses.overlapping(a, b)))
                                        for a, b in part if b - a > TARGET_MS / 1000]
     if control_gaps is not None:
         result["control_max_ms"] = max([(b - a) * 1000 for a, b in control_gaps] or [0.0])
@@ -166,9 +169,9 @@ def _overlap_ms(a: float, b: float, control: list[tuple[float, float]]) -> float
     return max([(d - c) * 1000 for c, d in control if c < b and d > a] or [0.0])
 
 
-def _own(long_gaps: list[tuple[float, float]]) -> float:
+def _own(long_gaps: list[tuple[float, float, float]]) -> float:
     """The longest gap the control process did not share (it saw < half of it)."""
-    return max([gap for gap, seen in long_gaps if seen < gap / 2] or [0.0])
+    return max([gap for gap, seen, _gc in long_gaps if seen < gap / 2] or [0.0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.control:
             print(f"  control process: longest gap {result['control_max_ms']:.1f} ms")
             for phase in ("ingest", "train"):
-                for gap, seen in result[f"{phase}_long"]:
+                for gap, seen, gc_ms in result[f"{phase}_long"]:
                     print(f"  {phase} gap {gap:.1f} ms; the control's overlapping gap "
-                          f"{seen:.1f} ms ({'the machine' if seen >= gap / 2 else 'this process'})")
+                          f"{seen:.1f} ms ({'the machine' if seen >= gap / 2 else 'this process'})"
+                          + (f"; garbage collection {gc_ms:.1f} ms" if gc_ms else ""))
                 worst[f"{phase}_own"] = max(worst[f"{phase}_own"], _own(result[f"{phase}_long"]))
             worst["control_max_ms"] = max(worst["control_max_ms"], result["control_max_ms"])
         for gap, where in explain or []:
