@@ -77,10 +77,35 @@ def remove_scratch_dir(path: Path) -> None:
         logger.error("could not remove ScaNN scratch folder %s", path)
 
 
+def default_training_threads() -> int:
+    """Threads ScaNN trains with unless told: every usable core but one (at least one), so
+    training leaves a core to the application -- an event loop above all. On the 2-vCPU
+    benchmark VM, training on both made the host stall the whole VM for 20-30 ms at a time
+    (a separate idle process saw the same gaps); on one it never did, for about 35% more
+    training time. ``LSMVEC_TRAINING_THREADS=N`` sets it (0: every core)."""
+    raw = os.environ.get("LSMVEC_TRAINING_THREADS")
+    if raw is not None:
+        try:
+            value = int(raw)
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+        logger.warning("LSMVEC_TRAINING_THREADS=%r is not an int >= 0; using the default", raw)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def train_searcher(vectors: np.ndarray, params: SearchParams,
-                   training_threads: int = 0) -> scann_ops_pybind.ScannSearcher:
-    """Train a tree + asymmetric-hashing + exact-reorder ScaNN searcher over ``vectors``.
-    Rows are ScaNN's own datapoint indexes: no docids, ever."""
+                   training_threads: int | None = None) -> scann_ops_pybind.ScannSearcher:
+    """Train a tree + asymmetric-hashing + exact-reorder ScaNN searcher over ``vectors``, with
+    ``training_threads`` (None: ``default_training_threads()``; 0: ScaNN's own default, every
+    core). Rows are ScaNN's own datapoint indexes: no docids, ever."""
+    if training_threads is None:
+        training_threads = default_training_threads()
     builder = scann_ops_pybind.builder(vectors, max(1, min(10, vectors.shape[0])),
                                        params.distance)
     builder = builder.tree(num_leaves=params.num_leaves,

@@ -55,7 +55,8 @@ _WIDEN_FETCH = 4
 
 def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, metric: str,
                   key: bytes, context: bytes, n_lists: int | None = None,
-                  progress: Callable[[str], None] | None = None, training_threads: int = 0,
+                  progress: Callable[[str], None] | None = None,
+                  training_threads: int | None = None,
                   **tuning: Any) -> SegmentFiles:
     """Write a segment of ``vectors`` (row i = segment id i) into ``directory``.
 
@@ -77,7 +78,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
 def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *,
                            metric: str, key: bytes, context: bytes, n_lists: int | None = None,
                            progress: Callable[[str], None] | None = None,
-                           training_threads: int = 0,
+                           training_threads: int | None = None,
                            **tuning: Any) -> tuple[SegmentFiles, Segment]:
     """``build_segment``, plus the searchable ``Segment`` kept from the build (no re-read and
     no ScaNN reload; the folder may be renamed afterwards). The segment keeps its own copy of
@@ -91,7 +92,7 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
            n_lists: int | None, progress: Callable[[str], None] | None,
-           training_threads: int, tuning: dict[str, Any], *,
+           training_threads: int | None, tuning: dict[str, Any], *,
            own_copy: bool) -> tuple[SegmentFiles, SearchParams, np.ndarray, Any]:
     started = time.monotonic()
     vectors = _checked_vectors(vectors)

@@ -83,3 +83,37 @@ def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monke
     want = min(19, base + int(nice))
     assert seen["flush"] == {want} and seen["merge"] == {want}, seen
     assert my_nice() == base
+
+
+def test_training_leaves_a_core_to_the_application_unless_told(monkeypatch) -> None:
+    from compaction.scann_assets import default_training_threads
+    monkeypatch.delenv("LSMVEC_TRAINING_THREADS", raising=False)
+    assert default_training_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "3")
+    assert default_training_threads() == 3
+    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "0")  # ScaNN's own default: every core
+    assert default_training_threads() == 0
+    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "-2")
+    assert default_training_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_train_searcher_passes_the_thread_count_to_scann(monkeypatch) -> None:
+    from compaction import scann_assets
+    from compaction.scann_params import choose_params
+    seen: list[int] = []
+
+    class Builder:
+        def __getattr__(self, name):
+            if name == "set_n_training_threads":
+                return lambda n: seen.append(n) or self
+            if name == "build":
+                return lambda: "searcher"
+            return lambda *a, **k: self
+
+    monkeypatch.setattr(scann_assets.scann_ops_pybind, "builder", lambda *a, **k: Builder())
+    params = choose_params(30_000, 8, "euclidean")
+    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "5")
+    vectors = np.zeros((30_000, 8), np.float32)
+    assert scann_assets.train_searcher(vectors, params) == "searcher"
+    assert scann_assets.train_searcher(vectors, params, 2) == "searcher"
+    assert seen == [5, 2]
