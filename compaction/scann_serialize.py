@@ -126,6 +126,7 @@ _malloc_trim: Any = None
 _MADV_COLLAPSE = 25  # Linux 6.1+
 _HUGE = 2 << 20
 COLLAPSE_MIN_BYTES = 8 << 20
+_COLLAPSE_STEP = 32 << 20
 """Anonymous mappings at least this big are collapsed into huge pages before the fork."""
 
 
@@ -157,8 +158,11 @@ def _collapse_to_huge_pages() -> None:
             continue  # pages every thread's small allocations keep touching while they move
         lo, hi = (int(x, 16) for x in fields[0].split("-"))
         lo, hi = (lo + _HUGE - 1) & ~(_HUGE - 1), hi & ~(_HUGE - 1)
-        if hi - lo >= COLLAPSE_MIN_BYTES:
-            _madvise(lo, hi - lo, _MADV_COLLAPSE)  # a refusal (EINVAL, EAGAIN) leaves it as is
+        if hi - lo < COLLAPSE_MIN_BYTES:
+            continue
+        for start in range(lo, hi, _COLLAPSE_STEP):  # in steps, so threads waiting to map or
+            _madvise(start, min(_COLLAPSE_STEP, hi - start), _MADV_COLLAPSE)  # unmap get turns
+            time.sleep(0)  # (a refusal -- EINVAL, EAGAIN -- leaves that range as it is)
 
 
 _madvise: Any = None
