@@ -85,12 +85,8 @@ def default_training_threads() -> int:
     training time. ``LSMVEC_TRAINING_THREADS=N`` sets it (0: every core)."""
     raw = os.environ.get("LSMVEC_TRAINING_THREADS")
     if raw is not None:
-        try:
-            value = int(raw)
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
+        if raw.strip().isdigit():
+            return int(raw)
         logger.warning("LSMVEC_TRAINING_THREADS=%r is not an int >= 0; using the default", raw)
     try:
         cores = len(os.sched_getaffinity(0))

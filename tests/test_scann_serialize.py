@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -134,7 +133,6 @@ def _anon_huge_kb(address: int) -> int:
     return 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_COLLAPSE is Linux's")
 def test_big_anonymous_mappings_are_collapsed_into_huge_pages_before_the_fork() -> None:
     """The fork copies one page-table entry per page while holding the GIL: the serializer
     first collapses big anonymous mappings (here a 96 MiB buffer in 4 KiB pages)."""
