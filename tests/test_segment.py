@@ -74,7 +74,8 @@ def assert_matches_oracle(segment: Segment, metric: str, rows: np.ndarray,
         assert (got_rows[i, len(ids):] == -1).all() and np.isinf(got_distances[i, len(ids):]).all()
         single_rows, single_distances = segment.search(query, k, exclude=exclude)
         np.testing.assert_array_equal(single_rows[0], got_rows[i])
-        np.testing.assert_allclose(single_distances[0], got_distances[i], rtol=1e-6)
+        # float32: the single-query and batched kernels may round the last bit differently
+        np.testing.assert_allclose(single_distances[0], got_distances[i], rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture
@@ -141,7 +142,8 @@ def test_trained_segment_recall_and_exact_distances(trained: dict[str, Any], met
     for i in range(5):
         single_rows, single_distances = segment.search(queries[i], 10)
         np.testing.assert_array_equal(single_rows[0], got_rows[i])
-        np.testing.assert_allclose(single_distances[0], got_distances[i], rtol=1e-6)
+        # float32: the single-query and batched kernels may round the last bit differently
+        np.testing.assert_allclose(single_distances[0], got_distances[i], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
