@@ -88,7 +88,7 @@ class WriteBatcher:
         self.batches += 1
         try:
             outcomes = await work.run(self._limiter)
-        except BaseException as exc:
+        except BaseException:
             if not work.ran:  # cancelled before its thread started: my call never happens,
                 me.state = _DONE  # the others queue again, at the front
                 for call in reversed(batch[1:]):
