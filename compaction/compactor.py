@@ -29,19 +29,24 @@ def background_nice() -> int:
         return DEFAULT_BACKGROUND_NICE
 
 
-def lower_thread_priority() -> None:
+def _nice_drop() -> int:
+    """background_nice() where it can apply (Linux, where nice is per thread); else 0."""
+    return background_nice() if sys.platform.startswith("linux") else 0
+
+
+def lower_thread_priority(drop: int | None = None) -> None:
     """Lower the calling thread's CPU priority (Linux: nice is per thread, and the threads it
     starts -- ScaNN's training pool, a forked child -- inherit it). Flushes, merges and
     training then yield the CPU to the application's own threads, an event loop above all,
     instead of delaying them by whole scheduler slices when the cores are busy (RocksDB
     lowers its compaction threads the same way). An unprivileged thread cannot raise it back:
-    call this only in threads that do nothing else."""
-    nice = background_nice()
-    if not nice or not sys.platform.startswith("linux"):
+    call this only in threads that do nothing else. `drop`: the caller's _nice_drop()."""
+    drop = _nice_drop() if drop is None else drop
+    if not drop:
         return
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + drop))
     except OSError as exc:
         log.debug("cannot lower background thread priority: %s", exc)
 
@@ -50,12 +55,13 @@ def run_in_background_thread(fn: Callable[[], T], name: str = "lsmvec-maintenanc
     """Run `fn` in a new thread of lowered priority and wait for it: returns its result or
     raises its error. For maintenance a caller asked for (train, compact, flush), whose
     caller's own thread must keep its priority."""
-    if not background_nice() or not sys.platform.startswith("linux"):
+    drop = _nice_drop()
+    if not drop:
         return fn()
     outcome: list = []
 
     def work() -> None:
-        lower_thread_priority()
+        lower_thread_priority(drop)
         try:
             outcome.append((True, fn()))
         except BaseException as exc:  # re-raised in the caller

@@ -17,6 +17,7 @@ in time falls back to serializing in this process, so the fork is only ever an o
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -108,44 +109,43 @@ def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray,
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _libc(name: str, *argtypes: Any) -> Any:
+    """glibc's function `name` through ctypes (which releases the GIL around each call), or
+    None where there is no glibc."""
+    try:
+        function = getattr(ctypes.CDLL("libc.so.6", use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    if argtypes:
+        function.argtypes = list(argtypes)
+    return function
+
+
 def _trim_heap() -> None:
     """Return glibc's free heap pages (ScaNN training leaves tens of MB per arena) to the
-    system. ctypes releases the GIL for the call."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    system."""
+    malloc_trim = _libc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
-
-_malloc_trim: Any = None
 
 _MADV_COLLAPSE = 25  # Linux 6.1+
 _HUGE = 2 << 20
 COLLAPSE_MIN_BYTES = 8 << 20
-_COLLAPSE_STEP = 32 << 20
 """Anonymous mappings at least this big are collapsed into huge pages before the fork."""
+_COLLAPSE_STEP = 32 << 20
 
 
 def _collapse_to_huge_pages() -> None:
     """madvise(MADV_COLLAPSE) every big private anonymous mapping (malloc's big chunks: ScaNN's
-    training buffers, sealed-file reads): the fork copies one entry per 2 MiB huge page instead of 512 per
-    4 KiB page, which on this kind of VM took a 1.2 GB process's fork from ~20 ms to ~2 ms
-    of GIL held. The collapse copies memory, but in a syscall that ctypes runs with the GIL
-    released. Kernels without MADV_COLLAPSE refuse it (EINVAL), as they may refuse a single
-    mapping; nothing else changes then."""
-    global _madvise
-    if _madvise is None:
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            _madvise = libc.madvise
-            _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        except (OSError, AttributeError):
-            _madvise = False
-    if not _madvise:
+    training buffers, sealed-file reads): the fork copies one entry per 2 MiB huge page
+    instead of 512 per 4 KiB page, which on this kind of VM took a 1.2 GB process's fork from
+    ~20 ms to ~2 ms of GIL held. The collapse copies memory, but in a syscall that ctypes runs
+    with the GIL released. Kernels without MADV_COLLAPSE refuse it (EINVAL), as they may refuse
+    a single mapping; nothing else changes then."""
+    madvise = _libc("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise is None:
         return
     try:
         with open("/proc/self/maps") as maps:
@@ -161,11 +161,8 @@ def _collapse_to_huge_pages() -> None:
         if hi - lo < COLLAPSE_MIN_BYTES:
             continue
         for start in range(lo, hi, _COLLAPSE_STEP):  # in steps, so threads waiting to map or
-            _madvise(start, min(_COLLAPSE_STEP, hi - start), _MADV_COLLAPSE)  # unmap get turns
+            madvise(start, min(_COLLAPSE_STEP, hi - start), _MADV_COLLAPSE)  # unmap get turns
             time.sleep(0)  # (a refusal -- EINVAL, EAGAIN -- leaves that range as it is)
-
-
-_madvise: Any = None
 
 
 def _settle_dataset(scratch: Path, vectors: np.ndarray) -> bool:

@@ -31,16 +31,22 @@ __all__ = ["AsyncClient", "AsyncIndex"]
 DEFAULT_THREADS = 32
 
 
-class AsyncIndex:
+class _InThreads:
+    """Runs blocking calls in worker threads under the client's one limiter."""
+
+    _limiter: anyio.CapacityLimiter
+
+    async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return await ThreadCall(functools.partial(fn, *args, **kwargs)).run(self._limiter)
+
+
+class AsyncIndex(_InThreads):
     """Same methods as Index, as coroutines; properties (dimension, metric, n_lists) are plain."""
 
     def __init__(self, index: Index, limiter: anyio.CapacityLimiter):
         self._index = index
         self._limiter = limiter
         self._writes = WriteBatcher(index.write_many, limiter)
-
-    async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        return await ThreadCall(functools.partial(fn, *args, **kwargs)).run(self._limiter)
 
     @property
     def dimension(self) -> int | None:
@@ -69,28 +75,26 @@ class AsyncIndex:
         return "<Async" + repr(self._index)[1:]
 
 
-def _coroutine_of(cls: type, name: str) -> Callable:
-    sync = getattr(cls, name)
+def _like(sync: Callable, method: Callable) -> Callable:
+    """`method` under the sync method's name, docstring and signature."""
+    method.__name__ = method.__qualname__ = sync.__name__
+    method.__doc__ = sync.__doc__
+    method.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
+    return method
 
+
+def _coroutine_of(cls: type, name: str) -> Callable:
     async def method(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call(getattr(self._target(), name), *args, **kwargs)
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = sync.__doc__
-    method.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
-    return method
+    return _like(getattr(cls, name), method)
 
 
 def _batched_write(name: str) -> Callable:
-    sync = getattr(Index, name)
-
     async def method(self, *args: Any, **kwargs: Any) -> Any:
         return await self._writes.submit(name, args, kwargs)
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = sync.__doc__
-    method.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
-    return method
+    return _like(getattr(Index, name), method)
 
 
 _INDEX_METHODS = ("query", "get", "list_ids", "get_num_vectors", "train",
@@ -103,16 +107,13 @@ for _name in ("upsert", "delete"):  # concurrent calls share one thread hop (see
     setattr(AsyncIndex, _name, _batched_write(_name))
 
 
-class AsyncClient:
+class AsyncClient(_InThreads):
     """`async with AsyncClient(path) as client:` -- the Client API as coroutines."""
 
     def __init__(self, path: str | os.PathLike, *, durability: str = "fsync",
                  max_threads: int = DEFAULT_THREADS):
         self._client = Client(path, durability=durability)
         self._limiter = anyio.CapacityLimiter(max_threads)
-
-    async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        return await ThreadCall(functools.partial(fn, *args, **kwargs)).run(self._limiter)
 
     async def create_index(self, *args: Any, **kwargs: Any) -> AsyncIndex:
         return AsyncIndex(await self._call(self._client.create_index, *args, **kwargs), self._limiter)

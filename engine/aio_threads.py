@@ -76,14 +76,12 @@ class ThreadCall:
                 log.warning("a worker thread finished after its event loop closed")
 
 
-async def wait_uncancelled(event: anyio.Event) -> BaseException | None:
-    """Wait for `event` through any cancellation (anyio's and asyncio's); returns the
-    cancellation to deliver afterwards, if there was one."""
-    pending: BaseException | None = None
+async def wait_uncancelled(event: anyio.Event) -> None:
+    """Wait for `event` through any cancellation (anyio's and asyncio's); the caller delivers
+    its own cancellation afterwards."""
     while not event.is_set():
         try:
             with anyio.CancelScope(shield=True):
                 await event.wait()
-        except anyio.get_cancelled_exc_class() as exc:  # native asyncio cancel: keep waiting
-            pending = exc
-    return pending
+        except anyio.get_cancelled_exc_class():
+            continue  # a native asyncio cancel went through the shield: keep waiting

@@ -40,6 +40,24 @@ class SyncCounter:
         self.real(fd)
 
 
+def run_workers(worker, n: int) -> list[BaseException]:
+    """Run worker(t) for t in range(n) in n threads; the errors they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            worker(t)
+        except BaseException as exc:  # returned to the test, which asserts there are none
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors
+
+
 @pytest.fixture
 def fdatasync(monkeypatch) -> SyncCounter:
     counter = SyncCounter(os.fdatasync)
@@ -153,23 +171,14 @@ def test_concurrent_appends_share_fsyncs_and_apply_in_lsn_order(tmp_path, monkey
     writer = WalWriter(tmp_path, 1)
     applied: list[int] = []
     returned: dict[int, tuple[int, bytes]] = {}
-    errors: list[BaseException] = []
 
     def worker(t: int) -> None:
-        try:
-            for i in range(50):
-                payload = b"%d:%d" % (t, i)
-                lsn = writer.append(1 + t % 2, payload, applied.append)
-                returned[lsn] = (1 + t % 2, payload)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for i in range(50):
+            payload = b"%d:%d" % (t, i)
+            lsn = writer.append(1 + t % 2, payload, applied.append)
+            returned[lsn] = (1 + t % 2, payload)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
+    assert run_workers(worker, 16) == []
     assert len(returned) == 800 and sorted(returned) == list(range(1, 801))
     assert applied == list(range(1, 801))  # every apply ran, strictly in LSN order
     assert counter.calls < 800 / 3
@@ -221,28 +230,19 @@ def test_append_many_and_single_appends_from_many_threads_keep_lsn_order(tmp_pat
     writer = WalWriter(tmp_path, 1, roll_bytes=4096)  # rolls inside groups, too
     applied: list[int] = []
     returned: dict[int, bytes] = {}
-    errors: list[BaseException] = []
 
     def worker(t: int) -> None:
-        try:
-            for i in range(20):
-                if t % 2:
-                    payloads = [b"%d:%d:%d" % (t, i, j) for j in range(1 + i % 5)]
-                    lsns = writer.append_many([(1, p, applied.append) for p in payloads])
-                    assert lsns == sorted(lsns)
-                    returned.update(zip(lsns, payloads))
-                else:
-                    payload = b"%d:%d" % (t, i)
-                    returned[writer.append(1, payload, applied.append)] = payload
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for i in range(20):
+            if t % 2:
+                payloads = [b"%d:%d:%d" % (t, i, j) for j in range(1 + i % 5)]
+                lsns = writer.append_many([(1, p, applied.append) for p in payloads])
+                assert lsns == sorted(lsns)
+                returned.update(zip(lsns, payloads))
+            else:
+                payload = b"%d:%d" % (t, i)
+                returned[writer.append(1, payload, applied.append)] = payload
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
+    assert run_workers(worker, 8) == []
     n = len(returned)
     assert sorted(returned) == list(range(1, n + 1)) and applied == list(range(1, n + 1))
     writer.close()

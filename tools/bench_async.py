@@ -30,6 +30,8 @@ import numpy as np
 
 from engine import AsyncClient, AsyncIndex, generate_key
 
+from .gc_pauses import GcPauses
+
 __all__ = ["RunResult", "bench", "main"]
 
 
@@ -78,33 +80,11 @@ class SyncCounter:
             os.fdatasync = real  # type: ignore[assignment]
 
 
-class GcClock:
-    """Adds up the garbage collector's pauses (gc.callbacks) while installed."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._start
-
-    @contextmanager
-    def installed(self) -> Iterator["GcClock"]:
-        gc.callbacks.append(self)
-        try:
-            yield self
-        finally:
-            gc.callbacks.remove(self)
-
-
 async def _timed(name: str, counter: SyncCounter, index: AsyncIndex, tasks: int,
                  body: Callable[[], Awaitable[None]]) -> RunResult:
     gc.collect()  # both runs start from the same heap; pauses inside a run are reported
     before, batches = counter.count, index._writes.batches
-    with GcClock().installed() as clock:
+    with GcPauses().installed() as clock:
         start = time.perf_counter()
         await body()
         seconds = time.perf_counter() - start

@@ -38,6 +38,7 @@ import numpy as np
 from engine import AsyncClient, generate_key
 
 from .datasets import clustered
+from .gc_pauses import GcPauses
 
 EXPLAIN_MS = 10.0
 TARGET_MS = 20.0
@@ -131,26 +132,6 @@ async def run(n: int, dim: int, explain: list | None = None,
     if control_gaps is not None:
         result["control_max_ms"] = max([(b - a) * 1000 for a, b in control_gaps] or [0.0])
     return result
-
-
-class GcPauses:
-    """gc.callbacks hook: every collection's [start, end] (time.monotonic), generation, thread."""
-
-    def __init__(self) -> None:
-        self.pauses: list[tuple[float, float, int, str, float]] = []
-        self._started: dict[int, float] = {}
-
-    def __call__(self, phase: str, info: dict) -> None:
-        now = time.monotonic()
-        if phase == "start":
-            self._started[threading.get_ident()] = now
-        else:
-            t0 = self._started.pop(threading.get_ident(), now)
-            self.pauses.append((t0, now, info["generation"], threading.current_thread().name,
-                                (now - t0) * 1000))
-
-    def overlapping(self, a: float, b: float) -> list[tuple[float, float, int, str, float]]:
-        return [p for p in self.pauses if p[0] < b and p[1] > a and p[4] > 1.0]
 
 
 def _stop_probe(probe: subprocess.Popen) -> list[tuple[float, float]]:
