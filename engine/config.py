@@ -85,3 +85,12 @@ def read_config(folder: Path, index_key: bytes) -> tuple[IndexConfig, IndexCiphe
 
 def config_exists(folder: Path) -> bool:
     return os.path.isfile(folder / CONFIG_NAME)
+
+
+def stored_dimension(folder: Path) -> int | None:
+    """The dimension CONFIG holds now (unauthenticated: only to tell whether a failed rewrite
+    took effect before its error)."""
+    try:
+        return json.loads((folder / CONFIG_NAME).read_bytes()).get("dimension")
+    except (OSError, ValueError):
+        return None

@@ -20,14 +20,14 @@ from compaction.policy import SegmentStat, pick
 from wal import RecoveryMode, WalWriter
 
 from . import records
-from .config import read_config, write_config
+from .config import read_config, stored_dimension, write_config
 from .core_info import CoreInfo
-from .errors import ClosedError, CorruptionError, DimensionMismatchError
+from .errors import ClosedError, CorruptionError, DimensionMismatchError, StorageError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
 from .memtable import TOMBSTONE, Memtable
 from .reads import live_ids, run_query
-from .replay import replay_log
+from .replay import check_store_is_current, opened_manifest, replay_log
 from .rwlock import RWLock
 from .segments import SegmentSource, collect_orphans, open_segment
 from .store import Manifest, Store
@@ -55,9 +55,10 @@ class IndexCore(CoreInfo):
                  recovery: RecoveryMode = RecoveryMode.TOLERATE_TORN_TAIL):
         self.folder = folder
         self.wal_dir = folder / WAL_DIR
+        # The key first: a refused key changes no file (not even a missing LOCK is recreated).
+        self.config, self.cipher = read_config(folder, index_key)
         self._lock = LockFile(folder / LOCK_NAME, f"index {folder.name!r}")
         try:
-            self.config, self.cipher = read_config(folder, index_key)
             self.durability = durability
             self.rw = self._rw = RWLock()
             self._config_lock = threading.Lock()
@@ -83,6 +84,7 @@ class IndexCore(CoreInfo):
             self.store = Store(folder, self.cipher)
             self.manifest: Manifest = self.store.read_manifest()
             self.next_segment_id = self.manifest.next_segment_id
+            check_store_is_current(self.manifest, self.folder, self.store.path)
             self._load_segments()
             self._live = self.store.count()
             self._replay(recovery)
@@ -90,43 +92,38 @@ class IndexCore(CoreInfo):
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
                                  seal=self._seal, seal_parts=True)
-            self._drop_flushed_logs()
+            self._record_open()
+            # Only now, with the open wholly done, is anything deleted: a refused open (a
+            # rolled-back store, a missing log) must leave every file as it found it.
+            self.wal.remove_below(self.manifest.checkpoint_lsn)
+            if removed := collect_orphans(self.folder, {s.id for s in self.manifest.segments}):
+                log.info("index %s: removed unreferenced segment folders %s", self.folder.name, removed)
             self._flusher = Compactor(self._flush_step, "lsmvec-flush")
             self._merger = Compactor(self._merge_step, "lsmvec-merge")
             if self.frozen:
                 self._flusher.signal()
         except BaseException:
-            store = getattr(self, "store", None)
-            if store is not None:
-                store.close()
+            if getattr(self, "wal", None) is not None:
+                self.wal.close(clean=False)
+            if getattr(self, "store", None) is not None:
+                self.store.close()
             self._lock.release()
             raise
 
     def _load_segments(self) -> None:
-        """Open every manifest segment; remove folders the manifest does not name."""
+        """Open every manifest segment (folders it does not name are left alone here)."""
         for info in self.manifest.segments:
             self.add_segment(open_segment(self.folder, info, self.store,
                                           key=self.cipher.segment_key,
                                           context=self.cipher.segment_context(info.id, ""),
                                           metric=self.config.metric))
-        # Only once every named segment opened: a refused open (a damaged or rolled-back
-        # manifest) must not delete folders that may hold the real data.
-        live = {info.id for info in self.manifest.segments}
-        removed = collect_orphans(self.folder, live)
-        if removed:
-            log.info("index %s: removed unreferenced segment folders %s", self.config.name, removed)
 
-    def _drop_flushed_logs(self) -> None:
-        """Logs holding only flushed records (or CLOSE records) are garbage. When the log past
-        the checkpoint held nothing but CLOSE records, the checkpoint moves up first, in the
-        manifest, so replay never asks for records that were deleted."""
-        replayed = self.memtable.n_rows or self.memtable.tombstones or self.frozen
-        if not replayed and self._next_lsn - 1 > self.manifest.checkpoint_lsn:
-            old = self.manifest
-            moved = Manifest(old.segments, self._next_lsn - 1, old.next_segment_id, old.version + 1)
-            self.store.commit(lambda txn: txn.put_manifest(moved))
-            self.manifest = moved
-        self.wal.remove_below(self.manifest.checkpoint_lsn)
+    def _record_open(self) -> None:
+        """One store commit before any write is taken (see replay.opened_manifest)."""
+        replayed = bool(self.memtable.n_rows or self.memtable.tombstones or self.frozen)
+        opened = opened_manifest(self.manifest, replayed, self._next_lsn, self.wal.active_first_lsn)
+        self.store.commit(lambda txn: txn.put_manifest(opened))
+        self.manifest = opened
 
     def add_segment(self, source: SegmentSource) -> None:
         self.segments.append(source)
@@ -268,8 +265,7 @@ class IndexCore(CoreInfo):
         finally:
             self._training = False
 
-    # The asked-for maintenance runs in a thread of lowered CPU priority (see compactor.py),
-    # like the background flushes and merges, so it cannot starve the caller's event loop.
+    # Asked-for maintenance runs at lowered CPU priority, as background work (compactor.py).
 
     def _flush_all(self) -> None:
         with self._rw.write():
@@ -307,7 +303,7 @@ class IndexCore(CoreInfo):
                 except BaseException:
                     # The rename may have happened before the failure (a failed directory
                     # fsync): memory follows whatever CONFIG now says.
-                    if _config_dimension(self.folder) == dim:
+                    if stored_dimension(self.folder) == dim:
                         self.config = fixed
                     raise
                 self.config = fixed
@@ -317,24 +313,13 @@ class IndexCore(CoreInfo):
 
     def embed_batch(self, batch: Batch) -> Batch:
         """Compute the vectors of items that came with text only (outside every lock)."""
-        from .items import attach_embeddings
-        if self.embedder is None:
-            from .errors import MissingVectorError
-            raise MissingVectorError("items without a vector need an index with an embedding_model")
-        return attach_embeddings(batch, self.embedder.embed(batch.texts), metric=self.config.metric)
+        from .embedding import embed_batch
+        return embed_batch(self.embedder, batch, self.config.metric)
 
     def embed_queries(self, contents: Any) -> tuple[np.ndarray, bool]:
         """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
-        from .errors import EmbeddingModelUnavailable, InvalidTypeError
-        from .items import finish_vectors
-        if self.embedder is None:
-            raise EmbeddingModelUnavailable(
-                f"index {self.config.name!r} has no embedding_model: query with vectors")
-        single = isinstance(contents, str)
-        texts = [contents] if single else contents
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidTypeError("query_contents must be a str or a non-empty list of str")
-        return finish_vectors(self.embedder.embed(list(texts)), self.config.metric), single
+        from .embedding import embed_queries
+        return embed_queries(self.embedder, contents, self.config)
 
     def upsert(self, batch: Batch) -> None:
         self._raise_first(self.write_many([(records.KIND_UPSERT, batch)]))
@@ -366,6 +351,8 @@ class IndexCore(CoreInfo):
         if queued:
             self._wait_for_room()
             results = self.wal.append_many([record for _i, record in queued])
+            if self.wal.active_first_lsn != self.manifest.log_head:  # the log rolled
+                self._record_log_head()
             for (i, _record), result in zip(queued, results):
                 if isinstance(result, BaseException):
                     outcomes[i] = result
@@ -445,29 +432,69 @@ class IndexCore(CoreInfo):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def _record_log_head(self) -> None:
+        """The log rolled: record its new file (its loss is then seen at the next open). Once
+        per roll (64 MiB of log by default); a failure only weakens that check."""
+        with self.commit_lock:
+            head = self.wal.active_first_lsn
+            if head == self.manifest.log_head:
+                return
+            moved = dataclasses.replace(self.manifest, log_head=head,
+                                        version=self.manifest.version + 1)
+            try:
+                self.store.commit(lambda txn: txn.put_manifest(moved))
+            except StorageError as exc:
+                log.warning("index %s: cannot record the new log file in the store: %s",
+                            self.config.name, exc)
+                return
+            self.manifest = moved
+
     def close(self) -> None:
-        """Stop background work, flush what the log holds (so reopen replays nothing), close."""
+        """Stop background work, flush (so reopen replays nothing), end the log with a CLOSE
+        record, record the clean close in the store. A flush failing for lack of space is
+        skipped (logged; the log keeps every write). Raises nothing for a full disk once the
+        acknowledged writes are durable: only a failed final sync under durability="os"."""
         if self._closed:
             return
         try:
             self._flusher.stop()
             self._merger.stop()
             if not self.wal.poisoned:
-                run_in_background_thread(self._flush_all)
+                try:
+                    run_in_background_thread(self._flush_all)
+                except StorageError as exc:
+                    log.warning("index %s: close could not flush the memtable (%s); the log "
+                                "keeps every write and the next open replays it",
+                                self.config.name, exc)
         finally:
             self._closed = True
             try:
-                self.wal.close(clean=not self.wal.poisoned)
+                self._close_log()
             finally:
                 self.store.close()
                 for source in self.segments:
                     source.segment.close()
                 self._lock.release()
 
-
-def _config_dimension(folder: Path) -> int | None:
-    import json
-    try:
-        return json.loads((folder / "CONFIG").read_bytes()).get("dimension")
-    except (OSError, ValueError):
-        return None
+    def _close_log(self) -> None:
+        clean = not self.wal.poisoned
+        try:
+            self.wal.close(clean=clean)
+        except StorageError as exc:
+            if self.durability == "os":
+                raise
+            log.warning("index %s: closing the log failed (%s); every acknowledged write was "
+                        "already synced, the next open treats this as a crash",
+                        self.config.name, exc)
+            return
+        if not clean:
+            return
+        closed = dataclasses.replace(self.manifest, closed_lsn=self.wal.last_lsn,
+                                     version=self.manifest.version + 1)
+        try:
+            self.store.commit(lambda txn: txn.put_manifest(closed))
+        except StorageError as exc:
+            log.warning("index %s: cannot record the clean close (%s); the next open treats "
+                        "this as a crash", self.config.name, exc)
+            return
+        self.manifest = closed

@@ -121,3 +121,26 @@ def model_dimension(name: str, dimension: int | None) -> int:
         raise DimensionMismatchError(
             f"dimension={dimension} but embedding model {name!r} produces {embedder.dimension}")
     return embedder.dimension
+
+
+def embed_batch(embedder: "Embedder | None", batch: Any, metric: str) -> Any:
+    """The batch with the vectors of its text-only items computed (outside every lock)."""
+    from .errors import MissingVectorError
+    from .items import attach_embeddings
+    if embedder is None:
+        raise MissingVectorError("items without a vector need an index with an embedding_model")
+    return attach_embeddings(batch, embedder.embed(batch.texts), metric=metric)
+
+
+def embed_queries(embedder: "Embedder | None", contents: Any, config: Any
+                  ) -> tuple[np.ndarray, bool]:
+    """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
+    from .items import finish_vectors
+    if embedder is None:
+        raise EmbeddingModelUnavailable(
+            f"index {config.name!r} has no embedding_model: query with vectors")
+    single = isinstance(contents, str)
+    texts = [contents] if single else contents
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidTypeError("query_contents must be a str or a non-empty list of str")
+    return finish_vectors(embedder.embed(list(texts)), config.metric), single

@@ -139,7 +139,10 @@ def flush_oldest(core: "IndexCore") -> bool:
                 txn.put_row_ids(seg_id, ids)
                 txn.put_terms(seg_id, terms)
                 segments.append(_info(seg_id, built[0]))
-            manifest = Manifest(segments, table.last_lsn, core.next_segment_id, old.version + 1)
+            manifest = dataclasses.replace(old, segments=segments, checkpoint_lsn=table.last_lsn,
+                                           next_segment_id=core.next_segment_id,
+                                           version=old.version + 1,
+                                           log_head=core.wal.active_first_lsn)
             txn.put_manifest(manifest)
 
         def install() -> None:  # under the write lock, right after the commit
@@ -225,7 +228,9 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
                     txn.put_dead(new_id, persisted)
                 segments.append(_info(new_id, built[0], int(np.count_nonzero(persisted))))
             old = core.manifest
-            manifest = Manifest(segments, old.checkpoint_lsn, core.next_segment_id, old.version + 1)
+            manifest = dataclasses.replace(old, segments=segments,
+                                           next_segment_id=core.next_segment_id,
+                                           version=old.version + 1)
             txn.put_manifest(manifest)
 
         def install() -> None:  # under the write lock, right after the commit

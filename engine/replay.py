@@ -6,26 +6,59 @@ cut by a crash before it was acknowledged -- is dropped by the WAL reader and lo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wal import RecoveryMode, replay
+from wal import RecoveryMode, list_logs, replay
 
 from . import records
 from .errors import CorruptionError
+from .segments import segment_folder_names
+from .store import Manifest
 
 if TYPE_CHECKING:
     from .core import IndexCore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["replay_log"]
+__all__ = ["replay_log", "check_store_is_current", "opened_manifest"]
+
+
+def check_store_is_current(manifest: Manifest, folder: Path, store_path: Path) -> None:
+    """A store that no writer has opened yet (log_head 0) owns no log record and no segment:
+    finding either beside it means data.mdb is older than the files around it (restored from a
+    backup, or LMDB fell back to an older meta page). Raises CorruptionError, changing nothing."""
+    if manifest.log_head != 0:
+        return
+    written = [path.name for _lsn, path in list_logs(folder / "wal") if path.stat().st_size]
+    segments = segment_folder_names(folder)
+    if written or segments:
+        found = f"log files {', '.join(written)}" if written else f"segments {', '.join(segments)}"
+        raise CorruptionError(f"the store was never opened by a writer, yet the index holds "
+                              f"{found}: the store is older than the files beside it "
+                              "(restored from a backup?)", str(store_path))
+
+
+def opened_manifest(old: Manifest, replayed: bool, next_lsn: int, log_head: int) -> Manifest:
+    """What a writer's open records before it takes any write: the log file it appends to (it
+    must exist from now on) and the clean-close mark cleared. When the log past the checkpoint
+    held nothing but CLOSE records, the checkpoint moves up in the same commit, so replay never
+    asks for records that are about to be deleted."""
+    checkpoint = old.checkpoint_lsn
+    if not replayed and next_lsn - 1 > checkpoint:
+        checkpoint = next_lsn - 1
+    return dataclasses.replace(old, checkpoint_lsn=checkpoint, version=old.version + 1,
+                               log_head=log_head, closed_lsn=0)
 
 
 def replay_log(core: "IndexCore", mode: RecoveryMode) -> int:
     """Apply every record after the checkpoint to `core`'s memtable; returns the next LSN."""
     start = core.manifest.checkpoint_lsn + 1
-    records_iter = replay(core.wal_dir, from_lsn=start, mode=mode)
+    manifest = core.manifest
+    records_iter = replay(core.wal_dir, from_lsn=start, mode=mode,
+                          required_file=manifest.log_head or 0, closed_at=manifest.closed_lsn)
     last = start - 1
     core.memtable.first_lsn = start
     for rec in records_iter:

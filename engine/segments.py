@@ -242,6 +242,15 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
     return SegmentSource(info, segment, ids, persisted, store, store.read_terms(info.id, info.rows))
 
 
+def segment_folder_names(folder: Path) -> list[str]:
+    """Names of the finished segment folders (not temporary ones) under the index folder."""
+    root = folder / SEGMENTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in root.iterdir()
+                  if parse_segment_dir_name(entry.name) is not None)
+
+
 def collect_orphans(folder: Path, live_ids: set[int]) -> list[str]:
     """Remove segment folders the manifest does not name (crash leftovers, replaced segments)."""
     root = folder / SEGMENTS_DIR

@@ -85,6 +85,13 @@ class Manifest:
     checkpoint_lsn: int = 0
     next_segment_id: int = 1
     version: int = 0
+    log_head: int | None = 0
+    """First LSN of the newest log file a writer recorded creating (at its open, at each flush):
+    that file must exist. 0: no writer ever opened this store (it can own no log records and no
+    segment). None: a store written before this was recorded (nothing is checked)."""
+    closed_lsn: int = 0
+    """LSN of the CLOSE record of the last clean close (0: open, or the last run crashed): the
+    log must end with that record, intact."""
 
 
 @dataclass
@@ -317,9 +324,11 @@ class Store:
             raise CorruptionError("the store's manifest is missing", self._data)
         body = self._open_meta(MANIFEST_KEY, raw)
         try:
+            head = body.get("log_head")
             return Manifest([SegmentInfo.unpack(s) for s in body["segments"]], int(body["checkpoint"]),
-                            int(body["next_segment"]), int(body["version"]))
-        except (KeyError, TypeError, ValueError, IndexError):
+                            int(body["next_segment"]), int(body["version"]),
+                            None if head is None else int(head), int(body.get("closed", 0)))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             raise CorruptionError("malformed manifest", self._data) from None
 
     def read_dead(self, segment: int, rows: int, expected: int) -> np.ndarray:
@@ -453,5 +462,6 @@ class StoreTxn:
 
     def put_manifest(self, manifest: Manifest) -> None:
         body = {"segments": [s.pack() for s in manifest.segments], "checkpoint": manifest.checkpoint_lsn,
-                "next_segment": manifest.next_segment_id, "version": manifest.version}
+                "next_segment": manifest.next_segment_id, "version": manifest.version,
+                "log_head": manifest.log_head, "closed": manifest.closed_lsn}
         self.txn.put(MANIFEST_KEY, self._s._seal_meta(MANIFEST_KEY, body), db=self._s._meta)

@@ -69,7 +69,8 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
     # 3. the log after the checkpoint: framing, CRCs, authentication
     try:
         records = replay(core.folder / "wal", from_lsn=manifest.checkpoint_lsn + 1,
-                         mode=RecoveryMode.TOLERATE_TORN_TAIL, repair=False)
+                         mode=RecoveryMode.TOLERATE_TORN_TAIL, repair=False,
+                         required_file=manifest.log_head or 0)
         for rec in records:
             core._open_payload(rec.lsn, rec.kind, rec.payload)
             report["wal_records"] += 1

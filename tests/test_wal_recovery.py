@@ -235,8 +235,9 @@ def test_missing_oldest_files_are_corruption_when_their_records_are_needed(tmp_p
         with pytest.raises(CorruptionError) as info:
             records(tmp_path, from_lsn=second_lsn - 1, mode=mode)
         assert info.value.path == str(tmp_path) and info.value.offset is None
-    # from_lsn=1 means "whatever the log holds"
-    assert records(tmp_path) == log.oracle[second_lsn - 1:]
+    # from_lsn=1 is no exception: the records of LSN 1 on are needed and gone
+    with pytest.raises(CorruptionError, match="missing"):
+        records(tmp_path)
 
 
 def test_open_payload_errors_are_given_the_record_position(tmp_path):

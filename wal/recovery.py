@@ -14,6 +14,13 @@ that case from a torn write; this one can.
     POINT_IN_TIME        drop it                        stop there, keep the prefix, report
     ABSOLUTE             raise CorruptionError          raise CorruptionError
 
+What the log must hold is checked too, from what its owner recorded elsewhere (the engine keeps
+it in the store): records from `from_lsn` on (a missing oldest file is corruption, from LSN 1
+as from any other), `required_file` (the newest log file the owner knows it created: missing, it
+took acknowledged records with it), and after a clean close (`closed_at`) the whole log up to
+that CLOSE record: nothing of a cleanly closed log may be missing or cut, so no damage there is
+ever taken for a torn tail. Only the unfinished write of a crash is tolerated.
+
 With repair=True a dropped tail is cut off on disk (truncate + fsync; a file left with nothing
 is removed), and in POINT_IN_TIME the files after the damage are removed too, so the next
 writer never leaves garbage in the middle of the log. With repair=False nothing on disk changes.
@@ -30,7 +37,7 @@ from typing import NamedTuple
 
 from . import fsio
 from .errors import CorruptionError, InvalidArgumentError, StorageError, storage_error_from
-from .filenames import list_logs
+from .filenames import list_logs, log_name
 from .format import KIND_CLOSE
 from .reader import Damage, LogFileReader, Record, find_intact_record
 
@@ -83,9 +90,14 @@ class Replay(Iterator[Record]):
     """The iterator replay() returns; `report` describes what it found."""
 
     def __init__(self, directory: Path, from_lsn: int, mode: RecoveryMode,
-                 open_payload: OpenPayload | None, repair: bool):
+                 open_payload: OpenPayload | None, repair: bool, required_file: int = 0,
+                 closed_at: int = 0):
         if type(from_lsn) is not int or from_lsn < 1:
             raise InvalidArgumentError(f"from_lsn must be an int >= 1, got {from_lsn!r}")
+        for name, value in (("required_file", required_file), ("closed_at", closed_at)):
+            if type(value) is not int or value < 0:
+                raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
+        self._required_file, self._closed_at = required_file, closed_at
         if not isinstance(mode, RecoveryMode):
             raise InvalidArgumentError(f"mode must be a RecoveryMode, got {mode!r}")
         self.report = ReplayReport(directory, from_lsn, last_lsn=from_lsn - 1)
@@ -109,7 +121,13 @@ class Replay(Iterator[Record]):
         start = 0
         while start + 1 < len(logs) and logs[start + 1][0] <= report.from_lsn:
             start += 1
-        if logs and logs[start][0] > report.from_lsn > 1:
+        if self._required_file and all(lsn != self._required_file for lsn, _p in logs):
+            self._on_damage(Damage(report.directory, None, f"log file "
+                                   f"{log_name(self._required_file)} is missing (its creation "
+                                   "was recorded: the records it held are lost)", False), 0)
+            report.finished = True
+            return
+        if logs and logs[start][0] > report.from_lsn:
             self._on_damage(Damage(report.directory, None, f"log files before LSN {logs[start][0]} "
                                    f"are missing; records from LSN {report.from_lsn} are needed",
                                    False), start)
@@ -122,6 +140,11 @@ class Replay(Iterator[Record]):
                 if index != len(logs) - 1:  # ...which only the newest file can be
                     self._on_damage(Damage(path, 0, "an empty log file precedes later ones "
                                            "(its records are missing)", False), index)
+                    break
+                if expected is not None and first_lsn != expected:
+                    self._on_damage(Damage(path, 0, f"log file starts at LSN {first_lsn}, "
+                                           f"expected {expected} (a log file is missing or "
+                                           "misnamed)", False), index)
                     break
                 report.files.append(path)
                 continue
@@ -150,7 +173,18 @@ class Replay(Iterator[Record]):
             if reader.damage is not None:
                 self._on_damage(reader.damage, index, min_lsn=expected)
                 break
+        else:
+            self._check_recorded(logs)
         report.finished = True
+
+    def _check_recorded(self, logs: list[tuple[int, Path]]) -> None:
+        """The whole log was read without damage: after a clean close it must end with the
+        recorded CLOSE record (a cut or removed newest file is corruption, not a torn tail)."""
+        report = self.report
+        if self._closed_at and not (report.last_lsn == self._closed_at and report.clean_close):
+            self._on_damage(Damage(report.directory, None, f"the log was closed cleanly at LSN "
+                                   f"{self._closed_at} but ends at LSN {report.last_lsn} "
+                                   "(a log file was cut or removed)", False), len(logs))
 
     def _opened(self, record: Record) -> bytes:
         try:
@@ -163,7 +197,7 @@ class Replay(Iterator[Record]):
     def _on_damage(self, damage: Damage, index: int, min_lsn: int = 0) -> None:
         """The only place RecoveryMode is applied. Returns when the damage is tolerated (the
         replay ends there, what follows is dropped); raises CorruptionError otherwise."""
-        is_torn = (damage.may_be_torn and index == len(self._logs) - 1
+        is_torn = (damage.may_be_torn and not self._closed_at and index == len(self._logs) - 1
                    and damage.offset is not None and not self._intact_after(damage, min_lsn))
         error = CorruptionError(("torn log tail: " if is_torn else "damaged log: ") + damage.reason,
                                 damage.path, damage.offset)
@@ -219,7 +253,8 @@ def _size(path: Path) -> int:
 
 def replay(directory: str | os.PathLike[str], *, from_lsn: int = 1,
            mode: RecoveryMode = RecoveryMode.TOLERATE_TORN_TAIL,
-           open_payload: OpenPayload | None = None, repair: bool = True) -> Replay:
+           open_payload: OpenPayload | None = None, repair: bool = True,
+           required_file: int = 0, closed_at: int = 0) -> Replay:
     """Iterate the data records (not CLOSE) with lsn >= from_lsn, in LSN order, as Record.
 
     `open_payload(lsn, kind, payload)` maps each payload (the engine decrypts; it may raise
@@ -227,11 +262,15 @@ def replay(directory: str | os.PathLike[str], *, from_lsn: int = 1,
     `.report` (ReplayReport) is final once it is exhausted; repair happens during iteration,
     so an abandoned iterator repairs nothing. An empty or missing directory yields nothing.
 
+    `required_file` (0: none): the first LSN of a log file that must exist (the newest one the
+    caller recorded creating). `closed_at` (0: none): the LSN of the CLOSE record the caller
+    recorded at a clean close; the log must end with it, and no damage is taken for a torn tail.
+
     Raises CorruptionError (with .path and .offset) for damage the mode does not tolerate,
-    possibly after earlier records were yielded; also when from_lsn > 1 and the oldest log file
-    starts after from_lsn (records the caller needs were deleted; .path is the directory).
-    With from_lsn == 1 the log is taken from wherever its oldest file starts.
+    possibly after earlier records were yielded; also when the oldest log file starts after
+    from_lsn (records the caller needs were deleted), when `required_file` is missing or the log
+    does not end at `closed_at` (.path is the directory for these three).
     Raises StorageError when the directory cannot be read or a repair fails, and
     InvalidArgumentError (at once) for a bad from_lsn or mode.
     """
-    return Replay(Path(directory), from_lsn, mode, open_payload, repair)
+    return Replay(Path(directory), from_lsn, mode, open_payload, repair, required_file, closed_at)

@@ -116,6 +116,7 @@ class WalWriter:
                                            f"{next_lsn}: replay the log and pass its next_lsn")
         try:
             self._fd, self._path = self._create_file(next_lsn)
+            self._active_first = next_lsn
         except OSError as exc:
             raise storage_error_from(exc, f"cannot create a log file in {self.directory}") from None
         self._file_size = 0
@@ -145,6 +146,11 @@ class WalWriter:
     def active_path(self) -> Path:
         """The file records are appended to."""
         return self._path
+
+    @property
+    def active_first_lsn(self) -> int:
+        """The first LSN of the file records are appended to (its name)."""
+        return self._active_first
 
     @property
     def bytes_on_disk(self) -> int:
@@ -349,6 +355,7 @@ class WalWriter:
             log.warning("cannot roll to a new log file, continuing in %s: %s", self._path, exc)
             return
         old, self._fd, self._path, self._file_size = self._fd, fd, path, 0
+        self._active_first = self._next_lsn
         _close_quietly(old)
 
     def _create_file(self, first_lsn: int) -> tuple[int, Path]:
