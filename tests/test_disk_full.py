@@ -174,3 +174,30 @@ def test_writers_held_back_by_a_failing_flusher_get_its_error_not_a_hang(
     check_state(index, oracle, refused)
     client.close()
     reopen_and_check(tmp_path / "db", "bp", key, oracle, refused)
+
+
+@pytest.mark.slow
+def test_close_succeeds_on_a_full_disk_and_the_log_keeps_everything(small_fs: Path) -> None:
+    """The log is larger than the free space, so close() cannot flush it into a segment: it
+    closes anyway (the log holds every acknowledged write), again after a reopen on a still
+    full disk, and once space is freed the next close flushes."""
+    key = generate_key()
+    oracle: dict[str, tuple[np.ndarray, str]] = {}
+    client = Client(small_fs / "db")
+    index = client.create_index("full", key, dimension=DIM, memtable_bytes=256 << 20,
+                                background_compaction=False)
+    _n, refused, error = fill(index, oracle, 0)
+    assert isinstance(error, StorageFullError)
+    client.close()  # the flush fails for lack of space: logged, not raised
+    for _ in range(2):  # still full: reopen, read, close cleanly again
+        with Client(small_fs / "db") as again:
+            check_state(again.load_index("full", key), oracle, refused)
+    assert not list((small_fs / "db" / "full" / "segments").glob("seg-*"))
+    wal = small_fs / "db" / "full" / "wal"
+    assert sum(p.stat().st_size for p in wal.iterdir()) > (SIZE_MB // 2) << 20
+    # The log itself fills the disk: make room by remounting the file system larger.
+    subprocess.run(["mount", "-o", f"remount,size={4 * SIZE_MB}m", str(small_fs)], check=True)
+    with Client(small_fs / "db") as again:
+        check_state(again.load_index("full", key), oracle, refused)
+    assert list((small_fs / "db" / "full" / "segments").glob("seg-*"))  # the close flushed
+    reopen_and_check(small_fs / "db", "full", key, oracle, refused)
