@@ -23,6 +23,9 @@ __all__ = [
     "SCANN_ASSET_FILES",
     "SEGMENT_FILES",
     "SCRATCH_PREFIX",
+    "scratch_dir_prefix",
+    "parse_scratch_dir_name",
+    "is_legacy_scratch_dir_name",
     "segment_dir_name",
     "parse_segment_dir_name",
     "temp_segment_dir_name",
@@ -66,12 +69,16 @@ SEGMENT_FILES: frozenset[str] = frozenset({SEGMENT_META_FILE, VECTORS_FILE}) | S
 """The only names a segment folder may hold."""
 
 SCRATCH_PREFIX = "lsmvec-scann-"
-"""Prefix of the private plaintext scratch folders used to talk to ScaNN (removed right away)."""
+"""Prefix of the private scratch folders used to talk to ScaNN (removed right away). The full name
+is ``lsmvec-scann-<pid>-<pid namespace inode>-<random>``: the creating process, so a folder left
+by a killed process can be told from a live one's and swept (``scann_assets``)."""
 
 _SEGMENT_PREFIX = "seg-"
 _TEMP_PREFIX = "tmp-seg-"
 _SEGMENT_RE = re.compile(r"seg-(\d{6,20})")
 _TEMP_RE = re.compile(r"tmp-seg-(\d{6,20})-[0-9a-f]{8,32}")
+_SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d{1,10})-(\d{1,20})-[a-z0-9_]{1,32}")
+_LEGACY_SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"[a-z0-9_]{8}")
 
 
 def segment_dir_name(segment_id: int) -> str:
@@ -97,3 +104,25 @@ def temp_segment_dir_name(segment_id: int) -> str:
 def is_temp_segment_dir_name(name: str) -> bool:
     """True for a build folder left by a crash (safe to delete when no build is running)."""
     return _TEMP_RE.fullmatch(name) is not None
+
+
+def scratch_dir_prefix(pid: int, pid_namespace: int) -> str:
+    """``lsmvec-scann-<pid>-<pidns>-``: the prefix (``tempfile.mkdtemp`` adds the random part)
+    of a scratch folder made by process ``pid`` of the pid namespace with inode
+    ``pid_namespace`` (0 when unknown)."""
+    if pid < 1 or pid_namespace < 0:
+        raise ValueError(f"bad scratch owner pid={pid} pid_namespace={pid_namespace}")
+    return f"{SCRATCH_PREFIX}{pid}-{pid_namespace}-"
+
+
+def parse_scratch_dir_name(name: str) -> tuple[int, int] | None:
+    """Inverse of ``scratch_dir_prefix`` + random suffix: (pid, pid namespace inode), or None
+    when ``name`` is not such a scratch folder."""
+    match = _SCRATCH_RE.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def is_legacy_scratch_dir_name(name: str) -> bool:
+    """True for ``lsmvec-scann-<8 random>``: a scratch folder of versions before the owner pid
+    was in the name (it may hold plaintext files when its process was killed)."""
+    return _LEGACY_SCRATCH_RE.fullmatch(name) is not None

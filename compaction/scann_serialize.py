@@ -10,9 +10,16 @@ page-table entries to copy: big anonymous mappings are first collapsed into huge
 (MADV_COLLAPSE, GIL released), which cut it from about 20 ms to about 2 ms at 1.2 GB.
 
 The child runs nothing but ScaNN's serializer and a file comparison, then ``os._exit``: it
-never touches LMDB, the log, locks or logging. Any failure or a child that does not finish
-in time falls back to serializing in this process, so the fork is only ever an optimisation.
+never touches LMDB, the log, locks or logging. It first asks the kernel for SIGKILL when the
+parent dies (PR_SET_PDEATHSIG), so a parent killed by ``kill -9`` does not leave it running with
+the plaintext assets. Any failure or a child that does not finish in time falls back to
+serializing in this process (after ``reset()``, which the caller uses to give the scratch folder
+its fresh memory-backed links again), so the fork is only ever an optimisation.
 ``LSMVEC_SERIALIZE_IN_CHILD=0`` turns it off.
+
+The scratch folder may hold symlinks to anonymous memory files of the parent (see
+``scann_assets``): ScaNN opens each asset name with a plain ``open(O_TRUNC)``, which writes
+through such a link; a name it does not write stays an empty file, which counts as absent.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,6 +49,7 @@ _EXIT_DATASET_DROPPED = 10
 _EXIT_DATASET_KEPT = 11
 _EXIT_FAILED = 12
 _POLL_S = 0.002
+_PR_SET_PDEATHSIG = 1
 
 
 def fork_usable() -> bool:
@@ -52,17 +60,23 @@ def fork_usable() -> bool:
 
 
 def serialize_searcher(searcher: Any, scratch: Path, vectors: np.ndarray,
-                       timeout_s: float | None = None) -> bool:
-    """Serialize ``searcher`` into the empty folder ``scratch``; returns whether
-    ``dataset.npy`` had to be kept (ScaNN's copy of the rows differs from ``vectors``).
-    Raises OSError / RuntimeError from an in-process serialize."""
+                       timeout_s: float | None = None,
+                       reset: Callable[[], None] | None = None) -> bool:
+    """Serialize ``searcher`` into the folder ``scratch`` (empty, or prepared with links to
+    memory files); returns whether ``dataset.npy`` had to be kept (ScaNN's copy of the rows
+    differs from ``vectors``). After a failed child, ``reset()`` restores the folder's prepared
+    state (default: remove whatever the child left). Raises OSError / RuntimeError from an
+    in-process serialize."""
     if fork_usable():
         kept = _serialize_in_child(searcher, scratch, vectors,
                                    CHILD_TIMEOUT_S if timeout_s is None else timeout_s)
         if kept is not None:
             return kept
-        for name in os.listdir(scratch):  # whatever a failed child left
-            os.unlink(scratch / name)
+        if reset is not None:
+            reset()
+        else:
+            for name in os.listdir(scratch):  # whatever a failed child left
+                os.unlink(scratch / name)
     searcher.serialize(str(scratch), relative_path=True)
     return _settle_dataset(scratch, vectors)
 
@@ -72,6 +86,8 @@ def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray,
     """None when the child failed or timed out (the caller serializes itself)."""
     _trim_heap()  # fewer resident pages: the fork copies their page tables holding the GIL
     _collapse_to_huge_pages()  # and far fewer page-table entries for the rest
+    prctl = _libc("prctl")  # looked up before the fork: no dlopen in the child
+    parent = os.getpid()
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process
@@ -83,6 +99,11 @@ def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray,
     if pid == 0:  # child: never return into the parent's frames
         code = _EXIT_FAILED
         try:
+            if prctl is not None:  # die with the parent (its memory files die with it anyway)
+                prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL),
+                      ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+            if os.getppid() != parent:  # the parent died before the prctl took effect
+                os._exit(code)
             searcher.serialize(str(scratch), relative_path=True)
             code = _EXIT_DATASET_KEPT if _settle_dataset(scratch, vectors) else _EXIT_DATASET_DROPPED
         finally:
@@ -167,9 +188,10 @@ def _collapse_to_huge_pages() -> None:
 
 def _settle_dataset(scratch: Path, vectors: np.ndarray) -> bool:
     """Remove ScaNN's ``dataset.npy`` when it equals ``vectors`` bit for bit (the segment's
-    vectors.bin rebuilds it at load: half the disk). Returns whether it was kept."""
+    vectors.bin rebuilds it at load: half the disk). Returns whether it was kept. An empty
+    file (a prepared link ScaNN did not write) counts as absent."""
     path = scratch / SCANN_DATASET_FILE
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return False
     if _dataset_matches(path, vectors):
         path.unlink()

@@ -87,7 +87,7 @@ class IndexCore(CoreInfo):
             check_store_is_current(self.manifest, self.folder, self.store.path)
             self._load_segments()
             self._live = self.store.count()
-            self._replay(recovery)
+            self._next_lsn = replay_log(self, recovery)
             self.wal = WalWriter(self.wal_dir, self._next_lsn,
                                  durability=durability,
                                  roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
@@ -147,8 +147,6 @@ class IndexCore(CoreInfo):
     def _open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:
         return self.cipher.wal.open(payload, _wal_aad(self.cipher.uuid, lsn, kind))
 
-    def _replay(self, mode: RecoveryMode) -> None:
-        self._next_lsn = replay_log(self, mode)
 
     def _apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
                       metadata: list) -> None:
@@ -434,20 +432,22 @@ class IndexCore(CoreInfo):
 
     def _record_log_head(self) -> None:
         """The log rolled: record its new file (its loss is then seen at the next open). Once
-        per roll (64 MiB of log by default); a failure only weakens that check."""
-        with self.commit_lock:
+        per roll; never waits behind a flush or merge commit (which records it itself, or the
+        next write does). A failure only weakens that check."""
+        if not self.commit_lock.acquire(blocking=False):
+            return
+        try:
             head = self.wal.active_first_lsn
             if head == self.manifest.log_head:
                 return
             moved = dataclasses.replace(self.manifest, log_head=head,
                                         version=self.manifest.version + 1)
-            try:
-                self.store.commit(lambda txn: txn.put_manifest(moved))
-            except StorageError as exc:
-                log.warning("index %s: cannot record the new log file in the store: %s",
-                            self.config.name, exc)
-                return
+            self.store.commit(lambda txn: txn.put_manifest(moved))
             self.manifest = moved
+        except StorageError as exc:
+            log.warning("index %s: cannot record the new log file: %s", self.folder.name, exc)
+        finally:
+            self.commit_lock.release()
 
     def close(self) -> None:
         """Stop background work, flush (so reopen replays nothing), end the log with a CLOSE
