@@ -3,6 +3,13 @@
 Create builds the index under a hidden temporary name and renames it into place, so a crash
 never leaves a half-made index under its real name; delete renames it away first, so a crash
 mid-delete leaves only hidden garbage, collected by the next Client.
+
+Every structural change holds the catalog lock (a flock on the root folder and on
+.catalog.lock, see lockfile.py) from its first to its last step, waiting up to
+STRUCTURE_TIMEOUT seconds for it: they are short. Garbage collection takes the same lock
+without waiting and skips its work when the lock is held, so it never removes the
+`.creating-*` folder of another process's create in flight; a leftover of a crashed process
+(whose flock died with it) is collected by the next Client.
 """
 from __future__ import annotations
 
@@ -16,9 +23,9 @@ from pathlib import Path
 
 from wal import fsio
 
-from .errors import (IndexExistsError, IndexNotFoundError, InvalidIndexNameError,
-                     InvalidTypeError, storage_error_from)
-from .lockfile import LockFile
+from .errors import (IndexExistsError, IndexLockedError, IndexNotFoundError,
+                     InvalidIndexNameError, InvalidTypeError, StorageError, storage_error_from)
+from .lockfile import LOCK_NAME, LockFile
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +33,8 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 CREATING = ".creating-"
 DELETING = ".deleting-"
 ROOT_LOCK = ".catalog.lock"
+STRUCTURE_TIMEOUT = 60.0
+"""Seconds a create or delete waits for another process's create or delete to finish."""
 
 
 def check_index_name(name: object) -> str:
@@ -64,19 +73,38 @@ class Catalog:
     def exists(self, name: str) -> bool:
         return (self.folder(name) / "CONFIG").is_file()
 
-    def _root_lock(self) -> LockFile:
-        return LockFile(self.root / ROOT_LOCK, f"the catalog {self.root}")
+    def _root_lock(self, timeout: float = STRUCTURE_TIMEOUT) -> LockFile:
+        """The catalog lock; waits up to `timeout` s. IndexLockedError when still held then."""
+        try:
+            return LockFile(self.root / ROOT_LOCK, f"the catalog {self.root}", timeout=timeout)
+        except IndexLockedError:
+            if timeout <= 0:
+                raise
+            raise IndexLockedError(f"the catalog {self.root} is busy: another process has held "
+                                   f"its lock for {timeout:g} s (a create or delete of an index)"
+                                   ) from None
 
     def collect_garbage(self) -> None:
-        """Remove leftovers of creates and deletes that a crash interrupted."""
+        """Remove leftovers of creates and deletes that a crash interrupted.
+
+        Only when no other process is changing the catalog: with its lock held elsewhere (a
+        create or delete in flight) nothing is removed; a later Client collects the rest."""
         try:
-            entries = os.listdir(self.root)
-        except OSError:
+            lock = self._root_lock(timeout=0)
+        except (IndexLockedError, StorageError) as exc:  # busy, or a read-only folder
+            log.debug("garbage collection of %s skipped: %s", self.root, exc)
             return
-        for entry in entries:
-            if entry.startswith((CREATING, DELETING)):
-                shutil.rmtree(self.root / entry, ignore_errors=True)
-                log.info("removed leftover %s", entry)
+        try:
+            try:
+                entries = os.listdir(self.root)
+            except OSError:
+                return
+            for entry in entries:
+                if entry.startswith((CREATING, DELETING)):
+                    shutil.rmtree(self.root / entry, ignore_errors=True)
+                    log.info("removed leftover %s", entry)
+        finally:
+            lock.release()
 
     def create(self, name: str, populate) -> Path:
         """Make `name` by calling populate(tmp_folder) and renaming it in. Raises IndexExistsError."""
@@ -104,18 +132,24 @@ class Catalog:
         return final
 
     def delete(self, name: str) -> None:
+        """Rename the index away and remove its files. IndexNotFoundError; IndexLockedError
+        when another process has the index open (its lock is taken while it is renamed)."""
         final = self.folder(name)
         with self._lock:
             lock = self._root_lock()
             try:
                 if not (final / "CONFIG").is_file():
                     raise IndexNotFoundError(f"index {name!r} not found in {self.root}")
-                doomed = self.root / f"{DELETING}{name}-{secrets.token_hex(4)}"
+                held = LockFile(final / LOCK_NAME, f"index {name!r}")  # refuse an open index
                 try:
-                    os.rename(final, doomed)
-                    fsio.fsync_dir(self.root)
-                except OSError as exc:
-                    raise storage_error_from(exc, f"cannot delete index {name!r}") from None
-                shutil.rmtree(doomed, ignore_errors=True)
+                    doomed = self.root / f"{DELETING}{name}-{secrets.token_hex(4)}"
+                    try:
+                        os.rename(final, doomed)
+                        fsio.fsync_dir(self.root)
+                    except OSError as exc:
+                        raise storage_error_from(exc, f"cannot delete index {name!r}") from None
+                finally:
+                    held.release()
             finally:
                 lock.release()
+        shutil.rmtree(doomed, ignore_errors=True)  # a crash here leaves garbage for the next Client

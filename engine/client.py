@@ -17,7 +17,6 @@ from .core import DURABILITY, IndexCore
 from .crypto import IndexCipher, check_key, generate_key
 from .errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
 from .index import Index
-from .lockfile import LOCK_NAME, LockFile
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -132,15 +131,26 @@ class Client:
         self._check_open()
         return self._catalog.names()
 
-    def delete_index(self, index_name: str, index_key: bytes | None = None) -> None:
-        """Delete an index and its files. Open faces of it in this client are closed first."""
+    def delete_index(self, index_name: str, index_key: bytes) -> None:
+        """Delete an index and its files; the key is required (as in the reference product).
+
+        Raises IndexNotFoundError, WrongKeyError (the index is kept, nothing changed),
+        IndexLockedError (another process has it open). Open faces of it in this client are
+        closed first (after the key check)."""
         self._check_open()
         check_index_name(index_name)
+        if index_key is None:
+            raise InvalidArgumentError("index_key is required to delete an index")
+        self._delete(index_name, check_key(index_key))
+
+    def _delete(self, index_name: str, index_key: bytes | None) -> None:
+        """Delete after the key check; index_key None: an open Index face already proved it."""
+        self._check_open()
         folder = self._catalog.folder(index_name)
         if not config_exists(folder):
             raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
         if index_key is not None:
-            read_config(folder, check_key(index_key))
+            read_config(folder, index_key)  # WrongKeyError before anything changes
         real = os.path.realpath(folder)
         with self._lock:
             mine = [ix for ix in self._open if os.path.realpath(ix._core.folder) == real]
@@ -149,9 +159,7 @@ class Client:
         with _registry_lock:
             if real in _registry:
                 raise InvalidArgumentError(f"index {index_name!r} is still open elsewhere in this process")
-        lock = LockFile(folder / LOCK_NAME, f"index {index_name!r}")  # refuse if another process has it
-        lock.release()
-        self._catalog.delete(index_name)
+        self._catalog.delete(index_name)  # IndexLockedError if another process has it open
 
     def _forget(self, index: Index) -> None:
         with self._lock:

@@ -22,11 +22,11 @@ from wal import RecoveryMode, WalWriter
 from . import records
 from .config import read_config, stored_dimension, write_config
 from .core_info import CoreInfo
-from .errors import ClosedError, CorruptionError, DimensionMismatchError, StorageError
+from .errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
 from .items import Batch
 from .lockfile import LOCK_NAME, LockFile
-from .memtable import TOMBSTONE, Memtable
-from .reads import live_ids, run_query
+from .memtable import Memtable
+from .reads import find_live, live_ids, run_query
 from .replay import check_store_is_current, opened_manifest, replay_log
 from .rwlock import RWLock
 from .segments import SegmentSource, collect_orphans, open_segment
@@ -286,6 +286,7 @@ class IndexCore(CoreInfo):
     def _check_writable(self) -> None:
         if self._closed:
             raise ClosedError(f"index {self.config.name!r} is closed")
+        self._lock.check()  # ~2 us: a writer whose LOCK file vanished must not write on
 
     @property
     def dimension(self) -> int | None:
@@ -381,24 +382,8 @@ class IndexCore(CoreInfo):
 
     def lookup(self, item_id: str) -> tuple[Any, int] | None:
         """Where the live version of `item_id` is, or None (deleted or unknown)."""
-        for table in (self.memtable, *reversed(self.frozen)):
-            row = table.lookup(item_id)
-            if row == TOMBSTONE:
-                return None
-            if row is not None:
-                return table, row
-        if self.segments:
-            loc = self.store.location(item_id)
-            if loc is not None:
-                source = self.seg_by_id.get(loc[0])
-                # the location is stored in the clear: check it before trusting it
-                if source is None or loc[1] >= source.n_rows or source.ids[loc[1]] != item_id:
-                    raise CorruptionError(f"store entry of an item points at segment {loc[0]} "
-                                          f"row {loc[1]}, which does not hold it", self.store.path)
-                return source, loc[1]
-            for source in self.segments:  # no entry: make sure no segment row expects one
-                source.check_unstored(item_id)
-        return None
+        return find_live(item_id, [self.memtable, *reversed(self.frozen)], self.segments,
+                         self.seg_by_id, self.store)
 
     def read_lock(self):
         if self._closed:
@@ -451,21 +436,23 @@ class IndexCore(CoreInfo):
 
     def close(self) -> None:
         """Stop background work, flush (so reopen replays nothing), end the log with a CLOSE
-        record, record the clean close in the store. A flush failing for lack of space is
-        skipped (logged; the log keeps every write). Raises nothing for a full disk once the
-        acknowledged writes are durable: only a failed final sync under durability="os"."""
+        record, record the clean close in the store. A full disk is not an error here once the
+        acknowledged writes are durable (the flush is skipped, logged; the log keeps every
+        write); other storage errors are raised after the index is closed all the same."""
         if self._closed:
             return
+        flush_error: StorageError | None = None
         try:
             self._flusher.stop()
             self._merger.stop()
             if not self.wal.poisoned:
                 try:
                     run_in_background_thread(self._flush_all)
+                except StorageFullError as exc:
+                    log.warning("index %s: close could not flush (%s); the log keeps every "
+                                "write and the next open replays it", self.folder.name, exc)
                 except StorageError as exc:
-                    log.warning("index %s: close could not flush the memtable (%s); the log "
-                                "keeps every write and the next open replays it",
-                                self.config.name, exc)
+                    flush_error = exc
         finally:
             self._closed = True
             try:
@@ -475,17 +462,18 @@ class IndexCore(CoreInfo):
                 for source in self.segments:
                     source.segment.close()
                 self._lock.release()
+        if flush_error is not None:
+            raise flush_error
 
     def _close_log(self) -> None:
         clean = not self.wal.poisoned
         try:
             self.wal.close(clean=clean)
-        except StorageError as exc:
-            if self.durability == "os":
+        except StorageFullError as exc:
+            if self.durability == "os":  # the final sync is what makes "os" writes durable
                 raise
-            log.warning("index %s: closing the log failed (%s); every acknowledged write was "
-                        "already synced, the next open treats this as a crash",
-                        self.config.name, exc)
+            log.warning("index %s: no room for the CLOSE record (%s); every acknowledged write "
+                        "was synced, the next open treats this as a crash", self.folder.name, exc)
             return
         if not clean:
             return
@@ -493,8 +481,8 @@ class IndexCore(CoreInfo):
                                      version=self.manifest.version + 1)
         try:
             self.store.commit(lambda txn: txn.put_manifest(closed))
-        except StorageError as exc:
+        except StorageFullError as exc:
             log.warning("index %s: cannot record the clean close (%s); the next open treats "
-                        "this as a crash", self.config.name, exc)
+                        "this as a crash", self.folder.name, exc)
             return
         self.manifest = closed

@@ -219,13 +219,16 @@ class Index:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def delete_index(self, *, index_key: bytes | None = None) -> None:
-        """Delete this index and all its files; the handle is closed."""
+        """Delete this index and all its files; the handle is closed.
+
+        The open handle already holds the key; an index_key passed too must match it
+        (WrongKeyError otherwise, and the index is kept). ClosedError on a closed handle."""
+        core = self._live()
         self._check_call_key(index_key)
-        name = self._core.config.name
         client = self._client
         if client is None:
             raise InvalidArgumentError("this index has no client to delete it through")
-        client.delete_index(name)
+        client._delete(core.config.name, None)
 
     def close(self) -> None:
         if self._closed:

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import CorruptionError, InvalidArgumentError
+from .memtable import TOMBSTONE
 
 INCLUDABLE = ("distance", "metadata", "contents", "vector")
 
@@ -103,3 +104,27 @@ def live_ids(tables: list, segments: list) -> list[str]:
             if item_id not in seen:
                 out.append(item_id)
     return out
+
+
+def find_live(item_id: str, tables: Sequence[Any], segments: Sequence[Any],
+              seg_by_id: dict[int, Any], store: Any) -> tuple[Any, int] | None:
+    """(source, row) of the live version of `item_id`, or None (deleted or unknown): memtables
+    newest first, then the store's id map into the segments."""
+    for table in tables:
+        row = table.lookup(item_id)
+        if row == TOMBSTONE:
+            return None
+        if row is not None:
+            return table, row
+    if segments:
+        loc = store.location(item_id)
+        if loc is not None:
+            source = seg_by_id.get(loc[0])
+            # the location is stored in the clear: check it before trusting it
+            if source is None or loc[1] >= source.n_rows or source.ids[loc[1]] != item_id:
+                raise CorruptionError(f"store entry of an item points at segment {loc[0]} "
+                                      f"row {loc[1]}, which does not hold it", store.path)
+            return source, loc[1]
+        for source in segments:  # no entry: make sure no segment row expects one
+            source.check_unstored(item_id)
+    return None

@@ -190,7 +190,7 @@ def test_unknown_index_on_load(client, key):
     assert isinstance(info.value, ValueError)
     assert client.list_indexes() == ["present"]
     with pytest.raises(IndexNotFoundError):
-        client.delete_index("absent")
+        client.delete_index("absent", key)
 
 
 def test_existing_index_on_create_leaves_it_intact(client, key):
@@ -221,7 +221,7 @@ def test_unsafe_index_names_refused(client, data_dir, key, name):
     with pytest.raises(InvalidIndexNameError):
         client.load_index(name, key)
     with pytest.raises(InvalidIndexNameError):
-        client.delete_index(name)
+        client.delete_index(name, key)
     assert client.list_indexes() == []
     assert sorted(os.listdir(data_dir.parent)) == outside_before
     assert not (data_dir.parent / "x").exists()

@@ -42,14 +42,14 @@ def test_delete_index_removes_files_and_frees_the_name(client, data_dir, key):
     keep.upsert([("k", [4.0, 3.0, 2.0, 1.0])])
     kept_before = snapshot(keep)
     ix.close()
-    client.delete_index("gone")
+    client.delete_index("gone", key)
 
     assert client.list_indexes() == ["kept"]
     assert not any("gone" in entry for entry in os.listdir(data_dir)), os.listdir(data_dir)
     with pytest.raises(IndexNotFoundError):
         client.load_index("gone", key)
     with pytest.raises(IndexNotFoundError):
-        client.delete_index("gone")
+        client.delete_index("gone", key)
     assert snapshot(keep) == kept_before
 
     reborn = client.create_index("gone", key, dimension=DIM + 2, metric="cosine")
@@ -103,7 +103,7 @@ def test_use_after_client_close_raises_closed(data_dir, key):
     c.close()
     c.close()  # idempotent
     for call in [lambda: c.list_indexes(), lambda: c.load_index("c", key),
-                 lambda: c.create_index("d", key, dimension=DIM), lambda: c.delete_index("c")]:
+                 lambda: c.create_index("d", key, dimension=DIM), lambda: c.delete_index("c", key)]:
         with pytest.raises(ClosedError):
             call()
     for call in _every_index_call(ix):  # indexes opened through it are closed with it

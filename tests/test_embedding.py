@@ -363,7 +363,7 @@ def test_failed_create_creates_nothing(shared_client: Client, tmp_path: Path, kw
     matching = shared_client.create_index("failed", generate_key(), dimension=DIM,
                                           embedding_model=MODEL, metric="cosine")
     assert matching.dimension == DIM and matching.index_config()["embedding_model"] == MODEL
-    shared_client.delete_index("failed")
+    matching.delete_index()
 
 
 def test_text_on_an_index_without_a_model(shared_client: Client) -> None:
