@@ -84,7 +84,14 @@ def read_config(folder: Path, index_key: bytes) -> tuple[IndexConfig, IndexCiphe
 
 
 def config_exists(folder: Path) -> bool:
-    return os.path.isfile(folder / CONFIG_NAME)
+    """True when `folder` is an index (holds CONFIG). Raises CorruptionError when it holds an
+    index's files (store/, wal/) but its CONFIG is gone: damage, not an unknown name."""
+    if os.path.isfile(folder / CONFIG_NAME):
+        return True
+    if any(os.path.exists(folder / part) for part in ("store", "wal")):
+        raise CorruptionError("the index folder holds a store and a log but its CONFIG is missing",
+                              str(folder / CONFIG_NAME))
+    return False
 
 
 def stored_dimension(folder: Path) -> int | None:

@@ -78,7 +78,7 @@ def load(root: Path, key: bytes):
         raise
 
 
-def refused(root: Path, key: bytes, match: str) -> None:
+def assert_refused(root: Path, key: bytes, match: str) -> None:
     """The open raises CorruptionError and changes no file."""
     before = snapshot(root / "a")
     with pytest.raises(CorruptionError, match=match):
@@ -105,7 +105,7 @@ def test_a_restored_older_store_is_refused_and_deletes_no_segment(tmp_path, key)
     segments = sorted(os.listdir(root / "a" / "segments"))
     assert len(segments) == 2
     (root / "a" / "store" / "data.mdb").write_bytes(backup)
-    refused(root, key, "missing")
+    assert_refused(root, key, "missing")
     assert verify_exit(root, key) == 4
     assert sorted(os.listdir(root / "a" / "segments")) == segments  # nothing deleted
     (root / "a" / "store" / "data.mdb").write_bytes(current)
@@ -128,8 +128,8 @@ def test_a_store_never_opened_beside_written_files_is_refused(tmp_path, key):
     fresh.mkdir()
     Store(fresh, cipher, create=True).close()
     shutil.copyfile(fresh / "store" / "data.mdb", root / "a" / "store" / "data.mdb")
-    refused(root, key, "older than the files beside it")
-    refused(root, key, "older than the files beside it")  # and again: nothing was changed
+    assert_refused(root, key, "older than the files beside it")
+    assert_refused(root, key, "older than the files beside it")  # and again: nothing was changed
 
 
 def test_a_rolled_back_meta_page_gives_the_exact_state_or_an_error(tmp_path, key):
@@ -172,7 +172,7 @@ def test_a_missing_oldest_log_of_a_never_flushed_index_is_corruption(tmp_path, k
     logs = list_logs(root / "a" / "wal")
     assert len(logs) > 2 and logs[0][0] == 1
     logs[0][1].unlink()
-    refused(root, key, "missing")
+    assert_refused(root, key, "missing")
     assert verify_exit(root, key) == 4
 
 
@@ -181,7 +181,7 @@ def test_an_emptied_log_folder_after_a_crash_is_corruption(tmp_path, key):
     crashed_writer(root, key, [(0, 50), (50, 100)])
     for _lsn, path in list_logs(root / "a" / "wal"):
         path.unlink()
-    refused(root, key, "missing")
+    assert_refused(root, key, "missing")
     assert verify_exit(root, key) == 4
 
 
@@ -199,7 +199,7 @@ def test_a_damaged_newest_log_of_a_cleanly_closed_index_is_corruption(tmp_path, 
     else:
         with open(newest, "r+b") as f:
             f.truncate(os.path.getsize(newest) - 1)
-    refused(root, key, "closed cleanly|missing|damaged")
+    assert_refused(root, key, "closed cleanly|missing|damaged")
     assert verify_exit(root, key) == 4
 
 
@@ -228,7 +228,7 @@ def test_a_missing_middle_log_before_an_empty_newest_is_corruption(tmp_path, key
     logs = list_logs(root / "a" / "wal")
     assert logs[-1][1].stat().st_size == 0 and logs[-2][1].stat().st_size > 0
     logs[-2][1].unlink()
-    refused(root, key, "missing")
+    assert_refused(root, key, "missing")
     assert verify_exit(root, key) == 4
 
 
@@ -253,3 +253,19 @@ def test_a_wrong_key_open_changes_no_file(tmp_path, key):
         with pytest.raises(WrongKeyError):
             client.load_index("a", bytes(reversed(key)))
     assert snapshot(root / "a") == before and not (root / "a" / "LOCK").exists()
+
+
+def test_a_lost_config_is_corruption_not_an_unknown_index(tmp_path, key):
+    root = tmp_path / "r"
+    with Client(root) as client:
+        client.create_index("a", key, dimension=DIM).upsert(rows(0, 5))
+    config = (root / "a" / "CONFIG").read_bytes()
+    (root / "a" / "CONFIG").unlink()
+    assert_refused(root, key, "CONFIG is missing")
+    assert verify_exit(root, key) == 4
+    with Client(root) as client, pytest.raises(CorruptionError):
+        client.delete_index("a", key)
+    (root / "a" / "CONFIG").write_bytes(config)
+    client, index = load(root, key)
+    with client:
+        assert state(index) == expected((0, 5))

@@ -34,13 +34,14 @@ def _key(args: argparse.Namespace) -> bytes:
 def _open(args: argparse.Namespace):
     """(client, index) for PATH = <root>/<index_name>; exits with a clear message."""
     from engine import Client
+    from engine.config import config_exists
     from engine.errors import CorruptionError, LsmvecError
     folder = Path(args.path).resolve()
-    if not (folder / "CONFIG").is_file():
-        print(f"lsmvec: {folder} is not an lsmvec index folder (no CONFIG)", file=sys.stderr)
-        raise SystemExit(EXIT_OPEN)
-    key = _key(args)
     try:
+        if not config_exists(folder):
+            print(f"lsmvec: {folder} is not an lsmvec index folder (no CONFIG)", file=sys.stderr)
+            raise SystemExit(EXIT_OPEN)
+        key = _key(args)
         client = Client(folder.parent)
         return client, client.load_index(folder.name, key)
     except CorruptionError as exc:
