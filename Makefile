@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m tools.demo
+	$(BIN)/python -m lsmvec.tools.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m 'not slow'
 
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench
+	$(BIN)/python -m lsmvec.tools.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -44,14 +44,14 @@ from typing import Callable, Iterable
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_FILE,
+from lsmvec.compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_FILE,
                                   SCANN_DATASET_FILE, SCANN_DOCIDS_FILE, SCRATCH_PREFIX,
                                   is_legacy_scratch_dir_name, parse_scratch_dir_name,
                                   scratch_dir_prefix)
-from compaction.scann_params import SearchParams
-from compaction.scann_serialize import serialize_searcher
-from compaction.sealed_file import SealedFileInfo, read_sealed, write_sealed
-from wal.errors import CorruptionError, LsmvecError, storage_error_from
+from lsmvec.compaction.scann_params import SearchParams
+from lsmvec.compaction.scann_serialize import serialize_searcher
+from lsmvec.compaction.sealed_file import SealedFileInfo, read_sealed, write_sealed
+from lsmvec.wal.errors import CorruptionError, LsmvecError, storage_error_from
 
 __all__ = [
     "SHM_DIR",

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wal.errors import InvalidArgumentError
+from lsmvec.wal.errors import InvalidArgumentError
 
 __all__ = [
     "METRICS",

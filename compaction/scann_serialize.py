@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compaction.filenames import SCANN_DATASET_FILE
+from lsmvec.compaction.filenames import SCANN_DATASET_FILE
 
 __all__ = ["serialize_searcher", "fork_usable", "CHILD_TIMEOUT_S"]
 

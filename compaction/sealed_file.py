@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from wal.errors import CorruptionError, InvalidKeyError, storage_error_from
+from lsmvec.wal.errors import CorruptionError, InvalidKeyError, storage_error_from
 
 __all__ = [
     "MAGIC",

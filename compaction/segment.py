@@ -24,18 +24,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_FILE,
+from lsmvec.compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_FILE,
                                   SEGMENT_META_FILE, VECTORS_FILE)
-from compaction.scann_assets import (file_context, load_sealed_searcher, seal_searcher,
+from lsmvec.compaction.scann_assets import (file_context, load_sealed_searcher, seal_searcher,
                                      train_searcher)
-from compaction.scann_params import (KIND_TREE_AH, SearchParams, choose_params,
+from lsmvec.compaction.scann_params import (KIND_TREE_AH, SearchParams, choose_params,
                                      leaves_for_probes, scann_scores_to_distances)
-from compaction.sealed_file import CHUNK_SIZE, read_sealed, read_sealed_range, write_sealed
-from compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
+from lsmvec.compaction.sealed_file import CHUNK_SIZE, read_sealed, read_sealed_range, write_sealed
+from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
                                       expected_entries, parse_meta)
-from compaction.exact import search_exact
-from compaction.segment_search import empty_result, pad_result, select_live
-from wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
+from lsmvec.compaction.exact import search_exact
+from lsmvec.compaction.segment_search import empty_result, pad_result, select_live
+from lsmvec.wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                         InvalidArgumentError, InvalidTypeError, InvalidVectorError,
                         storage_error_from)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from compaction.filenames import SEGMENT_FILES, SEGMENT_META_FILE, VECTORS_FILE
-from compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams
-from wal.errors import CorruptionError, storage_error_from
+from lsmvec.compaction.filenames import SEGMENT_FILES, SEGMENT_META_FILE, VECTORS_FILE
+from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams
+from lsmvec.wal.errors import CorruptionError, storage_error_from
 
 __all__ = ["SEGMENT_FORMAT", "FileEntry", "SegmentFiles", "expected_entries", "check_listing",
            "encode_meta", "parse_meta"]

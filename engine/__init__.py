@@ -1,10 +1,10 @@
 """lsmvec: an embedded, log-structured, encrypted vector store (sync and async faces)."""
-from .aio import AsyncClient, AsyncIndex
-from .client import Client
-from .crypto import generate_key
-from .index import Index
-from . import errors
-from .errors import (ClosedError, CorruptionError, DimensionMismatchError, IndexExistsError,
+from lsmvec.aio import AsyncClient, AsyncIndex
+from lsmvec.client import Client
+from lsmvec.disk.crypto import generate_key
+from lsmvec.index import Index
+from lsmvec import errors
+from lsmvec.errors import (ClosedError, CorruptionError, DimensionMismatchError, IndexExistsError,
                      IndexLockedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError,
                      LsmvecError, StorageError, StorageFullError, WrongKeyError)
 

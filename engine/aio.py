@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import anyio
 
-from .client import Client
-from .aio_threads import ThreadCall
-from .aio_writes import WriteBatcher
-from .index import Index
+from lsmvec.client import Client
+from lsmvec.aio_threads import ThreadCall
+from lsmvec.aio_writes import WriteBatcher
+from lsmvec.index import Index
 
 __all__ = ["AsyncClient", "AsyncIndex"]
 

@@ -23,7 +23,7 @@ from typing import Callable
 import anyio
 import anyio.lowlevel
 
-from .aio_threads import ThreadCall, wait_uncancelled
+from lsmvec.aio_threads import ThreadCall, wait_uncancelled
 
 __all__ = ["WriteBatcher", "MAX_BATCH_CALLS"]
 

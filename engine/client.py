@@ -11,13 +11,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, check_index_name
-from .config import METRICS, config_exists, new_config, read_config, write_config
-from .core import DURABILITY, IndexCore
-from .crypto import IndexCipher, check_key, generate_key
-from .errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
-from .index import Index
-from .store import Store
+from lsmvec.disk.catalog import Catalog, check_index_name
+from lsmvec.disk.config import METRICS, config_exists, new_config, read_config, write_config
+from lsmvec.db.core import DURABILITY, IndexCore
+from lsmvec.disk.crypto import IndexCipher, check_key, generate_key
+from lsmvec.errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
+from lsmvec.index import Index
+from lsmvec.disk.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Client:
             raise InvalidArgumentError(f"dimension must be an int in 1..65536, got {dimension!r}")
         durability = _check_durability(durability or self._durability)
         if embedding_model is not None:
-            from .embedding import model_dimension
+            from lsmvec.embedding import model_dimension
             dimension = model_dimension(embedding_model, dimension)
         config = new_config(index_name, key, dimension=dimension, metric=metric,
                             embedding_model=embedding_model, options=dict(tuning))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DimensionMismatchError, EmbeddingModelUnavailable, InvalidTypeError
+from lsmvec.errors import DimensionMismatchError, EmbeddingModelUnavailable, InvalidTypeError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def model_dimension(name: str, dimension: int | None) -> int:
 
 def embed_batch(embedder: "Embedder | None", batch: Any, metric: str) -> Any:
     """The batch with the vectors of its text-only items computed (outside every lock)."""
-    from .errors import MissingVectorError
-    from .items import attach_embeddings
+    from lsmvec.errors import MissingVectorError
+    from lsmvec.request.items import attach_embeddings
     if embedder is None:
         raise MissingVectorError("items without a vector need an index with an embedding_model")
     return attach_embeddings(batch, embedder.embed(batch.texts), metric=metric)
@@ -135,7 +135,7 @@ def embed_batch(embedder: "Embedder | None", batch: Any, metric: str) -> Any:
 def embed_queries(embedder: "Embedder | None", contents: Any, config: Any
                   ) -> tuple[np.ndarray, bool]:
     """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
-    from .items import finish_vectors
+    from lsmvec.request.items import finish_vectors
     if embedder is None:
         raise EmbeddingModelUnavailable(
             f"index {config.name!r} has no embedding_model: query with vectors")

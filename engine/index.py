@@ -9,14 +9,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .crypto import check_key
-from .config import read_config
-from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
+from lsmvec.disk.crypto import check_key
+from lsmvec.disk.config import read_config
+from lsmvec.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
                      WrongKeyError)
-from .filters import compile_filter
-from .items import Batch, normalize_ids, normalize_query, normalize_upsert
-from .records import KIND_DELETE, KIND_UPSERT
-from .reads import check_include
+from lsmvec.request.filters import compile_filter
+from lsmvec.request.items import Batch, normalize_ids, normalize_query, normalize_upsert
+from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
+from lsmvec.db.reads import check_include
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
 _DEFAULT_GET_INCLUDE = ("vector", "contents", "metadata")

@@ -24,7 +24,7 @@ ATOL = 1e-6
 @pytest.fixture
 def key() -> bytes:
     """A fresh 32-byte index key."""
-    from engine import generate_key
+    from lsmvec import generate_key
     return generate_key()
 
 
@@ -37,7 +37,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(data_dir: Path) -> Iterator[Any]:
     """A Client on a fresh folder, closed at teardown."""
-    from engine import Client
+    from lsmvec import Client
     c = Client(data_dir)
     try:
         yield c

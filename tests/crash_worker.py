@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
         os._exit(3)
 
     try:
-        from engine import Client
+        from lsmvec import Client
         client = Client(args.data_dir, durability=args.durability)
         ack(MARK_OPENING)  # from here until "opened": lock, config check, log replay
         index = client.load_index(args.index_name, key)

@@ -105,7 +105,7 @@ def prefix_states() -> list[dict[str, tuple]]:
 def build(template: str, root: Path, key: bytes) -> None:
     """Run the plan; then close (clean), close with the closing flush refused for a full disk
     (clean_kept_log), or leave with os._exit(0) without closing (crashed)."""
-    from engine import Client
+    from lsmvec import Client
     client = Client(root)
     index = client.create_index(NAME, key, dimension=DIM, **OPTIONS)
     for step in plan():
@@ -120,11 +120,11 @@ def build(template: str, root: Path, key: bytes) -> None:
     if template == "crashed":
         os._exit(0)
     if template == "clean_kept_log":
-        from wal import failpoints
+        from lsmvec.wal import failpoints
         failpoints.arm("segment.before_rename", "enospc")
     client.close()
     if template == "clean_kept_log":
-        from wal import failpoints
+        from lsmvec.wal import failpoints
         failpoints.disarm()
 
 
@@ -137,7 +137,7 @@ def build_in_child(template: str, root: Path, key: bytes) -> None:
 
 def layout(folder: Path) -> dict[str, list[Path]]:
     """The damageable files of an index folder, by kind, in a fixed order."""
-    from wal import list_logs
+    from lsmvec.wal import list_logs
     segs = sorted(p for p in (folder / "segments").iterdir() if p.name.startswith("seg-"))
     return {"logs": [path for _lsn, path in list_logs(folder / "wal")],
             "segments": segs,
@@ -266,8 +266,8 @@ def read_back(root: Path, key: bytes) -> dict[str, Any]:
     or {"status": "error", "typed": bool, "phase": "client"|"open"|"list_ids"|"get"|"query",
     "error": class, ...}; "close_error" when close() raised after that.
     `problems` are inconsistencies between the read paths (list_ids / get / count / query)."""
-    from engine import Client
-    from engine.errors import LsmvecError
+    from lsmvec import Client
+    from lsmvec.errors import LsmvecError
     phase = "client"
     client = index = None
     try:

@@ -93,7 +93,7 @@ def planned_op(seed: int, k: int) -> cw.Op:
 def create_index(data_dir: str | os.PathLike, key: bytes, *, durability: str = "fsync",
                  **options: Any) -> None:
     """Create INDEX_NAME (euclidean, DIM) with the fault tests' options, and close it."""
-    from engine import Client
+    from lsmvec import Client
     settings = {"memtable_bytes": SMALL_MEMTABLE, "background_compaction": False, **options}
     with FORK_GUARD, Client(data_dir, durability=durability) as client:
         client.create_index(INDEX_NAME, key, dimension=DIM, metric="euclidean", **settings)
@@ -328,7 +328,7 @@ def _fail() -> None:
 
 
 def _run_failpoint(args: argparse.Namespace, key: bytes, ack) -> None:
-    from engine import Client
+    from lsmvec import Client
     client = Client(args.data_dir, durability=args.durability)
     ack(cw.MARK_OPENING)
     index = client.load_index(INDEX_NAME, key)
@@ -342,7 +342,7 @@ def _run_failpoint(args: argparse.Namespace, key: bytes, ack) -> None:
 
 def _run_soak(args: argparse.Namespace, key: bytes, ack) -> None:
     import anyio
-    from engine import AsyncClient
+    from lsmvec import AsyncClient
     maintenance = frozenset(k for k in args.maintenance.split(",") if k)
     n_sync = args.sync_threads
 

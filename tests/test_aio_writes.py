@@ -15,8 +15,8 @@ import anyio.from_thread
 import numpy as np
 import pytest
 
-from engine import AsyncClient, Client, generate_key
-from engine.errors import (ClosedError, DimensionMismatchError, InvalidIdError, InvalidVectorError,
+from lsmvec import AsyncClient, Client, generate_key
+from lsmvec.errors import (ClosedError, DimensionMismatchError, InvalidIdError, InvalidVectorError,
                            WrongKeyError)
 
 from conftest import random_vectors

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine import Client
-from engine.errors import (ClosedError, DimensionMismatchError, FilterError, IndexExistsError,
+from lsmvec import Client
+from lsmvec.errors import (ClosedError, DimensionMismatchError, FilterError, IndexExistsError,
                            IndexLockedError, IndexNotFoundError, InvalidArgumentError,
                            InvalidContentsError, InvalidIdError, InvalidIndexNameError,
                            InvalidKeyError, InvalidMetadataError, InvalidTypeError,
@@ -266,7 +266,7 @@ def _assert_key_not_leaked(message: str, *keys: bytes) -> None:
 
 
 def test_wrong_key_on_load(client, key):
-    from engine import generate_key
+    from lsmvec import generate_key
 
     ix = client.create_index("secret", key, dimension=DIM)
     ix.upsert([("a", GOOD, "private contents", {"m": "private"})])
@@ -283,7 +283,7 @@ def test_wrong_key_on_load(client, key):
 
 def test_wrong_key_while_index_is_open(client, data_dir, key):
     """The key is checked even when the index is already open in this process."""
-    from engine import generate_key
+    from lsmvec import generate_key
 
     ix = client.create_index("secret", key, dimension=DIM)
     ix.upsert([("a", GOOD)])
@@ -307,9 +307,9 @@ def test_error_hierarchy():
     for cls in (IndexLockedError, ClosedError):
         assert issubclass(cls, LsmvecError)
         assert not issubclass(cls, (ValueError, TypeError))
-    import engine.errors
-    import wal.errors
-    assert engine.errors.InvalidIdError is wal.errors.InvalidIdError  # defined once
+    import lsmvec.errors
+    import lsmvec.wal.errors
+    assert lsmvec.errors.InvalidIdError is lsmvec.wal.errors.InvalidIdError  # defined once
 
 
 def test_bad_items_container_types(index):
@@ -337,8 +337,8 @@ def test_second_process_error_is_index_locked(client, data_dir, key):
     client.create_index("held", key, dimension=DIM)
     code = (
         "import sys\n"
-        "from engine import Client\n"
-        "from engine.errors import IndexLockedError\n"
+        "from lsmvec import Client\n"
+        "from lsmvec.errors import IndexLockedError\n"
         "c = Client(sys.argv[1])\n"
         "try:\n"
         "    c.load_index('held', bytes.fromhex(sys.argv[2]))\n"

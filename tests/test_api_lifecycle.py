@@ -13,8 +13,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from engine import Client
-from engine.errors import (ClosedError, DimensionMismatchError, IndexLockedError,
+from lsmvec import Client
+from lsmvec.errors import (ClosedError, DimensionMismatchError, IndexLockedError,
                            IndexNotFoundError, InvalidVectorError)
 
 from conftest import by_id, snapshot, vector_list
@@ -151,8 +151,8 @@ def test_second_client_in_same_process_shares_the_index(data_dir, key):
 
 _TRY_OPEN = """
 import sys
-from engine import Client
-from engine.errors import IndexLockedError
+from lsmvec import Client
+from lsmvec.errors import IndexLockedError
 with Client(sys.argv[1]) as c:
     try:
         ix = c.load_index(sys.argv[3], bytes.fromhex(sys.argv[2]))
@@ -185,7 +185,7 @@ def test_second_process_gets_index_locked(client, data_dir, key):
 
 _HOLD_AND_SLEEP = """
 import sys, time
-from engine import Client
+from lsmvec import Client
 c = Client(sys.argv[1])
 ix = c.load_index("victim", bytes.fromhex(sys.argv[2]))
 ix.upsert([("from_child", [1.0, 2.0, 3.0, 4.0], "child contents", {"who": "child"})])

@@ -221,7 +221,7 @@ def test_read_your_writes(client, key, metric):
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_reopen_gives_same_results(data_dir, key, metric):
-    from engine import Client
+    from lsmvec import Client
 
     rng = np.random.default_rng(18)
     queries = random_vectors(rng, 5, DIM)
@@ -313,7 +313,7 @@ def _check_model(index, model: _Model, metric: str, rng: np.random.Generator, st
 
 @pytest.mark.parametrize("seed,metric", [(seed, METRICS[seed % 3]) for seed in range(6)])
 def test_randomized_against_dict_model(data_dir, key, seed, metric):
-    from engine import Client
+    from lsmvec import Client
 
     rng = np.random.default_rng(seed)
     pool = [f"id{j}" for j in range(70)]

@@ -20,8 +20,8 @@ import anyio
 import numpy as np
 import pytest
 
-from engine import AsyncClient, Client, generate_key
-from engine.errors import (ClosedError, DimensionMismatchError, FilterError, IndexExistsError,
+from lsmvec import AsyncClient, Client, generate_key
+from lsmvec.errors import (ClosedError, DimensionMismatchError, FilterError, IndexExistsError,
                            IndexNotFoundError, InvalidArgumentError, InvalidContentsError,
                            InvalidIdError, InvalidIndexNameError, InvalidKeyError,
                            InvalidMetadataError, InvalidTypeError, InvalidVectorError,

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compaction import compactor
-from compaction.compactor import run_in_background_thread
-from engine import Client, generate_key
-from engine import maintenance
+from lsmvec.compaction import compactor
+from lsmvec.compaction.compactor import run_in_background_thread
+from lsmvec import Client, generate_key
+from lsmvec.db import jobs as maintenance
 
 from conftest import random_vectors
 
@@ -86,7 +86,7 @@ def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monke
 
 
 def test_training_leaves_a_core_to_the_application_unless_told(monkeypatch) -> None:
-    from compaction.scann_assets import default_training_threads
+    from lsmvec.compaction.scann_assets import default_training_threads
     monkeypatch.delenv("LSMVEC_TRAINING_THREADS", raising=False)
     assert default_training_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
     monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "3")
@@ -98,8 +98,8 @@ def test_training_leaves_a_core_to_the_application_unless_told(monkeypatch) -> N
 
 
 def test_train_searcher_passes_the_thread_count_to_scann(monkeypatch) -> None:
-    from compaction import scann_assets
-    from compaction.scann_params import choose_params
+    from lsmvec.compaction import scann_assets
+    from lsmvec.compaction.scann_params import choose_params
     seen: list[int] = []
 
     class Builder:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "lsmvec.tools.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

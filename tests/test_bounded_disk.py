@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compaction.filenames import parse_segment_dir_name
-from engine import Client, generate_key
+from lsmvec.compaction.filenames import parse_segment_dir_name
+from lsmvec import Client, generate_key
 
 N = 10_000
 DIM = 32

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Client
+from lsmvec import Client
 
 DIM = 4
 DEADLINE = 120.0  # seconds any single wait may take before the test fails
@@ -30,8 +30,8 @@ DEADLINE = 120.0  # seconds any single wait may take before the test fails
 # writes "go" (or "die": SIGKILL itself there, leaving the temporary folder behind).
 _PAUSED_CREATE = r"""
 import os, signal, sys
-import engine.client as ec
-from engine import Client
+import lsmvec.client as ec
+from lsmvec import Client
 root, name, keyhex = sys.argv[1:4]
 original = ec.write_config
 def paused(tmp, config, cipher):
@@ -54,7 +54,7 @@ with Client(root) as c:
 # held ("contended"), so the parent knows it is waiting for the catalog lock right now.
 _CONTENDED_CREATE = r"""
 import fcntl, sys
-from engine import Client
+from lsmvec import Client
 root, name, keyhex = sys.argv[1:4]
 with Client(root) as c:
     original, told = fcntl.flock, []
@@ -80,7 +80,7 @@ with Client(root) as c:
 # A child that waits for "go", then creates several indexes and opens Clients in between.
 _BURST = r"""
 import sys
-from engine import Client
+from lsmvec import Client
 root, prefix, keyhex, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 print("ready", flush=True)
 sys.stdin.readline()

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from engine import Client, generate_key
-from tools.cli import EXIT_CORRUPT, EXIT_OPEN, EXIT_USAGE, main
+from lsmvec import Client, generate_key
+from lsmvec.tools.cli import EXIT_CORRUPT, EXIT_OPEN, EXIT_USAGE, main
 
 
 @pytest.fixture()

@@ -111,7 +111,7 @@ def _batch(prefix: str, n: int, salt: int) -> cw.Op:
 def build_pristine(folder: Path, key: bytes, trained: bool) -> dict[str, Any]:
     """Build one pristine index in `folder`/data (copied while open); returns what the
     children need to judge a case: the pristine reads, the states of the log tail's prefixes."""
-    from engine import Client
+    from lsmvec import Client
     live = folder / "live"
     with Client(live) as client:
         index = client.create_index(INDEX, key, dimension=DIM, memtable_bytes=1 << 20,
@@ -236,8 +236,8 @@ def _is_prefix_state(snap: dict[str, Any], pristine: dict[str, Any], case: dict[
 
 def run_case(case: dict[str, Any], pristine: dict[str, Any], work: Path) -> dict[str, Any]:
     """Copy, corrupt, open, read, verify. Never raises: the outcome says what happened."""
-    from engine import Client
-    from engine.errors import CorruptionError, WrongKeyError
+    from lsmvec import Client
+    from lsmvec.errors import CorruptionError, WrongKeyError
     dst = work / "case"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(pristine["dir"], dst)
@@ -327,7 +327,7 @@ def run_child_until_done(cases: list[dict[str, Any]], pristine_file: Path, lane:
 
 @pytest.fixture(scope="module")
 def pristine_file(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from engine import generate_key
+    from lsmvec import generate_key
     with fw.scratch(tmp_path_factory.mktemp("fuzz")) as root:
         pristines = {flavour: build_pristine(root / flavour, generate_key(), flavour == "trained")
                      for flavour in CASES}

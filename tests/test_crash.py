@@ -53,7 +53,7 @@ def available_maintenance() -> frozenset[str]:
     """Which of flush / compact / train the engine implements now (they are being added). A
     method that is missing or raises AttributeError / NotImplementedError is left out of the
     workload; any other error fails the test."""
-    from engine import Client, generate_key
+    from lsmvec import Client, generate_key
     found: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp, Client(tmp) as client:
         index = client.create_index("probe", generate_key(), dimension=cw.DIM)
@@ -254,7 +254,7 @@ def _check_queries(index: Any, state: dict[str, Value]) -> None:
 # ----------------------------------------------------------------------------- the scenario
 
 def create(folder: Path, key: bytes) -> None:
-    from engine import Client
+    from lsmvec import Client
     with Client(folder) as client:
         client.create_index(INDEX_NAME, key, dimension=cw.DIM, metric="euclidean")
 
@@ -262,7 +262,7 @@ def create(folder: Path, key: bytes) -> None:
 def check_and_write_again(folder: Path, key: bytes, runs: list[ChildRun], durability: str) -> int:
     """Reopen, check against the oracle, upsert once more, reopen, check again. Returns the
     number of live items."""
-    from engine import Client
+    from lsmvec import Client
     rng = np.random.default_rng([len(runs), runs[-1].seed])
     new_vec = rng.standard_normal(cw.DIM).astype(np.float32)
     new_item = {"after-crash": (new_vec.tobytes(), b"again", {"n": 1})}
@@ -303,7 +303,7 @@ TRIALS_PER_CASE = 6
 def test_kill9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, threads: int,
                                                              durability: str,
                                                              record_property: Any) -> None:
-    from engine import generate_key
+    from lsmvec import generate_key
     maintenance = available_maintenance()
     runs, live = [], 0
     for trial in range(TRIALS_PER_CASE):
@@ -327,7 +327,7 @@ def test_successive_kills_on_one_folder_crash_the_recovery(tmp_path: Path, threa
                                                            record_property: Any) -> None:
     """Six children on the same folder, no clean open in between: several are killed while
     opening / replaying what the previous kill left behind."""
-    from engine import generate_key
+    from lsmvec import generate_key
     maintenance = available_maintenance()
     folder, key = tmp_path / "same", generate_key()
     create(folder, key)

@@ -2,7 +2,7 @@
 and of a crashed index. Every outcome must be the exact acknowledged state (EXACT), a tolerated
 torn tail after a crash (TORN: only the crashed template, only damage to its newest log file,
 and the state is the oracle after some prefix of the batches), or a typed lsmvec error (ERROR,
-an engine.errors.LsmvecError raised by the open or the read-back). Anything else -- a wrong
+an lsmvec.errors.LsmvecError raised by the open or the read-back). Anything else -- a wrong
 vector / contents / metadata, a missing or resurrected id without an error, read paths that
 disagree with each other, an untyped exception, a dead child -- fails the case. `lsmvec verify`
 runs on a second copy with the same damage: it must exit 4 when the open raised
@@ -86,7 +86,7 @@ CASES = _cases()
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory) -> tuple[dict[str, Path], bytes]:
-    from engine import generate_key
+    from lsmvec import generate_key
     key = generate_key()
     base = tmp_path_factory.mktemp("damage_templates")
     folders = {}
@@ -183,7 +183,7 @@ def test_damage(templates, tmp_path, template, target, damage):
         shutil.copytree(folders[template], root)
         done = dc.apply_damage(_resolve(root / dc.NAME, target), damage)
     env = {**os.environ, "LSMVEC_KEY": key.hex(), "PYTHONPATH": str(dc.ROOT)}
-    verify = subprocess.Popen([sys.executable, "-m", "tools", "verify",
+    verify = subprocess.Popen([sys.executable, "-m", "lsmvec.tools", "verify",
                                str(tmp_path / "verify" / dc.NAME)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     before = dc.snapshot(tmp_path / "open" / dc.NAME)

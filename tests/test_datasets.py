@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.datasets import load_file, read_fvecs
+from lsmvec.tools.datasets import load_file, read_fvecs
 
 
 def test_fvecs_round_trip(tmp_path) -> None:

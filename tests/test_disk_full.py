@@ -16,8 +16,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from engine import Client, generate_key
-from engine.errors import StorageError, StorageFullError
+from lsmvec import Client, generate_key
+from lsmvec.errors import StorageError, StorageFullError
 
 DIM = 32
 BATCH = 200
@@ -143,7 +143,7 @@ def test_writers_held_back_by_a_failing_flusher_get_its_error_not_a_hang(
     and writes go on once flushes succeed again."""
     import threading
 
-    import engine.maintenance as maintenance
+    import lsmvec.db.jobs as maintenance
     real_build = maintenance.build_segment_folder
     failing = threading.Event()
 

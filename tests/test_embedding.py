@@ -2,7 +2,7 @@
 upsert and str queries on query.
 
 The oracle is the model itself, called through sentence-transformers directly (not through
-engine.embedding) and normalised there, plus a NumPy brute force over those embeddings. One
+lsmvec.embedding) and normalised there, plus a NumPy brute force over those embeddings. One
 Client and one model load serve the whole module (the engine caches the model per process).
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import AsyncClient, Client, generate_key
-from engine import embedding as embedding_module
-from engine.errors import (DimensionMismatchError, EmbeddingModelUnavailable, InvalidArgumentError,
+from lsmvec import AsyncClient, Client, generate_key
+from lsmvec import embedding as embedding_module
+from lsmvec.errors import (DimensionMismatchError, EmbeddingModelUnavailable, InvalidArgumentError,
                            InvalidContentsError, InvalidTypeError, InvalidVectorError,
                            MissingVectorError)
 
@@ -231,7 +231,7 @@ def test_mixed_explicit_and_computed_vectors(model_index: Any, oracle_model: Any
 
 
 def test_text_only_batch_of_many_items_matches_oracle(model_index: Any, oracle_model: Any) -> None:
-    """More texts than one encode batch (engine.embedding.BATCH_SIZE): rows stay aligned."""
+    """More texts than one encode batch (lsmvec.embedding.BATCH_SIZE): rows stay aligned."""
     n = embedding_module.BATCH_SIZE + 13
     texts = [f"Item number {i} describes topic {i % 7} with detail {i * 31 % 97}." for i in range(n)]
     model_index.upsert([{"id": f"n{i}", "contents": t} for i, t in enumerate(texts)])
@@ -404,8 +404,8 @@ _NO_SENTENCE_TRANSFORMERS = textwrap.dedent("""
     import json, os, sys
     os.environ["HF_HUB_OFFLINE"] = "1"
     sys.modules["sentence_transformers"] = None   # import sentence_transformers -> ImportError
-    from engine import Client, generate_key
-    from engine.errors import EmbeddingModelUnavailable
+    from lsmvec import Client, generate_key
+    from lsmvec.errors import EmbeddingModelUnavailable
     out = {}
     with Client(sys.argv[1]) as client:
         try:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import Client, generate_key
-from engine.errors import CorruptionError, InvalidKeyError, InvalidTypeError, WrongKeyError
+from lsmvec import Client, generate_key
+from lsmvec.errors import CorruptionError, InvalidKeyError, InvalidTypeError, WrongKeyError
 
 DIM = 8
 N_TREE = 20_400
@@ -435,7 +435,7 @@ def test_rolled_back_store_is_refused_without_deleting_newer_segments(tmp_path: 
 def test_seal_parts_seals_the_joined_parts_small_or_streamed(sizes: tuple[int, ...]) -> None:
     """Small records take the one-shot path, big ones the streaming one: both open to the
     joined plaintext, bound to their associated data, with a fresh nonce each time."""
-    from engine.crypto import Aead
+    from lsmvec.disk.crypto import Aead
     rng = np.random.default_rng(sum(sizes))
     parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
     joined = b"".join(p.tobytes() for p in parts)

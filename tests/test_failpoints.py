@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import fault_worker as fw
-from compaction.filenames import segment_dir_name
-from engine.core import MAX_FROZEN
-from wal import failpoints
+from lsmvec.compaction.filenames import segment_dir_name
+from lsmvec.db.core import MAX_FROZEN
+from lsmvec.wal import failpoints
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def trials() -> list[tuple[str, int, str]]:
 
 def run_trial(root: Path, number: int, site: str, skip: int, durability: str) -> dict[str, Any]:
     """One child killed at `site`; the checks of the module docstring. Returns its figures."""
-    from engine import generate_key
+    from lsmvec import generate_key
     folder = root / f"t{number}"
     data_dir, key, seed = folder / "data", generate_key(), 100 + number
     fw.create_index(data_dir, key, durability=durability)
@@ -95,7 +95,7 @@ def run_trial(root: Path, number: int, site: str, skip: int, durability: str) ->
 def _check_recovery(data_dir: Path, key: bytes, seed: int, durability: str,
                     history: fw.History, where: str) -> dict[str, Any]:
     """Reopen after the kill: the checks of the module docstring."""
-    from engine import Client
+    from lsmvec import Client
     with Client(data_dir, durability=durability) as client:
         index = client.load_index(fw.INDEX_NAME, key)
         state = fw.read_state(index)

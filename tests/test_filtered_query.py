@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import Client, generate_key
-from engine.filters import compile_filter
+from lsmvec import Client, generate_key
+from lsmvec.request.filters import compile_filter
 
 DIM = 8
 N = 3000

@@ -1,4 +1,4 @@
-"""engine.filters against an independent oracle: a plain recursive reading of the filter spec,
+"""lsmvec.filters against an independent oracle: a plain recursive reading of the filter spec,
 evaluated at match time (no compilation, no shared helpers with the module under test)."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import FilterError, InvalidMetadataError, InvalidTypeError
-from engine.filters import MAX_FILTER_DEPTH, Filter, compile_filter, index_terms, term_for
+from lsmvec.errors import FilterError, InvalidMetadataError, InvalidTypeError
+from lsmvec.request.filters import MAX_FILTER_DEPTH, Filter, compile_filter
+from lsmvec.request.terms import index_terms, term_for
 
 # ------------------------------------------------------------------ the oracle
 

@@ -9,8 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from engine import records
-from engine.errors import CorruptionError
+from lsmvec.disk import records
+from lsmvec.errors import CorruptionError
 
 _U32 = struct.Struct("<I")
 
@@ -74,7 +74,7 @@ def test_a_planted_pickle_in_the_index_folder_is_never_loaded(tmp_path) -> None:
     """A pickle planted where lsmvec keeps files is ignored or refused, never unpickled."""
     import pickle
 
-    from engine import Client, generate_key
+    from lsmvec import Client, generate_key
 
     class Boom:
         def __reduce__(self):

@@ -39,11 +39,11 @@ import pytest
 
 import crash_worker as cw
 import fault_worker as fw
-from compaction.filenames import segment_dir_name
-from engine import Client, generate_key
-from engine import client as client_module
-from engine.errors import LogPoisonedError, StorageError, StorageFullError
-from wal import failpoints, fsio
+from lsmvec.compaction.filenames import segment_dir_name
+from lsmvec import Client, generate_key
+from lsmvec import client as client_module
+from lsmvec.errors import LogPoisonedError, StorageError, StorageFullError
+from lsmvec.wal import failpoints, fsio
 
 INDEX = "io"
 MAX_N = 80

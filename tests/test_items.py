@@ -1,4 +1,4 @@
-"""engine.items: every upsert form of the seed document becomes one validated, columnar Batch.
+"""lsmvec.items: every upsert form of the seed document becomes one validated, columnar Batch.
 
 The oracle is a plain dict (last occurrence of an id wins, in order of last occurrence) plus
 NumPy in float64: a stored vector is the input cast to float32, and under cosine that cast
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import (DimensionMismatchError, InvalidArgumentError, InvalidContentsError,
+from lsmvec.errors import (DimensionMismatchError, InvalidArgumentError, InvalidContentsError,
                            InvalidIdError, InvalidMetadataError, InvalidTypeError,
                            InvalidVectorError, LsmvecError, MissingVectorError)
-from engine.items import (MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Batch,
+from lsmvec.request.items import (MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Batch,
                           attach_embeddings, finish_vectors, normalize_ids, normalize_query,
                           normalize_upsert)
 

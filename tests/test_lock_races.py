@@ -19,10 +19,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine import AsyncClient, Client, generate_key
-from engine.errors import (ClosedError, IndexLockedError, InvalidArgumentError, StorageError,
+from lsmvec import AsyncClient, Client, generate_key
+from lsmvec.errors import (ClosedError, IndexLockedError, InvalidArgumentError, StorageError,
                            WrongKeyError)
-from engine.lockfile import LOCK_NAME, LockFile
+from lsmvec.disk.lockfile import LOCK_NAME, LockFile
 
 from conftest import snapshot
 from test_catalog_races import DEADLINE, Child
@@ -33,7 +33,7 @@ DIM = 4
 # returned, i.e. durable) and "check" (reports what LockFile.check() did).
 _HOLDER = r"""
 import sys
-from engine import Client
+from lsmvec import Client
 root, keyhex = sys.argv[1:3]
 c = Client(root)
 ix = c.load_index("held", bytes.fromhex(keyhex))
@@ -55,8 +55,8 @@ for line in sys.stdin:
 # Process B: tries to open (or delete) the index once and says what happened.
 _OTHER = r"""
 import sys
-from engine import Client
-from engine.errors import IndexLockedError
+from lsmvec import Client
+from lsmvec.errors import IndexLockedError
 root, keyhex, what = sys.argv[1:4]
 with Client(root) as c:
     try:

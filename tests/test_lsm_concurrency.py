@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_matches_oracle, vector_list
-from engine import Client, generate_key
+from lsmvec import Client, generate_key
 
 DIM = 8
 N_STABLE = 200

@@ -25,7 +25,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  run_state_machine_as_test)
 
 from conftest import (METRICS, assert_matches_oracle, brute_force, stored_form, vector_list)
-from engine import Client, generate_key
+from lsmvec import Client, generate_key
 
 DIM = 8
 ID_POOL = [f"id-{i:02d}" for i in range(60)]

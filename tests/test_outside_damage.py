@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Client
-from engine.errors import CorruptionError, WrongKeyError
-from wal import list_logs
+from lsmvec import Client
+from lsmvec.errors import CorruptionError, WrongKeyError
+from lsmvec.wal import list_logs
 
 DIM = 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def crashed_writer(root: Path, key: bytes, batches: list[tuple[int, int]], **opt
     code = f"""
 import os, sys
 sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-from engine import Client
+from lsmvec import Client
 from test_outside_damage import rows
 client = Client({str(root)!r})
 key = bytes.fromhex({key.hex()!r})
@@ -88,7 +88,7 @@ def assert_refused(root: Path, key: bytes, match: str) -> None:
 
 def verify_exit(root: Path, key: bytes) -> int:
     env = {**os.environ, "LSMVEC_KEY": key.hex(), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tools", "verify", str(root / "a")], env=env,
+    return subprocess.run([sys.executable, "-m", "lsmvec.tools", "verify", str(root / "a")], env=env,
                           capture_output=True, timeout=120).returncode
 
 
@@ -117,8 +117,8 @@ def test_a_restored_older_store_is_refused_and_deletes_no_segment(tmp_path, key)
 def test_a_store_never_opened_beside_written_files_is_refused(tmp_path, key):
     """data.mdb as create_index first writes it (no writer has opened it), restored over an
     index that holds log records and segments."""
-    from engine.config import read_config
-    from engine.store import Store
+    from lsmvec.disk.config import read_config
+    from lsmvec.disk.store import Store
     root = tmp_path / "r"
     with Client(root) as client:
         client.create_index("a", key, dimension=DIM).upsert(rows(0, 10))

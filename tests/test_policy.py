@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compaction.policy import (BASE_ROWS, DEAD_FRACTION, MERGE_WIDTH, TIER_RATIO, SegmentStat,
+from lsmvec.compaction.policy import (BASE_ROWS, DEAD_FRACTION, MERGE_WIDTH, TIER_RATIO, SegmentStat,
                                pick, tier)
 
 S = SegmentStat

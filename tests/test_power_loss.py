@@ -36,8 +36,8 @@ import pytest
 
 import crash_worker as cw
 import fault_worker as fw
-from engine import Client, generate_key
-from wal import fsio
+from lsmvec import Client, generate_key
+from lsmvec.wal import fsio
 
 RUNS_PER_MODE = 5
 CUTS_PER_RUN = 6

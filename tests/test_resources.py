@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 import fault_worker as fw
-from engine import AsyncClient, Client, generate_key
-from engine.errors import LogPoisonedError, StorageError
-from wal import failpoints, fsio
+from lsmvec import AsyncClient, Client, generate_key
+from lsmvec.errors import LogPoisonedError, StorageError
+from lsmvec.wal import failpoints, fsio
 
 pytestmark = pytest.mark.slow
 

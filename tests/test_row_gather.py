@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import compaction.row_gather as row_gather
-from compaction.row_gather import concat_rows, gather_rows
+import lsmvec.compaction.row_gather as row_gather
+from lsmvec.compaction.row_gather import concat_rows, gather_rows
 
 
 @pytest.mark.parametrize("block_bytes", [1, 40, 4 << 20])

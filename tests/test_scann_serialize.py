@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import compaction.scann_serialize as scann_serialize
-from compaction.scann_assets import train_searcher
-from compaction.scann_params import MIN_TREE_ROWS, choose_params
+import lsmvec.compaction.scann_serialize as scann_serialize
+from lsmvec.compaction.scann_assets import train_searcher
+from lsmvec.compaction.scann_params import MIN_TREE_ROWS, choose_params
 
 pytestmark = pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork (Linux)")
 

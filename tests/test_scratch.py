@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # as a child script: import this tree's engine / compaction
     sys.path.insert(0, str(ROOT))
 
-from compaction import scann_assets  # noqa: E402
-from compaction.filenames import (  # noqa: E402
+from lsmvec.compaction import scann_assets  # noqa: E402
+from lsmvec.compaction.filenames import (  # noqa: E402
     SCANN_ASSET_FILES, SCANN_DATASET_FILE, SCRATCH_PREFIX, parse_scratch_dir_name,
     scratch_dir_prefix)
 
@@ -67,7 +67,7 @@ def _mark(marker: Path, line: str) -> None:
 def child_main(argv: list[str]) -> int:
     """create FOLDER SEED | load FOLDER SEED MARKER block|go|exit | train FOLDER SEED MARKER"""
     mode, folder, seed = argv[0], Path(argv[1]), int(argv[2])
-    from engine import Client
+    from lsmvec import Client
     from scann.scann_ops.py import scann_ops_pybind
     key = bytes.fromhex(os.environ[KEY_ENV])
     if mode == "create":
@@ -222,7 +222,7 @@ def data_in_scratch(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, int]:
     """A trained index, built by a child process through the public API."""
-    from engine import generate_key
+    from lsmvec import generate_key
     base = tmp_path_factory.mktemp("scratch-crash")
     folder, key, seed = base / "data", generate_key(), secrets.randbelow(1 << 30)
     proc = spawn(["create", str(folder), str(seed)], key, base / "create.err")
@@ -321,7 +321,7 @@ def test_kill9_while_the_serialize_child_holds_the_assets(trained_index: tuple[P
                                                           tmp_path: Path) -> None:
     """A train whose forked serialize child has written every asset (and waits): kill -9 of
     the index process. The child must die with it, and nothing readable may remain."""
-    from compaction.scann_serialize import fork_usable
+    from lsmvec.compaction.scann_serialize import fork_usable
     if not fork_usable():
         pytest.skip("serialize runs in-process here")
     folder, key, seed = trained_index
@@ -428,8 +428,8 @@ def test_the_scratch_is_private_and_holds_only_links_while_in_use(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from scann.scann_ops.py import scann_ops_pybind
 
-    from compaction.scann_params import MIN_TREE_ROWS
-    from compaction.segment import Segment, build_segment
+    from lsmvec.compaction.scann_params import MIN_TREE_ROWS
+    from lsmvec.compaction.segment import Segment, build_segment
     if not scann_assets._memory_files_usable():
         pytest.skip("no memfd_create or /proc here")
     seen: list[tuple[Path, int, int, dict]] = []
@@ -464,9 +464,9 @@ def test_a_failed_serialize_child_is_retried_in_process_with_fresh_links(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child fails after writing garbage through (or over) the links: the parent's
     in-process serialize starts from fresh memory files and seals the same assets."""
-    import compaction.scann_serialize as scann_serialize
-    from compaction.scann_params import MIN_TREE_ROWS, choose_params
-    from compaction.sealed_file import read_sealed
+    import lsmvec.compaction.scann_serialize as scann_serialize
+    from lsmvec.compaction.scann_params import MIN_TREE_ROWS, choose_params
+    from lsmvec.compaction.sealed_file import read_sealed
 
     if not scann_serialize.fork_usable():
         pytest.skip("needs os.fork")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, MAGIC, TAG_SIZE, file_sha256,
+from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, MAGIC, TAG_SIZE, file_sha256,
                                     read_sealed, sealed_size, write_sealed)
-from wal.errors import CorruptionError, InvalidKeyError, StorageError
+from lsmvec.wal.errors import CorruptionError, InvalidKeyError, StorageError
 
 KEY = bytes(range(32))
 CONTEXT = b"index-uuid|seg-000001|vectors.bin"

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from scann.scann_ops.py import scann_ops_pybind
 
-import compaction.scann_assets as scann_assets
-import compaction.scann_serialize as scann_serialize
-from compaction.filenames import SCANN_DOCIDS_FILE, SEGMENT_META_FILE, VECTORS_FILE
-from compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, MIN_TREE_ROWS
-from compaction.segment import (FileEntry, Segment, SegmentFiles, build_and_open_segment,
+import lsmvec.compaction.scann_assets as scann_assets
+import lsmvec.compaction.scann_serialize as scann_serialize
+from lsmvec.compaction.filenames import SCANN_DOCIDS_FILE, SEGMENT_META_FILE, VECTORS_FILE
+from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, MIN_TREE_ROWS
+from lsmvec.compaction.segment import (FileEntry, Segment, SegmentFiles, build_and_open_segment,
                                 build_segment)
-from wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
+from lsmvec.wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                         InvalidArgumentError, InvalidVectorError)
 
 KEY = bytes(range(32))

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compaction.filenames import (SEGMENT_FILES, SCANN_DOCIDS_FILE, is_temp_segment_dir_name,
+from lsmvec.compaction.filenames import (SEGMENT_FILES, SCANN_DOCIDS_FILE, is_temp_segment_dir_name,
                                   parse_segment_dir_name, segment_dir_name,
                                   temp_segment_dir_name)
-from compaction.scann_params import (BRUTE_FORCE_MAX_ROWS, KIND_BRUTE, KIND_TREE_AH,
+from lsmvec.compaction.scann_params import (BRUTE_FORCE_MAX_ROWS, KIND_BRUTE, KIND_TREE_AH,
                                      MIN_TREE_ROWS, choose_params, leaves_for_probes,
                                      scann_distance, scann_scores_to_distances)
-from wal.errors import InvalidArgumentError
+from lsmvec.wal.errors import InvalidArgumentError
 
 
 @pytest.mark.parametrize("n, dim, expected", [

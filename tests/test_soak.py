@@ -66,7 +66,7 @@ def _kill_child(folder: Path, key: bytes, seed: int, round_no: int, writers: tup
 
 
 def run_trial(root: Path, n: int) -> dict[str, Any]:
-    from engine import generate_key
+    from lsmvec import generate_key
     rng = np.random.default_rng(9000 + n)
     folder, key, seed = root / f"t{n}" / "data", generate_key(), 9000 + n
     durability = ("fsync", "os")[n % 2]
@@ -98,7 +98,7 @@ def run_trial(root: Path, n: int) -> dict[str, Any]:
 def _check(folder: Path, key: bytes, seed: int, durability: str,
            histories: dict[tuple[int, int], fw.History], n: int) -> tuple[fw.Verdict, dict]:
     """Reopen after the kill(s): judge every history, then verify and write again."""
-    from engine import Client
+    from lsmvec import Client
     with Client(folder, durability=durability) as client:
         index = client.load_index(fw.INDEX_NAME, key)
         state = fw.read_state(index)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Client, generate_key
-from engine.errors import CorruptionError
+from lsmvec import Client, generate_key
+from lsmvec.errors import CorruptionError
 
 DIM = 6
 
@@ -84,7 +84,7 @@ def test_verify_walks_the_store_in_a_child_first(tmp_path: Path, monkeypatch) ->
     """LMDB aborts the process on some damaged pages (no exception is possible): verify()
     walks the tree in a child first and reports a child killed by a signal as damage,
     without walking it in-process."""
-    import engine.store as store_module
+    import lsmvec.disk.store as store_module
     client, index, _ = build(tmp_path)
     with client:
         assert index.verify()["ok"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.store as store_module
-from engine import Client, generate_key
+import lsmvec.disk.store as store_module
+from lsmvec import Client, generate_key
 
 
 def test_the_store_map_grows_under_flushes_and_merges(tmp_path: Path,

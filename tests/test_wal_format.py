@@ -9,9 +9,9 @@ import crc32c
 import numpy as np
 import pytest
 
-from wal import KIND_CLOSE, WalWriter, list_logs, log_name, parse_log_name, replay
-from wal.filenames import is_temp_name, temp_name
-from wal.format import (CRC_START, HEADER, HEADER_SIZE, MAGIC, MAGIC_BYTES, encode_header,
+from lsmvec.wal import KIND_CLOSE, WalWriter, list_logs, log_name, parse_log_name, replay
+from lsmvec.wal.filenames import is_temp_name, temp_name
+from lsmvec.wal.format import (CRC_START, HEADER, HEADER_SIZE, MAGIC, MAGIC_BYTES, encode_header,
                         encode_record, record_crc)
 
 

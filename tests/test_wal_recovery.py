@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wal import RecoveryMode, Truncation, WalWriter, list_logs, log_name, replay
-from wal.errors import CorruptionError
-from wal.format import HEADER_SIZE, encode_record
+from lsmvec.wal import RecoveryMode, Truncation, WalWriter, list_logs, log_name, replay
+from lsmvec.wal.errors import CorruptionError
+from lsmvec.wal.format import HEADER_SIZE, encode_record
 
 TOLERATE, PIT, ABSOLUTE = (RecoveryMode.TOLERATE_TORN_TAIL, RecoveryMode.POINT_IN_TIME,
                            RecoveryMode.ABSOLUTE)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wal import RecoveryMode, WalWriter, fsio, list_logs, log_name, replay
-from wal.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
+from lsmvec.wal import RecoveryMode, WalWriter, fsio, list_logs, log_name, replay
+from lsmvec.wal.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
                         StorageError, StorageFullError)
-from wal.format import HEADER_SIZE
+from lsmvec.wal.format import HEADER_SIZE
 
 
 def records(directory: Path, **kwargs) -> list[tuple[int, int, bytes]]:

@@ -1,4 +1,4 @@
-"""`python -m tools` runs the lsmvec command."""
+"""`python -m lsmvec.tools` runs the lsmvec command."""
 import sys
 
 from .cli import main

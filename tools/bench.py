@@ -1,7 +1,7 @@
-"""`python -m tools.bench`: durable upsert throughput, sync counts, reopen and log replay speed,
+"""`python -m lsmvec.tools.bench`: durable upsert throughput, sync counts, reopen and log replay speed,
 and the raw disk baseline they are bounded by.
 
-Every configuration runs in a fresh subprocess (`python -m tools.bench --one CONFIG --json`), so
+Every configuration runs in a fresh subprocess (`python -m lsmvec.tools.bench --one CONFIG --json`), so
 the page cache, allocator and thread state one leaves behind do not flatter or hurt the next:
   disk        write + fdatasync blocks of one batch's size (1.5 MB at 1000 x 384) to a new file
   fsync-<T>t  durability="fsync" (the default), T threads on one index (group commit); default
@@ -89,7 +89,7 @@ class SyncCounter:
 def _engine_has_option(name: str) -> bool:
     """Whether the engine's source reads tuning option `name` (unknown tuning options are
     stored silently, so passing one the engine ignores would prove nothing)."""
-    import engine
+    import lsmvec
     root = Path(engine.__file__).parent
     needles = (f'"{name}"', f"'{name}'")
     return any(any(n in path.read_text(errors="replace") for n in needles) for path in root.glob("*.py"))
@@ -116,7 +116,7 @@ def _batches(n: int, batch: int) -> list[tuple[int, int]]:
 def run_ingest(args: argparse.Namespace, config: str, folder: Path,
                profiler: cProfile.Profile | None = None) -> dict[str, Any]:
     """One ingest configuration; `folder` is kept (the replay child reads the fsync-1t one)."""
-    from engine import Client
+    from lsmvec import Client
 
     durability, threads, log_only = _parse_ingest(config)
     data = clustered(args.n, args.dim, seed=0)
@@ -183,7 +183,7 @@ def _rows_in_segments(stats: dict[str, Any]) -> int | None:
 def run_reopen(args: argparse.Namespace, folder: Path, config: str) -> dict[str, Any]:
     """Open the index another child left, in this fresh process, and time it. "replay" also
     times the close, which flushes the replayed rows into a segment."""
-    from engine import Client
+    from lsmvec import Client
 
     wal_bytes = folder_bytes(folder / INDEX_NAME / "wal")
     t0 = time.perf_counter()
@@ -268,7 +268,7 @@ def _configs(threads: list[int]) -> Iterator[str]:
 
 
 def _spawn(args: argparse.Namespace, config: str, base: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tools.bench", "--one", config, "--json", "--data", str(base),
+    cmd = [sys.executable, "-m", "lsmvec.tools.bench", "--one", config, "--json", "--data", str(base),
            "--source", f"fsync-{args.thread_counts[0]}t", *(["--verbose"] if args.verbose else []),
            "--n", str(args.n), "--dim", str(args.dim), "--batch", str(args.batch), "--metric", args.metric]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress bars, tracebacks
@@ -337,7 +337,7 @@ def _profile(args: argparse.Namespace, config: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="vectors per configuration (default 100000)")
     parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")

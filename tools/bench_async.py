@@ -1,6 +1,6 @@
 """Group commit, measured: N concurrent upsert tasks vs the same upserts awaited one by one.
 
-    python -m tools.bench_async [--backend asyncio|trio] [--fsync-delay-ms X] [--repeat 5]
+    python -m lsmvec.tools.bench_async [--backend asyncio|trio] [--fsync-delay-ms X] [--repeat 5]
                                 [--tasks 200] [--items 10] [--dim 384]
 
 Both runs use durability="fsync" (every upsert returns only after its log record is on disk).
@@ -28,7 +28,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from engine import AsyncClient, AsyncIndex, generate_key
+from lsmvec import AsyncClient, AsyncIndex, generate_key
 
 from .gc_pauses import GcPauses
 

@@ -1,9 +1,9 @@
-"""`python -m tools.bench_compare`: lsmvec against every installed peer on the same data, in one
+"""`python -m lsmvec.tools.bench_compare`: lsmvec against every installed peer on the same data, in one
 run: durable ingest rate, time to queryable, recall@10 against exact brute force, single-query
 and batched QPS, sweeping each store's recall knob.
 
-    python -m tools.bench_compare --dataset synthetic --n 100000 --dim 128
-    python -m tools.bench_compare --dataset minilm --n 100000      # needs tools.minilm_data's cache
+    python -m lsmvec.tools.bench_compare --dataset synthetic --n 100000 --dim 128
+    python -m lsmvec.tools.bench_compare --dataset minilm --n 100000      # needs tools.minilm_data's cache
 
 Peers (tools/peers.py) come from the optional extra `lsmvec[bench-peers]`; a missing one is
 skipped with the reason. Each store runs in a fresh subprocess reading the same .npy files (data,
@@ -39,7 +39,7 @@ from .peers import PEERS, Peer
 DEFAULT_TARGET = 0.95
 MIN_PASSES, MAX_PASSES, MIN_TIMED_SECONDS = 3, 20, 1.0
 MINILM_QUERIES = 1000
-"""tools.minilm_data's default held-out query count: its cache is keyed by it."""
+"""lsmvec.tools.minilm_data's default held-out query count: its cache is keyed by it."""
 
 
 # -- the child: one store ---------------------------------------------------------------------
@@ -138,7 +138,7 @@ def load_dataset(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str,
     from .minilm_data import _paths, cache_dir, load_or_embed
     if not args.embed and not all(p.is_file() for p in _paths(args.n, 0, MINILM_QUERIES, cache_dir())):
         raise SystemExit(f"no cached MiniLM corpus of {args.n:,} rows in {cache_dir()}: run "
-                         f"`python -m tools.minilm_data --n {args.n}` first (or pass --embed)")
+                         f"`python -m lsmvec.tools.minilm_data --n {args.n}` first (or pass --embed)")
     mini = load_or_embed(args.n, n_queries=MINILM_QUERIES, max_minutes=None)
     if args.queries > mini.queries.shape[0]:
         raise SystemExit(f"only {mini.queries.shape[0]} cached MiniLM queries")
@@ -146,7 +146,7 @@ def load_dataset(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str,
 
 
 def spawn(name: str, work: Path, args: argparse.Namespace, metric: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tools.bench_compare", "--child", name, "--work", str(work),
+    cmd = [sys.executable, "-m", "lsmvec.tools.bench_compare", "--child", name, "--work", str(work),
            "--metric", metric, "--k", str(args.k), "--target", str(args.target),
            *(["--verbose"] if args.verbose else [])]
     try:
@@ -209,7 +209,7 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("synthetic", "minilm"), default="synthetic")
     parser.add_argument("--n", type=int, default=100_000, help="rows (default 100000)")

@@ -1,4 +1,4 @@
-"""`python -m tools.bench_crypto`: what encryption costs lsmvec (ingest, close, reopen, query, get).
+"""`python -m lsmvec.tools.bench_crypto`: what encryption costs lsmvec (ingest, close, reopen, query, get).
 
 lsmvec cannot turn encryption off, so the comparison is built here. Every phase runs in a fresh
 subprocess (`--child CONFIG --phase ingest|build|load`), configurations alternating:
@@ -114,13 +114,13 @@ def install_null(config: str) -> list[str]:
     """Swap AESGCM for NullAESGCM wherever a loaded module of ours holds it (a scan, so a new
     importer is not missed) and guard the real class in cryptography. Returns what was patched."""
     aead_module = importlib.import_module("cryptography.hazmat.primitives.ciphers.aead")
-    for name in ("engine", "engine.crypto", "engine.store", "compaction.sealed_file",
-                 "compaction.segment", "compaction.scann_assets"):
+    for name in ("lsmvec", "lsmvec.disk.crypto", "lsmvec.disk.store", "lsmvec.compaction.sealed_file",
+                 "lsmvec.compaction.segment", "lsmvec.compaction.scann_assets"):
         importlib.import_module(name)  # every importer loaded before the scan
     real = aead_module.AESGCM
     patched = []
     for name, module in list(sys.modules.items()):
-        if module is not None and name.split(".")[0] in ("engine", "wal", "compaction", "tools"):
+        if module is not None and name.split(".")[0] in ("lsmvec", "wal", "lsmvec.compaction", "lsmvec.tools"):
             for attr, value in list(vars(module).items()):
                 if value is real:
                     setattr(module, attr, NullAESGCM)
@@ -136,8 +136,8 @@ def install_null(config: str) -> list[str]:
 
     aead_module.AESGCM = GuardAESGCM
     if config == "null":
-        sys.modules["engine.crypto"].IndexCipher.id_hash = _null_id_hash
-        patched.append("engine.crypto.IndexCipher.id_hash")
+        sys.modules["lsmvec.disk.crypto"].IndexCipher.id_hash = _null_id_hash
+        patched.append("lsmvec.disk.crypto.IndexCipher.id_hash")
     return sorted(patched)
 
 
@@ -145,8 +145,8 @@ def install_timers() -> list[str]:
     """sealed-timed: the real crypto, each call's thread CPU time summed into COUNTS["ns.*"].
     Aead.seal/open include the nonce and the copies; segment files count their AES-GCM calls
     and their HKDF (per file); SHA-256 of files is integrity, not encryption: not counted."""
-    crypto = importlib.import_module("engine.crypto")
-    sealed_file = importlib.import_module("compaction.sealed_file")
+    crypto = importlib.import_module("lsmvec.disk.crypto")
+    sealed_file = importlib.import_module("lsmvec.compaction.sealed_file")
 
     overhead = [0]
 
@@ -289,7 +289,7 @@ def run_load(args: argparse.Namespace, client: Any) -> dict[str, Any]:
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     patched = (install_timers() if args.child == TIMED else
                install_null(args.child) if args.child != "sealed" else [])
-    from engine import Client
+    from lsmvec import Client
 
     folder = Path(args.data)
     if args.phase != "load":
@@ -334,7 +334,7 @@ def run_profile(args: argparse.Namespace) -> None:
         profilers.append(profiler)
         profiler.enable()  # replaces this hook for the thread
 
-    from engine import Client
+    from lsmvec import Client
     main = cProfile.Profile()
     threading.setprofile(start_thread_profiler)
     try:
@@ -388,7 +388,7 @@ _METRICS = (  # key, label, kind: "time" (lower is better), "rate" (higher is be
 def _source_digest() -> str:
     """SHA-256 of the engine's sources: a change mid-run (others commit) would void the A/B."""
     digest = hashlib.sha256()
-    for path in sorted(p for pkg in ("engine", "wal", "compaction")
+    for path in sorted(p for pkg in ("lsmvec", "wal", "lsmvec.compaction")
                        for p in (Path(__file__).parent.parent / pkg).glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -396,7 +396,7 @@ def _source_digest() -> str:
 
 def _spawn(args: argparse.Namespace, config: str, phase: str, folder: Path) -> dict[str, Any]:
     print(f"  {phase} {config}", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "tools.bench_crypto", "--child", config, "--phase", phase,
+    cmd = [sys.executable, "-m", "lsmvec.tools.bench_crypto", "--child", config, "--phase", phase,
            "--data", str(folder), "--n", str(args.n), "--dim", str(args.dim), "--batch", str(args.batch),
            "--meta-n", str(args.meta_n), "--queries", str(args.queries), "--top-k", str(args.top_k),
            "--metric", args.metric]
@@ -491,7 +491,7 @@ def _account_report(ingests: list[dict[str, Any]], build: dict[str, Any], load: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_crypto", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench_crypto", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, default, text in (("--n", 100_000, "vectors in the main index"), ("--dim", 384, "dimension"),
                                 ("--batch", 1000, "rows per upsert call"),

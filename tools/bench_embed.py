@@ -1,6 +1,6 @@
-"""`python -m tools.bench_embed`: auto-embedding throughput and text-query latency.
+"""`python -m lsmvec.tools.bench_embed`: auto-embedding throughput and text-query latency.
 
-    python -m tools.bench_embed [--n 5000] [--batch 256] [--queries 200] [--top-k 10]
+    python -m lsmvec.tools.bench_embed [--n 5000] [--batch 256] [--queries 200] [--top-k 10]
                                 [--model all-MiniLM-L6-v2] [--durability fsync|os] [--train]
 
 One index created with ``embedding_model=`` (cosine). Ingest: N synthetic sentences upserted as
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import Client, generate_key
-from engine import embedding as embedding_module
+from lsmvec import Client, generate_key
+from lsmvec import embedding as embedding_module
 
 from ._report import NativeLogFilter, rate, seconds, table
 
@@ -166,7 +166,7 @@ def report(args: argparse.Namespace, r: Results) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_embed",
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench_embed",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="texts to ingest (default 5000)")
     parser.add_argument("--batch", type=int, default=256, help="texts per upsert (default 256)")

@@ -1,7 +1,7 @@
-"""`python -m tools.bench_filters`: recall@10 and QPS of filtered queries (issue 6).
+"""`python -m lsmvec.tools.bench_filters`: recall@10 and QPS of filtered queries (issue 6).
 
-    python -m tools.bench_filters --n 200000 --dim 128 [--json out.json]
-    python -m tools.bench_filters --dataset minilm --n 100000   # only if tools.minilm_data cached it
+    python -m lsmvec.tools.bench_filters --n 200000 --dim 128 [--json out.json]
+    python -m lsmvec.tools.bench_filters --dataset minilm --n 100000   # only if tools.minilm_data cached it
 
 Every item gets metadata with five boolean fields true for exactly 0.1%, 1%, 10%, 50% and 90%
 of the rows ({"p0001", "p001", "p01", "p05", "p09"}, independent, fixed seed) and an int
@@ -92,7 +92,7 @@ def load_vectors(args: argparse.Namespace, say: Callable[[str], None]
             return (got.corpus, got.queries[:args.queries], args.metric or "cosine",
                     f"MiniLM (all-MiniLM-L6-v2) {got.corpus.shape} from {got.corpus_path}")
         say(f"no MiniLM cache for n={args.n} under {folder}: using synthetic clustered vectors "
-            f"(run `python -m tools.minilm_data --n {args.n}` first)")
+            f"(run `python -m lsmvec.tools.minilm_data --n {args.n}` first)")
     data = clustered(args.n, args.dim, seed=args.seed)
     queries = clustered_queries(args.queries, args.dim, seed=args.seed)
     return (data, queries, args.metric or "euclidean",
@@ -194,7 +194,7 @@ def measure(index: Any, cell: Cell, queries: np.ndarray, truth: list[np.ndarray]
 
 def planned_path(matching: int, n: int) -> str:
     """Which branch engine.segments.SegmentSource._planned takes for one segment of n rows."""
-    from engine import segments
+    from lsmvec.db import segments
     limit = max(getattr(segments, "_PREFILTER_MIN_ROWS", 4096), n // getattr(segments, "_PREFILTER_SHARE", 20))
     return "plan: exact" if matching <= limit else "plan: ANN+exclude"
 
@@ -261,7 +261,7 @@ def profile_cell(index: Any, flt: dict[str, Any], queries: np.ndarray, n_probes:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from engine import Client
+    from lsmvec import Client
 
     say = lambda text: print(text, flush=True)  # noqa: E731  (CLI output)
     data, queries, metric, described = load_vectors(args, say)

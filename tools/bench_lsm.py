@@ -1,7 +1,7 @@
-"""`python -m tools.bench_lsm`: lsmvec against raw ScaNN on the same vectors, in one run.
+"""`python -m lsmvec.tools.bench_lsm`: lsmvec against raw ScaNN on the same vectors, in one run.
 
-    python -m tools.bench_lsm --dataset synthetic --n 1000000 --dim 128
-    python -m tools.bench_lsm --dataset minilm --n 100000        # 384-d MiniLM, cosine
+    python -m lsmvec.tools.bench_lsm --dataset synthetic --n 1000000 --dim 128
+    python -m lsmvec.tools.bench_lsm --dataset minilm --n 100000        # 384-d MiniLM, cosine
 
 Steps, all in this process unless said otherwise:
   a. durable ingest (durability="fsync", batches of --batch) with background compaction running
@@ -142,7 +142,7 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None]
 def ingest(args: argparse.Namespace, folder: Path, key: bytes, data: np.ndarray, metric: str,
            ) -> tuple[Any, Any, dict[str, Any]]:
     """Create the index and upsert every row durably; background compaction does what it does."""
-    from engine import Client
+    from lsmvec import Client
     client = Client(folder)
     index = client.create_index(INDEX_NAME, key, dimension=data.shape[1], metric=metric)
     n = data.shape[0]
@@ -189,7 +189,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     import scann  # noqa: F401  (its shared library is part of the baseline)
     from scann.scann_ops.py import scann_ops_pybind
 
-    from engine import Client
+    from lsmvec import Client
     queries = np.load(spec["queries"], allow_pickle=False)
     base = rss_bytes()
     t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """`spec` goes through stdin (it holds the key); the child answers one JSON line."""
-    proc = subprocess.run([sys.executable, "-m", "tools.bench_lsm", "--child"],
+    proc = subprocess.run([sys.executable, "-m", "lsmvec.tools.bench_lsm", "--child"],
                           input=json.dumps(spec), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -231,10 +231,10 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- the run ------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from compaction.scann_assets import train_searcher
-    from compaction.scann_params import choose_params
-    from engine import generate_key
-    from engine.items import finish_vectors
+    from lsmvec.compaction.scann_assets import train_searcher
+    from lsmvec.compaction.scann_params import choose_params
+    from lsmvec import generate_key
+    from lsmvec.request.items import finish_vectors
 
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     result: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg()}

@@ -1,4 +1,4 @@
-"""`python -m tools.bench_stall [--backend asyncio|trio] [--n 100000] [--dim 384]`: the event
+"""`python -m lsmvec.tools.bench_stall [--backend asyncio|trio] [--n 100000] [--dim 384]`: the event
 loop's longest stall while vectors are upserted from 4 tasks and the index is then trained.
 
 A heartbeat task sleeps 1 ms in a loop and records each gap; any work holding the GIL (or the
@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from engine import AsyncClient, generate_key
+from lsmvec import AsyncClient, generate_key
 
 from .datasets import clustered
 from .gc_pauses import GcPauses
@@ -90,7 +90,7 @@ async def run(n: int, dim: int, explain: list | None = None,
     gc_pauses = GcPauses()
     gc.callbacks.append(gc_pauses)
     folder = tempfile.mkdtemp(prefix="lsmvec-stall-")  # removed below: ~200 MB a run
-    probe = (subprocess.Popen([sys.executable, "-m", "tools.heartbeat_probe", "3600"],
+    probe = (subprocess.Popen([sys.executable, "-m", "lsmvec.tools.heartbeat_probe", "3600"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               cwd=Path(__file__).resolve().parent.parent) if control else None)
     try:
@@ -156,7 +156,7 @@ def _own(long_gaps: list[tuple[float, float, float]]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_stall", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench_stall", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)

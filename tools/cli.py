@@ -33,9 +33,9 @@ def _key(args: argparse.Namespace) -> bytes:
 
 def _open(args: argparse.Namespace):
     """(client, index) for PATH = <root>/<index_name>; exits with a clear message."""
-    from engine import Client
-    from engine.config import config_exists
-    from engine.errors import CorruptionError, LsmvecError
+    from lsmvec import Client
+    from lsmvec.disk.config import config_exists
+    from lsmvec.errors import CorruptionError, LsmvecError
     folder = Path(args.path).resolve()
     try:
         if not config_exists(folder):
@@ -66,7 +66,7 @@ def _print(obj: Any, as_json: bool) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from wal import list_logs
+    from lsmvec.wal import list_logs
     client, index = _open(args)
     with client:
         stats = index.stats()
@@ -114,7 +114,7 @@ def _delegate(module: str):
             if "--compare" in rest:  # lsmvec bench --compare: the peers
                 rest.remove("--compare")
             target = "bench_compare"
-        mod = __import__(f"tools.{target}", fromlist=["main"])
+        mod = __import__(f"lsmvec.tools.{target}", fromlist=["main"])
         return int(mod.main(rest) or 0)
     return run
 

@@ -1,4 +1,4 @@
-"""`python -m tools.demo` (what `make demo` runs): a guided tour of lsmvec with timings.
+"""`python -m lsmvec.tools.demo` (what `make demo` runs): a guided tour of lsmvec with timings.
 
 Creates an index in a temporary folder, upserts synthetic clustered vectors (durable default
 settings), queries them at once (single queries, one batch, recall@10 against numpy brute
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engine import Client, generate_key
+from lsmvec import Client, generate_key
 
 from ._report import NativeLogFilter, folder_bytes, mbytes, rate, seconds
 from .datasets import brute_force_topk, clustered, clustered_queries
@@ -171,7 +171,7 @@ def run(n: int, dim: int, batch: int, metric: str, folder: Path, train: bool = F
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors to upsert (default 100000)")
     parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")
     parser.add_argument("--batch", type=int, default=1000, help="rows per upsert call (default 1000)")

@@ -1,4 +1,4 @@
-"""`python -m tools.heartbeat_probe SECONDS`: a control heartbeat in its own process.
+"""`python -m lsmvec.tools.heartbeat_probe SECONDS`: a control heartbeat in its own process.
 
 Sleeps 1 ms in a loop for SECONDS (or until SIGTERM) and prints, as JSON, every gap over
 5 ms as [start, end] on the CLOCK_MONOTONIC clock that all processes share. It holds no GIL

@@ -1,7 +1,7 @@
 """Real sentence embeddings for the benchmark: deterministic synthetic English sentences embedded
 by the offline MiniLM model (all-MiniLM-L6-v2, 384-d), cached as float32 .npy files.
 
-    python -m tools.minilm_data [--n 100000] [--queries 1000] [--seed 0] [--max-minutes 12]
+    python -m lsmvec.tools.minilm_data [--n 100000] [--queries 1000] [--seed 0] [--max-minutes 12]
 
 Why synthetic text: no data set can be downloaded here, and a benchmark must be reproducible;
 template sentences over varied word lists still give MiniLM's real geometry (topics, shared
@@ -234,7 +234,7 @@ def load_or_embed(n: int = 100_000, *, seed: int = 0, n_queries: int = 1000,
     if corpus is not None and queries is not None:
         return MiniLMData(corpus, queries, n, 0.0, True, corpus_path, queries_path)
 
-    from engine.embedding import load_model
+    from lsmvec.embedding import load_model
     started = time.perf_counter()
     model = load_model(MODEL_NAME)
     say(f"loaded {MODEL_NAME} (dim {model.dimension}) in {time.perf_counter() - started:.1f}s")

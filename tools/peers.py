@@ -152,10 +152,10 @@ class Peer:
 class LsmvecPeer(Peer):
     """lsmvec itself: fsync'd upserts of 10k rows, then train() into one ScaNN segment."""
 
-    name, dist, modules, knob = "lsmvec", "lsmvec", ("engine",), "n_probes"
+    name, dist, modules, knob = "lsmvec", "lsmvec", ("lsmvec",), "n_probes"
 
     def _ingest(self, vectors: np.ndarray, folder: Path) -> None:
-        from engine import Client, generate_key
+        from lsmvec import Client, generate_key
         self.client = Client(folder)
         self.index = self.client.create_index("bench", generate_key(), dimension=vectors.shape[1],
                                               metric=self.metric)
@@ -190,8 +190,8 @@ class RawScannPeer(Peer):
     name, dist, modules, knob = "scann (raw)", "scann", ("scann",), "leaves_to_search"
 
     def _ingest(self, vectors: np.ndarray, folder: Path) -> None:
-        from compaction.scann_assets import train_searcher
-        from compaction.scann_params import KIND_BRUTE, choose_params
+        from lsmvec.compaction.scann_assets import train_searcher
+        from lsmvec.compaction.scann_params import KIND_BRUTE, choose_params
         from scann.scann_ops.py import scann_ops_pybind
         self.params = choose_params(vectors.shape[0], vectors.shape[1], self.metric)
         data = unit_rows(vectors) if self.metric == "cosine" else vectors

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import CorruptionError, InvalidArgumentError
-from .memtable import TOMBSTONE
+from lsmvec.errors import CorruptionError, InvalidArgumentError
+from lsmvec.db.memtable import TOMBSTONE
 
 INCLUDABLE = ("distance", "metadata", "contents", "vector")
 

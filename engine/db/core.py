@@ -15,26 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from compaction.compactor import Compactor, run_in_background_thread
-from compaction.policy import SegmentStat, pick
-from wal import RecoveryMode, WalWriter
+from lsmvec.compaction.compactor import Compactor, run_in_background_thread
+from lsmvec.compaction.policy import SegmentStat, pick
+from lsmvec.wal import RecoveryMode, WalWriter
 
-from . import records
-from .config import read_config, stored_dimension, write_config
-from .core_info import CoreInfo
-from .errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
-from .items import Batch
-from .lockfile import LOCK_NAME, LockFile
-from .memtable import Memtable
-from .reads import find_live, live_ids, run_query
-from .replay import check_store_is_current, opened_manifest, replay_log
-from .rwlock import RWLock
-from .segments import SegmentSource, collect_orphans, open_segment
-from .store import Manifest, Store
+from lsmvec.disk import records
+from lsmvec.disk.config import read_config, stored_dimension, write_config
+from lsmvec.db.info import CoreInfo
+from lsmvec.errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
+from lsmvec.request.items import Batch
+from lsmvec.disk.filenames import WAL_DIR
+from lsmvec.disk.lockfile import LOCK_NAME, LockFile
+from lsmvec.db.memtable import Memtable
+from lsmvec.db.reads import find_live, live_ids, run_query
+from lsmvec.db.recovery import check_store_is_current, opened_manifest, replay_log
+from lsmvec.db.rwlock import RWLock
+from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
+from lsmvec.disk.store import Manifest, Store
 
 log = logging.getLogger(__name__)
 
-WAL_DIR = "wal"
 DURABILITY = ("fsync", "os")
 DEFAULT_ROLL_BYTES = 64 << 20
 DEFAULT_MEMTABLE_BYTES = 64 << 20
@@ -65,7 +65,7 @@ class IndexCore(CoreInfo):
             self._closed = False
             self.embedder = None
             if self.config.embedding_model:
-                from .embedding import load_model
+                from lsmvec.embedding import load_model
                 self.embedder = load_model(self.config.embedding_model)
             opts = self.config.options
             self.memtable_bytes = int(opts.get("memtable_bytes", DEFAULT_MEMTABLE_BYTES))
@@ -230,14 +230,14 @@ class IndexCore(CoreInfo):
     # -- background work ----------------------------------------------------------------------
 
     def _flush_step(self) -> bool:
-        from .maintenance import flush_oldest
+        from lsmvec.db.jobs import flush_oldest
         done = flush_oldest(self)
         if done:
             self._merger.signal() if self.background else None
         return done
 
     def _merge_step(self) -> bool:
-        from .maintenance import merge_segments
+        from lsmvec.db.jobs import merge_segments
         with self._rw.read():
             stats = [SegmentStat(s.id, s.n_rows, int(np.count_nonzero(s.persisted)))
                      for s in self.segments]
@@ -277,7 +277,7 @@ class IndexCore(CoreInfo):
             pass
 
     def _train_all(self, n_lists: int | None) -> None:
-        from .maintenance import merge_segments
+        from lsmvec.db.jobs import merge_segments
         self._flush_all()
         merge_segments(self, None, n_lists=n_lists)  # all segments, listed under the lock
 
@@ -312,12 +312,12 @@ class IndexCore(CoreInfo):
 
     def embed_batch(self, batch: Batch) -> Batch:
         """Compute the vectors of items that came with text only (outside every lock)."""
-        from .embedding import embed_batch
+        from lsmvec.embedding import embed_batch
         return embed_batch(self.embedder, batch, self.config.metric)
 
     def embed_queries(self, contents: Any) -> tuple[np.ndarray, bool]:
         """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
-        from .embedding import embed_queries
+        from lsmvec.embedding import embed_queries
         return embed_queries(self.embedder, contents, self.config)
 
     def upsert(self, batch: Batch) -> None:

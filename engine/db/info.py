@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compaction.scann_params import KIND_TREE_AH
+from lsmvec.compaction.scann_params import KIND_TREE_AH
 
 
 class CoreInfo:
@@ -37,7 +37,7 @@ class CoreInfo:
 
     def verify(self) -> dict[str, Any]:
         """Check every checksum and tag; report (never raise) what is damaged."""
-        from .verify import verify_index
+        from lsmvec.db.verify import verify_index
         with self.flush_lock, self.merge_lock:  # no segment switch while it cross-checks
             return verify_index(self)
 

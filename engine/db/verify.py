@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from compaction.scann_assets import file_context
-from compaction.sealed_file import read_sealed
-from compaction.segment_files import check_listing, expected_entries
-from wal import RecoveryMode, replay
+from lsmvec.compaction.scann_assets import file_context
+from lsmvec.compaction.sealed_file import read_sealed
+from lsmvec.compaction.segment_files import check_listing, expected_entries
+from lsmvec.wal import RecoveryMode, replay
 
-from .errors import CorruptionError, LsmvecError
-from .segments import segment_folder
+from lsmvec.errors import CorruptionError, LsmvecError
+from lsmvec.db.segments import segment_folder
 
 if TYPE_CHECKING:
-    from .core import IndexCore
+    from lsmvec.db.core import IndexCore
 
 
 def _problem(exc: BaseException) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
                                     f"hold {live_rows} live rows (an item is missing or extra)"})
     # 3. the log after the checkpoint: framing, CRCs, authentication
     try:
-        records = replay(core.folder / "wal", from_lsn=manifest.checkpoint_lsn + 1,
+        records = replay(core.wal_dir, from_lsn=manifest.checkpoint_lsn + 1,
                          mode=RecoveryMode.TOLERATE_TORN_TAIL, repair=False,
                          required_file=manifest.log_head or 0)
         for rec in records:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import CorruptionError, InvalidKeyError, InvalidTypeError
+from lsmvec.errors import CorruptionError, InvalidKeyError, InvalidTypeError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -11,15 +11,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wal import RecoveryMode, list_logs, replay
+from lsmvec.wal import RecoveryMode, list_logs, replay
 
-from . import records
-from .errors import CorruptionError
-from .segments import segment_folder_names
-from .store import Manifest
+from lsmvec.disk import records
+from lsmvec.disk.filenames import WAL_DIR
+from lsmvec.errors import CorruptionError
+from lsmvec.db.segments import segment_folder_names
+from lsmvec.disk.store import Manifest
 
 if TYPE_CHECKING:
-    from .core import IndexCore
+    from lsmvec.db.core import IndexCore
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def check_store_is_current(manifest: Manifest, folder: Path, store_path: Path) -
     backup, or LMDB fell back to an older meta page). Raises CorruptionError, changing nothing."""
     if manifest.log_head != 0:
         return
-    written = [path.name for _lsn, path in list_logs(folder / "wal") if path.stat().st_size]
+    written = [path.name for _lsn, path in list_logs(folder / WAL_DIR) if path.stat().st_size]
     segments = segment_folder_names(folder)
     if written or segments:
         found = f"log files {', '.join(written)}" if written else f"segments {', '.join(segments)}"

@@ -11,8 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .filter_plan import MAX_EXACT_INT
-from .filters import index_terms
+from lsmvec.request.terms import MAX_EXACT_INT, index_terms
 
 Term = tuple[str, bytes]
 _SIDES = {"$gt": "right", "$gte": "left", "$lt": "left", "$lte": "right"}

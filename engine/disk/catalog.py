@@ -21,18 +21,16 @@ import secrets
 import threading
 from pathlib import Path
 
-from wal import fsio
+from lsmvec.wal import fsio
 
-from .errors import (IndexExistsError, IndexLockedError, IndexNotFoundError,
+from lsmvec.disk.filenames import CONFIG, CREATING, DELETING, ROOT_LOCK
+from lsmvec.errors import (IndexExistsError, IndexLockedError, IndexNotFoundError,
                      InvalidIndexNameError, InvalidTypeError, StorageError, storage_error_from)
-from .lockfile import LOCK_NAME, LockFile
+from lsmvec.disk.lockfile import LOCK_NAME, LockFile
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-CREATING = ".creating-"
-DELETING = ".deleting-"
-ROOT_LOCK = ".catalog.lock"
 STRUCTURE_TIMEOUT = 60.0
 """Seconds a create or delete waits for another process's create or delete to finish."""
 
@@ -66,12 +64,12 @@ class Catalog:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(os.listdir(self.root)):
-            if not entry.startswith(".") and (self.root / entry / "CONFIG").is_file():
+            if not entry.startswith(".") and (self.root / entry / CONFIG).is_file():
                 out.append(entry)
         return out
 
     def exists(self, name: str) -> bool:
-        return (self.folder(name) / "CONFIG").is_file()
+        return (self.folder(name) / CONFIG).is_file()
 
     def _root_lock(self, timeout: float = STRUCTURE_TIMEOUT) -> LockFile:
         """The catalog lock; waits up to `timeout` s. IndexLockedError when still held then."""
@@ -138,7 +136,7 @@ class Catalog:
         with self._lock:
             lock = self._root_lock()
             try:
-                if not (final / "CONFIG").is_file():
+                if not (final / CONFIG).is_file():
                     raise IndexNotFoundError(f"index {name!r} not found in {self.root}")
                 held = LockFile(final / LOCK_NAME, f"index {name!r}")  # refuse an open index
                 try:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .filters import term_for
+from lsmvec.request.terms import MAX_EXACT_INT, term_for
 
 Term = tuple[str, bytes]
 Plan = list  # AND over clauses; a clause is a list of terms (OR) or a ("range", ...) tuple
@@ -27,7 +27,6 @@ def _scalar(value: Any) -> bool:
 
 
 RANGE_OPS = ("$gt", "$gte", "$lt", "$lte")
-MAX_EXACT_INT = 2 ** 53
 """Numbers are range-indexed as float64: ints beyond 2^53 would compare inexactly."""
 
 

@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wal import fsio
+from lsmvec.wal import fsio
 
-from .crypto import IndexCipher, key_check_value
-from .errors import CorruptionError, WrongKeyError
+from lsmvec.disk import filenames
+from lsmvec.disk.crypto import IndexCipher, key_check_value
+from lsmvec.errors import CorruptionError, WrongKeyError
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "CONFIG"
+CONFIG_NAME = filenames.CONFIG
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 
 
@@ -88,7 +89,7 @@ def config_exists(folder: Path) -> bool:
     index's files (store/, wal/) but its CONFIG is gone: damage, not an unknown name."""
     if os.path.isfile(folder / CONFIG_NAME):
         return True
-    if any(os.path.exists(folder / part) for part in ("store", "wal")):
+    if any(os.path.exists(folder / part) for part in (filenames.STORE_DIR, filenames.WAL_DIR)):
         raise CorruptionError("the index folder holds a store and a log but its CONFIG is missing",
                               str(folder / CONFIG_NAME))
     return False

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from wal.errors import (DimensionMismatchError, InvalidArgumentError, InvalidContentsError,
+from lsmvec.wal.errors import (DimensionMismatchError, InvalidArgumentError, InvalidContentsError,
                         InvalidIdError, InvalidTypeError, InvalidVectorError, MissingVectorError)
 
-from .item_fields import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, _contents, _metadata
+from lsmvec.request.fields import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, _contents, _metadata
 
 __all__ = ["Batch", "normalize_upsert", "normalize_ids", "normalize_query", "finish_vectors",
            "attach_embeddings", "MAX_ID_BYTES", "MAX_METADATA_DEPTH", "MAX_METADATA_BYTES"]

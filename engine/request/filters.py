@@ -24,30 +24,25 @@ Semantics (decisions that differ from, or sharpen, MongoDB's are marked *):
 """
 from __future__ import annotations
 
-import math
 import operator
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 
-from engine.errors import FilterError, InvalidMetadataError, InvalidTypeError
+from lsmvec.errors import FilterError, InvalidMetadataError
+from lsmvec.request.plan import plan_terms
+from lsmvec.request.terms import MAX_FILTER_DEPTH, Term, scalar_key as _scalar_key, term_for
 
-__all__ = ["Filter", "compile_filter", "index_terms", "term_for", "MAX_FILTER_DEPTH"]
+__all__ = ["Filter", "compile_filter", "MAX_FILTER_DEPTH"]
 
-MAX_FILTER_DEPTH = 64
-"""Nesting limit for filters and their operand values; deeper input is refused, not recursed."""
-
-Term = tuple[str, bytes]
 ValuePredicate = Callable[[Any], bool]
 ItemPredicate = Callable[[Mapping[str, Any]], bool]
 JsonValue = Union[None, bool, int, float, str, list, dict]
 
 
 _MISSING: Any = object()  # a path that does not resolve (distinct from a stored None)
-_NONE_KEY = ("z", None)
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le,
 }
@@ -55,20 +50,6 @@ _FIELD_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$exists", "$not", *_
 
 
 # ---------------------------------------------------------------- value equality and encoding
-
-def _scalar_key(value: Any) -> tuple[str, Any] | None:
-    """A hashable key such that two scalars are equal under the filter rules iff their keys are
-    equal; None for a non-scalar. NaN gets a fresh unequal key, so it never equals anything."""
-    if value is None:
-        return _NONE_KEY
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, (int, float)):
-        return ("n", value) if value == value else ("x", object())
-    if isinstance(value, str):
-        return ("s", value)
-    return None
-
 
 def _values_equal(a: Any, b: Any) -> bool:
     """Equality under the filter rules (type-strict, numeric across int/float, deep)."""
@@ -86,70 +67,6 @@ def _values_equal(a: Any, b: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _encode_scalar(value: Any) -> bytes:
-    """Deterministic tagged bytes; equal scalars (1 and 1.0, -0.0 and 0) encode identically,
-    True and 1 do not. Raises InvalidTypeError for a non-scalar."""
-    if value is None:
-        return b"z"
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            value = int(value)
-        elif value != value:
-            return b"d" + struct.pack(">d", math.nan)
-        else:
-            return b"d" + struct.pack(">d", value)
-    if isinstance(value, int):
-        return b"i" + int(value).to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-    if isinstance(value, str):
-        return b"s" + value.encode("utf-8", "surrogatepass")
-    raise InvalidTypeError(f"only str, int, float, bool and None are indexable, got "
-                           f"{type(value).__name__}")
-
-
-def term_for(path: str, value: Any) -> Term:
-    """The secondary-index term for ``path == value``, identical to what ``index_terms`` emits.
-    Raises InvalidTypeError when value is not a scalar (str, int, float, bool, None)."""
-    return (path, _encode_scalar(value))
-
-
-def index_terms(metadata: Mapping[str, Any] | None) -> set[Term]:
-    """Every (dotted path, encoded value) term of a metadata dict: one per scalar leaf and per
-    scalar element of a list leaf. Keys that a filter path cannot address (empty, containing
-    ``.``, starting with ``$``) are skipped. Raises InvalidMetadataError on a non-str key or a
-    value that is not JSON-like."""
-    terms: set[Term] = set()
-    if metadata is not None:
-        _collect_terms(metadata, "", terms, 0)
-    return terms
-
-
-def _collect_terms(node: Mapping[str, Any], prefix: str, terms: set[Term], depth: int) -> None:
-    if depth > MAX_FILTER_DEPTH:
-        raise InvalidMetadataError(f"metadata nested deeper than {MAX_FILTER_DEPTH} at {prefix!r}")
-    for key, value in node.items():
-        if not isinstance(key, str):
-            raise InvalidMetadataError(f"metadata key {key!r} under {prefix!r} is not a str")
-        if not key or "." in key or key.startswith("$"):
-            continue
-        path = prefix + key
-        if isinstance(value, dict):
-            _collect_terms(value, path + ".", terms, depth + 1)
-        elif isinstance(value, list):
-            for element in value:
-                if _scalar_key(element) is not None:
-                    terms.add((path, _encode_scalar(element)))
-                elif not isinstance(element, (list, dict)):
-                    raise InvalidMetadataError(f"metadata field {path!r} holds a "
-                                               f"{type(element).__name__} element")
-        elif _scalar_key(value) is not None:
-            terms.add((path, _encode_scalar(value)))
-        else:
-            raise InvalidMetadataError(f"metadata field {path!r} has unsupported type "
-                                       f"{type(value).__name__}")
 
 
 # ---------------------------------------------------------------- compiled nodes
@@ -454,6 +371,5 @@ def compile_filter(spec: Mapping[str, Any] | Filter | None) -> Filter:
     if len(description) > 200:
         description = description[:197] + "..."
     compiled = Filter(_compile(spec, "filter", 0), description)
-    from .filter_plan import plan_terms  # after compiling: the spec is known to be valid
     compiled.plan = plan_terms(spec)
     return compiled

@@ -28,15 +28,14 @@ import lmdb
 import msgpack
 import numpy as np
 
-from wal import failpoints, fsio
+from lsmvec.wal import failpoints, fsio
 
-from .crypto import IndexCipher
-from .errors import CorruptionError, StorageError, StorageFullError, storage_error_from
+from lsmvec.disk.crypto import IndexCipher
+from lsmvec.disk.filenames import DATA_FILE, STORE_DIR
+from lsmvec.errors import CorruptionError, StorageError, StorageFullError, storage_error_from
 
 log = logging.getLogger(__name__)
 
-STORE_DIR = "store"
-DATA_FILE = "data.mdb"
 _LOC = struct.Struct("<II")
 _WALK_CHILD = """
 import sys, lmdb
@@ -361,7 +360,7 @@ class Store:
 
     def read_terms(self, segment: int, rows: int):
         """The segment's secondary index (an empty one when it has no metadata)."""
-        from .term_index import TermIndex
+        from lsmvec.db.term_index import TermIndex
         name = b"terms/%d" % segment
         raw = self._get_meta(name)
         if raw is None:  # every segment gets one, empty or not

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from compaction.filenames import temp_segment_dir_name
-from compaction.row_gather import concat_rows
-from compaction.segment import build_and_open_segment
-from wal import failpoints, fsio
-from wal.errors import storage_error_from
+from lsmvec.compaction.filenames import temp_segment_dir_name
+from lsmvec.compaction.row_gather import concat_rows
+from lsmvec.compaction.segment import build_and_open_segment
+from lsmvec.wal import failpoints, fsio
+from lsmvec.wal.errors import storage_error_from
 
-from .memtable import Memtable
-from .segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
-from .store import Manifest, SegmentInfo, StoreTxn
-from .term_index import TermIndex
+from lsmvec.db.memtable import Memtable
+from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
+from lsmvec.disk.store import Manifest, SegmentInfo, StoreTxn
+from lsmvec.db.term_index import TermIndex
 
 if TYPE_CHECKING:
-    from .core import IndexCore
+    from lsmvec.db.core import IndexCore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from wal.errors import InvalidContentsError, InvalidMetadataError
+from lsmvec.wal.errors import InvalidContentsError, InvalidMetadataError
 
 MAX_METADATA_DEPTH = 32          # containers nested; the metadata dict itself is level 1
 MAX_METADATA_BYTES = 1 << 20     # msgpack-encoded size of one item's metadata

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .errors import CorruptionError
+from lsmvec.errors import CorruptionError
 
 KIND_UPSERT = 1
 KIND_DELETE = 2

@@ -14,15 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compaction.filenames import parse_segment_dir_name, segment_dir_name
-from compaction.exact import search_exact
-from compaction.segment import FileEntry, Segment
+from lsmvec.compaction.filenames import parse_segment_dir_name, segment_dir_name
+from lsmvec.compaction.exact import search_exact
+from lsmvec.compaction.segment import FileEntry, Segment
 
-from .errors import CorruptionError
-from .store import SegmentInfo, Store
-from .term_index import TermIndex
+from lsmvec.disk.filenames import SEGMENTS_DIR
+from lsmvec.errors import CorruptionError
+from lsmvec.disk.store import SegmentInfo, Store
+from lsmvec.db.term_index import TermIndex
 
-SEGMENTS_DIR = "segments"
 # Rows asked of a segment per round when a filter rejects most of them.
 _FILTER_FETCH_FACTOR = 4
 # A filter leaving at most this many rows (or 1/_PREFILTER_SHARE of the segment) is answered by

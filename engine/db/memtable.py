@@ -12,8 +12,8 @@ from typing import Iterator
 import msgpack
 import numpy as np
 
-from compaction.exact import search_exact
-from compaction.row_gather import gather_rows
+from lsmvec.compaction.exact import search_exact
+from lsmvec.compaction.row_gather import gather_rows
 
 _MIN_CAPACITY = 256
 TOMBSTONE = -1

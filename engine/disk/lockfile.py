@@ -19,9 +19,10 @@ import os
 import time
 from pathlib import Path
 
-from .errors import ClosedError, IndexLockedError, StorageError, storage_error_from
+from lsmvec.disk.filenames import LOCK
+from lsmvec.errors import ClosedError, IndexLockedError, StorageError, storage_error_from
 
-LOCK_NAME = "LOCK"
+LOCK_NAME = LOCK
 
 _ATTEMPTS = 8  # LOCK replaced between our open and our flock this often in a row: give up
 _FIRST_DELAY = 0.0005
