@@ -45,6 +45,12 @@ def client(data_dir: Path) -> Iterator[Any]:
         c.close()
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Runs each @pytest.mark.anyio test on anyio's asyncio backend and on trio."""
+    return request.param
+
+
 # ----------------------------------------------------------------------------- the oracle
 
 def random_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import anyio
 import anyio.from_thread
@@ -22,11 +22,6 @@ from lsmvec.errors import (ClosedError, DimensionMismatchError, InvalidIdError, 
 from conftest import random_vectors
 
 DIM = 8
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 def vectors_of(found: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -97,6 +92,40 @@ def test_write_many_on_a_closed_index_fails_every_call(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- WriteBatcher
 
+# The tests below order their steps by waiting on conditions (a batch has reached its worker
+# thread, n calls are queued, a cancellation has been delivered), never by sleeping: a sleep
+# only guesses how long the other side needs, and under load it guesses wrong.
+WAIT = 20.0  # seconds any one condition may take before the test fails, naming it
+
+
+async def wait_until(predicate: Callable[[], bool], what: str | Callable[[], str],
+                     timeout: float = WAIT) -> None:
+    """Yield to the scheduler until predicate() holds; fail, saying `what` (or what() says,
+    as of then), after `timeout` s.
+
+    For conditions that tasks on the event loop bring about (calls queued, a cancellation
+    delivered); a worker thread signals through an anyio.Event instead (Gate.wait_entered)."""
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0)  # a checkpoint: lets the other tasks run; waits for no time
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting until "
+                         f"{what() if callable(what) else what}")
+
+
+async def wait_event(event: anyio.Event, what: str, timeout: float = WAIT) -> None:
+    with anyio.move_on_after(timeout):
+        await event.wait()
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+
+
+async def queued(batcher: Any, n: int) -> None:
+    """Until `n` calls wait in the batcher's queue (the running batch's calls are not in it)."""
+    await wait_until(lambda: len(batcher._queue) == n,
+                     lambda: f"{n} calls are queued (the queue holds {len(batcher._queue)})")
+
+
 class Gate:
     """Wraps a batcher's write_many: batch k blocks in its worker thread until open(k), so a
     test can queue calls behind it and cancel them at known points."""
@@ -105,13 +134,15 @@ class Gate:
         self.real = batcher._write_many
         self.sizes: list[int] = []
         self._gates = [threading.Event() for _ in range(8)]
+        self._entered = [anyio.Event() for _ in range(8)]  # set on the loop as batch k starts
         self.before_return: dict[int, Any] = {}  # batch -> callable run in its thread, last
         batcher._write_many = self
 
-    def __call__(self, calls: list) -> list:
+    def __call__(self, calls: list) -> list:  # in the batch's worker thread
         self.sizes.append(len(calls))
         k = len(self.sizes) - 1
-        assert self._gates[k].wait(30), "gate never opened"
+        anyio.from_thread.run_sync(self._entered[k].set)
+        assert self._gates[k].wait(WAIT), "gate never opened"
         try:
             return self.real(calls)
         finally:
@@ -123,9 +154,31 @@ class Gate:
             self._gates[k].set()
 
     async def wait_entered(self, batches: int) -> None:
-        """Until `batches` batches have reached their worker thread."""
-        while len(self.sizes) < batches:
-            await anyio.sleep(0.001)
+        """Until `batches` batches have reached their worker thread (one batcher runs one
+        batch at a time, so batch n-1 entering means all before it did)."""
+        await wait_event(self._entered[batches - 1], f"batch {batches - 1} reaches its thread")
+
+
+@pytest.fixture
+def uncancelled_waits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records each time a cancelled call starts waiting for work that is already in a worker
+    thread: "thread" from ThreadCall.run (the task awaiting that thread), "batch" from
+    WriteBatcher.submit (a follower whose call a running batch has taken). The wait itself is
+    the real one; the record tells a test that a cancellation has been delivered."""
+    import lsmvec.aio_threads as aio_threads
+    import lsmvec.aio_writes as aio_writes
+    real = aio_threads.wait_uncancelled
+    waits: list[str] = []
+
+    def recording(where: str) -> Callable[[anyio.Event], Awaitable[None]]:
+        async def wait(event: anyio.Event) -> None:
+            waits.append(where)
+            await real(event)
+        return wait
+
+    monkeypatch.setattr(aio_threads, "wait_uncancelled", recording("thread"))
+    monkeypatch.setattr(aio_writes, "wait_uncancelled", recording("batch"))
+    return waits
 
 
 @pytest.mark.anyio
@@ -149,13 +202,13 @@ async def test_concurrent_calls_share_one_thread_call_and_one_fsync(
         async def one(t: int) -> None:
             await index.upsert(ids=[f"t{t}-{i}" for i in range(len(batches[t]))], vectors=batches[t])
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(one, 0)
                 await gate.wait_entered(1)  # the first call leads alone; the rest queue behind it
                 for t in range(1, 300):
                     tg.start_soon(one, t)
-                await anyio.sleep(0.05)
+                await queued(index._writes, 299)
                 gate.open(0, 1)
         assert gate.sizes == [1, 299] and syncs[0] == 2
         ids = [f"t{t}-{i}" for t, v in batches.items() for i in range(len(v))]
@@ -181,7 +234,7 @@ async def test_a_bad_call_fails_alone_inside_a_batch(tmp_path: Path, anyio_backe
             except Exception as exc:
                 errors[name] = exc
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call, "lead", lambda: index.upsert(ids=["lead"], vectors=good[:1]))
                 await gate.wait_entered(1)
@@ -189,7 +242,7 @@ async def test_a_bad_call_fails_alone_inside_a_batch(tmp_path: Path, anyio_backe
                 tg.start_soon(call, "ok", lambda: index.upsert(ids=["ok"], vectors=good[1:]))
                 tg.start_soon(call, "id", lambda: index.delete([""]))
                 tg.start_soon(call, "del", lambda: index.delete(["lead"]))
-                await anyio.sleep(0.05)
+                await queued(index._writes, 4)
                 gate.open(0, 1)
         assert sorted(errors) == ["dim", "id"]
         assert isinstance(errors["dim"], (DimensionMismatchError, InvalidVectorError))
@@ -200,10 +253,9 @@ async def test_a_bad_call_fails_alone_inside_a_batch(tmp_path: Path, anyio_backe
 @pytest.mark.anyio
 async def test_cancellation_withdraws_a_queued_call_and_completes_a_taken_one(
         tmp_path: Path, anyio_backend: str) -> None:
-    """The leader's batch is blocked in its thread. Behind it: a queued call that gets
-    cancelled (never happens), others that go on. The leader itself is cancelled while its
-    thread runs: its call completes, then it sees the cancellation. One task is cancelled
-    after it was named the next leader but before it could lead: the task after it leads."""
+    """The leader's batch is blocked in its thread. Behind it: a queued call -- first in line
+    to lead next -- that gets cancelled (never happens), others that go on. The leader itself
+    is cancelled while its thread runs: its call completes, then it sees the cancellation."""
     rng = np.random.default_rng(6)
     v = random_vectors(rng, 6, DIM)
     key = generate_key()
@@ -220,17 +272,22 @@ async def test_cancellation_withdraws_a_queued_call_and_completes_a_taken_one(
             if scopes[name].cancelled_caught:
                 outcome[name] = "cancelled"
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(upsert, "lead", 0)
                 await gate.wait_entered(1)
                 for row, name in enumerate(("queued", "ok1", "ok2"), start=1):
                     tg.start_soon(upsert, name, row)
-                await anyio.sleep(0.02)
+                    await queued(index._writes, row)  # one at a time: "queued" is first in line
                 scopes["queued"].cancel()  # the next leader in line: withdrawn, leadership moves on
                 scopes["lead"].cancel()  # its thread runs: it must complete anyway
-                await anyio.sleep(0.02)
+                # both cancellations were delivered together; once "queued" has seen its own
+                # and withdrawn, a leader that (wrongly) ended on its cancel would have ended too
+                await wait_until(lambda: outcome.get("queued") == "cancelled"
+                                 and len(index._writes._queue) == 2,
+                                 "the cancelled queued call has withdrawn")
                 assert "lead" not in outcome, "a cancelled leader returned before its batch ended"
+                assert gate.sizes == [1]
                 gate.open(0, 1)
         assert outcome == {"lead": "cancelled", "queued": "cancelled", "ok1": "returned",
                            "ok2": "returned"}
@@ -265,15 +322,15 @@ async def test_a_task_cancelled_as_it_is_named_leader_hands_the_lead_on(
                 await index.upsert(ids=["named"], vectors=v[1:2])
             outcome["named"] = "cancelled" if named.cancelled_caught else "returned"
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(upsert, "lead", 0)
                 await gate.wait_entered(1)
                 tg.start_soon(upsert_named)
-                await anyio.sleep(0.01)
+                await queued(index._writes, 1)  # "named" is first in line
                 tg.start_soon(upsert, "ok1", 2)
                 tg.start_soon(upsert, "ok2", 3)
-                await anyio.sleep(0.02)
+                await queued(index._writes, 3)
                 gate.open(0, 1, 2)
         assert outcome == {"lead": "returned", "named": "cancelled", "ok1": "returned",
                            "ok2": "returned"}
@@ -300,12 +357,12 @@ async def test_a_native_asyncio_cancel_of_the_named_leader_hands_the_lead_on(tmp
         tasks["lead"] = asyncio.create_task(lead())
         await gate.wait_entered(1)
         tasks["named"] = asyncio.create_task(index.upsert(ids=["named"], vectors=v[1:2]))
-        await asyncio.sleep(0.01)
+        await queued(index._writes, 1)  # "named" is first in line
         for row, name in ((2, "ok1"), (3, "ok2")):
             tasks[name] = asyncio.create_task(index.upsert(ids=[name], vectors=v[row:row + 1]))
-        await asyncio.sleep(0.02)
+        await queued(index._writes, 3)
         gate.open(0, 1, 2)
-        done, pending = await asyncio.wait(list(tasks.values()), timeout=20)
+        done, pending = await asyncio.wait(list(tasks.values()), timeout=WAIT)
         assert not pending, "calls queued behind a cancelled leader were stranded"
         assert tasks["named"].cancelled()
         assert sorted(await index.list_ids()) == ["lead", "ok1", "ok2"]
@@ -313,7 +370,8 @@ async def test_a_native_asyncio_cancel_of_the_named_leader_hands_the_lead_on(tmp
 
 
 @pytest.mark.asyncio
-async def test_native_asyncio_cancels_of_taken_calls_wait_for_their_batch(tmp_path: Path) -> None:
+async def test_native_asyncio_cancels_of_taken_calls_wait_for_their_batch(
+        tmp_path: Path, uncancelled_waits: list[str]) -> None:
     """task.cancel() of a leader whose thread runs, and of a follower already taken into that
     batch: both calls complete, and only then do the tasks end cancelled."""
     import asyncio
@@ -325,26 +383,29 @@ async def test_native_asyncio_cancels_of_taken_calls_wait_for_their_batch(tmp_pa
         first = asyncio.create_task(index.upsert(ids=["first"], vectors=v[:1]))
         await gate.wait_entered(1)
         leader = asyncio.create_task(index.upsert(ids=["leader"], vectors=v[1:2]))
-        await asyncio.sleep(0.01)
+        await queued(index._writes, 1)
         follower = asyncio.create_task(index.upsert(ids=["follower"], vectors=v[2:3]))
-        await asyncio.sleep(0.01)
+        await queued(index._writes, 2)
         gate.open(0)
         await gate.wait_entered(2)  # "leader" leads batch 2 and has taken "follower"
         leader.cancel()
         follower.cancel()
-        await asyncio.sleep(0.02)
-        print("DEBUG leader", leader.done(), "follower", follower.done())
+        # until both tasks have received their CancelledError: each now waits for the batch's
+        # thread (or, were that broken, has ended)
+        await wait_until(lambda: ("thread" in uncancelled_waits or leader.done())
+                         and ("batch" in uncancelled_waits or follower.done()),
+                         lambda: f"both cancellations are delivered (waits: {uncancelled_waits})")
         assert not leader.done() and not follower.done(), "a taken call ended before its batch"
         gate.open(1)
-        await asyncio.wait([first, leader, follower], timeout=20)
+        await asyncio.wait([first, leader, follower], timeout=WAIT)
         assert first.result() is None and leader.cancelled() and follower.cancelled()
         assert sorted(await index.list_ids()) == ["first", "follower", "leader"]
         assert gate.sizes == [1, 2]
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_follower_whose_batch_runs_completes(tmp_path: Path,
-                                                               anyio_backend: str) -> None:
+async def test_a_cancelled_follower_whose_batch_runs_completes(
+        tmp_path: Path, anyio_backend: str, uncancelled_waits: list[str]) -> None:
     rng = np.random.default_rng(7)
     v = random_vectors(rng, 3, DIM)
     async with AsyncClient(tmp_path) as client:
@@ -359,18 +420,19 @@ async def test_a_cancelled_follower_whose_batch_runs_completes(tmp_path: Path,
                 state.append("returned")
             state.append("cancelled" if follower.cancelled_caught else "done")
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: index.upsert(ids=["a"], vectors=v[:1]))
                 await gate.wait_entered(1)
                 tg.start_soon(lambda: index.upsert(ids=["g"], vectors=v[2:3]))  # leads batch 2
-                await anyio.sleep(0.01)
+                await queued(index._writes, 1)
                 tg.start_soon(follow)
-                await anyio.sleep(0.02)
+                await queued(index._writes, 2)
                 gate.open(0)
                 await gate.wait_entered(2)  # "g" and "f" are now taken by the second batch ...
                 follower.cancel()  # ... so cancelling "f" cannot stop it
-                await anyio.sleep(0.02)
+                await wait_until(lambda: uncancelled_waits == ["batch"] or state != [],
+                                 "the follower has seen its cancellation (and waits for its batch)")
                 assert state == [], "a cancelled call returned while its batch ran"
                 gate.open(1)
         assert state == ["cancelled"]
@@ -391,8 +453,12 @@ async def test_a_leader_cancelled_while_it_waits_for_a_thread_requeues_the_other
         a, b, c = [await client.create_index(n, generate_key(), dimension=DIM) for n in "abc"]
         gate_a, gate_b, gate_c = Gate(a._writes), Gate(b._writes), Gate(c._writes)
         gate_b.open(1, 2)
+        limiter = b._limiter  # the client's one limiter: 2 worker threads for a, b and c
         leader = anyio.CancelScope()
         outcome: dict[str, str] = {}
+
+        def waiting_for_a_thread() -> int:
+            return limiter.statistics().tasks_waiting
 
         async def lead() -> None:
             with leader:
@@ -403,25 +469,33 @@ async def test_a_leader_cancelled_while_it_waits_for_a_thread_requeues_the_other
             await index.upsert(ids=[name], vectors=v[row:row + 1])
             outcome[name] = "returned"
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(WAIT + 10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(upsert, a, "hold", 3)
                 await gate_a.wait_entered(1)  # thread 1
                 tg.start_soon(upsert, b, "x", 4)
                 await gate_b.wait_entered(1)  # thread 2
-                tg.start_soon(upsert, c, "y", 5)  # waits for a thread
-                await anyio.sleep(0.01)
+                tg.start_soon(upsert, c, "y", 5)
+                await wait_until(lambda: c._writes.batches == 1 and waiting_for_a_thread() == 1,
+                                 "c's batch waits for a worker thread")
                 tg.start_soon(lead)
-                await anyio.sleep(0.01)
+                await queued(b._writes, 1)
                 tg.start_soon(upsert, b, "F1", 1)
+                await queued(b._writes, 2)
                 tg.start_soon(upsert, b, "F2", 2)
-                await anyio.sleep(0.01)
+                await queued(b._writes, 3)
                 gate_b.open(0)  # x is done; its thread goes to c; L takes [L, F1, F2] and waits
                 await gate_c.wait_entered(1)
-                await anyio.sleep(0.02)
-                assert gate_b.sizes == [1] and "x" in outcome
+                await wait_until(lambda: "x" in outcome and b._writes.batches == 2
+                                 and not b._writes._queue and waiting_for_a_thread() == 1,
+                                 "L has taken [L, F1, F2] and waits for a worker thread")
+                assert gate_b.sizes == [1]
                 leader.cancel()
-                await anyio.sleep(0.02)
+                # L withdraws its own call and queues F1, F2 again; F1 leads them and waits
+                await wait_until(lambda: outcome.get("L") == "cancelled" and b._writes.batches == 3
+                                 and not b._writes._queue and waiting_for_a_thread() == 1,
+                                 "L is withdrawn and F1 leads [F1, F2], waiting for a thread")
+                assert gate_b.sizes == [1] and "F1" not in outcome and "F2" not in outcome
                 gate_a.open(0)
                 gate_c.open(0)
         assert outcome == {"hold": "returned", "x": "returned", "y": "returned",
@@ -447,29 +521,32 @@ async def test_calls_made_one_after_another_each_lead_their_own_batch(
 
 @pytest.mark.asyncio
 async def test_a_native_asyncio_cancel_of_any_running_call_waits_for_its_thread(
-        tmp_path: Path) -> None:
+        tmp_path: Path, uncancelled_waits: list[str]) -> None:
     """asyncio.wait_for around a call whose worker thread runs: the task ends (TimeoutError)
     only after the thread finished, never while it still works on the index."""
     import asyncio
-    started, release = threading.Event(), threading.Event()
+    started, release = anyio.Event(), threading.Event()
     finished: list[str] = []
     async with AsyncClient(tmp_path) as client:
         index = await client.create_index("w", generate_key(), dimension=DIM)
         real = index.sync.stats
 
         def slow_stats() -> dict:
-            started.set()
-            assert release.wait(30)
+            anyio.from_thread.run_sync(started.set)
+            assert release.wait(WAIT)
             out = real()
             finished.append("stats")
             return out
 
         index.sync.stats = slow_stats  # type: ignore[method-assign]
-        task = asyncio.create_task(asyncio.wait_for(index.stats(), timeout=0.05))
-        while not started.is_set():
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.2)  # well past the timeout: the thread still runs
+        call = asyncio.ensure_future(index.stats())
+        await wait_event(started, "stats() runs in its worker thread")
+        # the timeout's clock starts once the thread runs, so it cannot expire before
+        task = asyncio.create_task(asyncio.wait_for(call, timeout=0.05))
+        await wait_until(lambda: uncancelled_waits == ["thread"] or task.done(),
+                         "the timeout has cancelled the call (which waits for its thread)")
         assert not task.done(), "the call ended while its worker thread still ran"
+        assert finished == []
         release.set()
         with pytest.raises(asyncio.TimeoutError):
             await task

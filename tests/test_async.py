@@ -1,8 +1,8 @@
 """AsyncClient / AsyncIndex under asyncio and trio.
 
 Every scenario is one coroutine written against anyio, run three ways: by anyio's pytest plugin
-on its asyncio and trio backends (``@pytest.mark.anyio``, the ``anyio_backend`` fixture below),
-and by pytest-asyncio's own event loop (``@pytest.mark.asyncio``).
+on its asyncio and trio backends (``@pytest.mark.anyio``, the ``anyio_backend`` fixture in
+conftest.py), and by pytest-asyncio's own event loop (``@pytest.mark.asyncio``).
 
 The oracle is the synchronous Index on the same operations (identical results, identical
 exception types) or a dict of what each task wrote.
@@ -30,11 +30,6 @@ from lsmvec.errors import (ClosedError, DimensionMismatchError, FilterError, Ind
 from conftest import random_vectors
 
 DIM = 8
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 @pytest.fixture
