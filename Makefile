@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-ingest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,8 +26,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m 'not slow'
 
+# One benchmark per name, as in the lsmvec command (ARGS='--n 100000' passes options on)
 bench: $(STAMP)
-	$(BIN)/python -m lsmvec.tools.bench
+	$(BIN)/lsmvec bench $(ARGS)
+
+bench-ingest: $(STAMP)
+	$(BIN)/lsmvec bench-ingest $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

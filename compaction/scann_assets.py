@@ -48,6 +48,7 @@ from lsmvec.compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_F
                                   SCANN_DATASET_FILE, SCANN_DOCIDS_FILE, SCRATCH_PREFIX,
                                   is_legacy_scratch_dir_name, parse_scratch_dir_name,
                                   scratch_dir_prefix)
+from lsmvec.compaction.scann_logging import set_scann_log_level
 from lsmvec.compaction.scann_params import SearchParams
 from lsmvec.compaction.scann_serialize import serialize_searcher
 from lsmvec.compaction.sealed_file import SealedFileInfo, read_sealed, write_sealed
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+set_scann_log_level()  # ScaNN's INFO / WARNING lines stay off fd 2 (see scann_logging)
 
 SHM_DIR = Path("/dev/shm")
 LEGACY_SCRATCH_MAX_AGE_S = 3600.0

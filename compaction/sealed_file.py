@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from lsmvec.wal import fsio
 from lsmvec.wal.errors import CorruptionError, InvalidKeyError, storage_error_from
 
 __all__ = [
@@ -114,7 +115,8 @@ def _ad_prefix(context: bytes, header: bytes) -> bytes:
 def write_sealed(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
                  key: bytes, context: bytes, *, chunk_size: int = CHUNK_SIZE) -> SealedFileInfo:
     """Seal ``data`` into a new file at ``path`` and fsync it (not its folder: the caller
-    fsyncs the folder once after all its files).
+    fsyncs the folder once after all its files). Every file-system call goes through
+    ``wal.fsio.FS`` (fault-injection and power-loss tests replace it).
 
     ``data`` may be any C-contiguous buffer (bytes, numpy array); it is read in place, chunk by
     chunk, never concatenated. Raises InvalidKeyError for a key that is not 32 bytes,
@@ -136,35 +138,37 @@ def write_sealed(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
     out = bytearray(min(total, chunk_size) + TAG_SIZE)
     out_view = memoryview(out)
     path = os.fspath(path)
+    fs = fsio.FS  # every create / write / sync / close / unlink goes through the seam
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = fs.open_for_append(path, exclusive=True)  # O_EXCL, 0600; a fresh file: appends
     except OSError as exc:
         raise storage_error_from(exc, f"create {path}") from exc
     try:
-        _write_all(fd, header)
-        for index in range(count):
-            start = index * chunk_size
-            piece = view[start:start + chunk_size]
-            last = index == count - 1
-            nonce = _NONCE_TAIL.pack(index)
-            ad = prefix + _CHUNK_AD.pack(index, last)
-            sealed = out_view[:len(piece) + TAG_SIZE]
-            if _HAS_INTO:
-                aead.encrypt_into(nonce, piece, ad, sealed)
-            else:  # cryptography < 44: one extra copy per chunk
-                sealed[:] = aead.encrypt(nonce, bytes(piece), ad)
-            digest.update(sealed)
-            _write_all(fd, sealed)
-        os.fsync(fd)
+        try:
+            ahead: tuple[bytes, ...] = (header,)  # the header goes out with the first chunk
+            for index in range(count):
+                start = index * chunk_size
+                piece = view[start:start + chunk_size]
+                last = index == count - 1
+                nonce = _NONCE_TAIL.pack(index)
+                ad = prefix + _CHUNK_AD.pack(index, last)
+                sealed = out_view[:len(piece) + TAG_SIZE]
+                if _HAS_INTO:
+                    aead.encrypt_into(nonce, piece, ad, sealed)
+                else:  # cryptography < 44: one extra copy per chunk
+                    sealed[:] = aead.encrypt(nonce, bytes(piece), ad)
+                digest.update(sealed)
+                fs.write_all(fd, (*ahead, sealed))
+                ahead = ()
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
     except OSError as exc:
-        os.close(fd)
         _unlink_quietly(path)
         raise storage_error_from(exc, f"write {path}") from exc
     except BaseException:
-        os.close(fd)
         _unlink_quietly(path)
         raise
-    os.close(fd)
     return SealedFileInfo(HEADER_SIZE + total + TAG_SIZE * count, digest.hexdigest())
 
 
@@ -300,13 +304,6 @@ def _open_readonly(path: str) -> int:
         raise storage_error_from(exc, f"open {path}") from exc
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _read_exact(fd: int, size: int) -> bytes:
     parts = []
     remaining = size
@@ -332,7 +329,7 @@ def _readinto_exact(fd: int, view: memoryview) -> int:
 
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):  # cleanup after a failure: the failure is reported
-        os.unlink(path)
+        fsio.FS.remove(path)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

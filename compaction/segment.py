@@ -35,6 +35,7 @@ from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_list
                                       expected_entries, parse_meta)
 from lsmvec.compaction.exact import search_exact
 from lsmvec.compaction.segment_search import empty_result, pad_result, select_live
+from lsmvec.wal import fsio
 from lsmvec.wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                         InvalidArgumentError, InvalidTypeError, InvalidVectorError,
                         storage_error_from)
@@ -62,7 +63,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
 
     ``directory`` must be a fresh, empty (or absent) temporary folder; the caller renames it
     into place and records the returned ``SegmentFiles`` in its manifest. Every file and the
-    folder are fsynced. ``progress`` is called with "vectors", "training", "sealing", "done".
+    folder are fsynced; every write goes through ``wal.fsio.FS``. ``progress`` is called with "vectors", "training", "sealing", "done".
     ``tuning``: see ``scann_params.TUNING_KEYS`` (kind, leaves_to_search, reorder, ...).
 
     Raises InvalidTypeError / InvalidVectorError / InvalidArgumentError for bad vectors, metric,
@@ -148,7 +149,7 @@ def _checked_vectors(vectors: np.ndarray) -> np.ndarray:
 
 def _prepare_directory(directory: Path) -> None:
     try:
-        directory.mkdir(mode=0o700, exist_ok=True)
+        fsio.mkdir(directory, exist_ok=True)
         leftovers = os.listdir(directory)
     except OSError as exc:
         raise storage_error_from(exc, f"prepare segment folder {directory}") from exc
@@ -159,11 +160,7 @@ def _prepare_directory(directory: Path) -> None:
 
 def _fsync_directory(directory: Path) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsio.fsync_dir(directory)
     except OSError as exc:
         raise storage_error_from(exc, f"fsync {directory}") from exc
 

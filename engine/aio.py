@@ -121,6 +121,10 @@ class AsyncClient(_InThreads):
     async def load_index(self, *args: Any, **kwargs: Any) -> AsyncIndex:
         return AsyncIndex(await self._call(self._client.load_index, *args, **kwargs), self._limiter)
 
+    async def get_or_create_index(self, *args: Any, **kwargs: Any) -> AsyncIndex:
+        return AsyncIndex(await self._call(self._client.get_or_create_index, *args, **kwargs),
+                          self._limiter)
+
     @property
     def sync(self) -> Client:
         return self._client
@@ -140,3 +144,4 @@ for _name in ("list_indexes", "delete_index", "close"):
     setattr(AsyncClient, _name, _coroutine_of(Client, _name))
 AsyncClient.create_index.__doc__ = Client.create_index.__doc__
 AsyncClient.load_index.__doc__ = Client.load_index.__doc__
+AsyncClient.get_or_create_index.__doc__ = Client.get_or_create_index.__doc__

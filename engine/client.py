@@ -17,7 +17,8 @@ from lsmvec.db.core import DURABILITY, IndexCore
 from lsmvec.disk.crypto import IndexCipher, check_key, generate_key
 from lsmvec.errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
 from lsmvec.index import Index
-from lsmvec.disk.store import Store
+from lsmvec.request.options import IndexOptions
+from lsmvec.db.version import create_store
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,14 @@ class Client:
                      metric: str = "euclidean", embedding_model: str | None = None,
                      index_config: dict | None = None, durability: str | None = None,
                      **tuning: Any) -> Index:
-        """Create and open an index. Raises IndexExistsError, InvalidIndexNameError, InvalidKeyError."""
+        """Create and open an index. Raises IndexExistsError, InvalidIndexNameError, InvalidKeyError.
+
+        ``tuning``: the IndexOptions fields as keywords (memtable_bytes=, background_compaction=,
+        wal_roll_bytes=; see lsmvec.request.options). An unknown name raises InvalidTypeError
+        (a TypeError), a bad value InvalidTypeError / InvalidArgumentError, before any file is
+        written."""
         self._check_open()
+        options = IndexOptions.from_keywords(tuning)
         check_index_name(index_name)
         key = check_key(index_key)
         if index_config:  # the reference product passes dimension / metric inside a config dict
@@ -108,11 +115,11 @@ class Client:
             from lsmvec.embedding import model_dimension
             dimension = model_dimension(embedding_model, dimension)
         config = new_config(index_name, key, dimension=dimension, metric=metric,
-                            embedding_model=embedding_model, options=dict(tuning))
+                            embedding_model=embedding_model, options=options)
         cipher = IndexCipher(key, config.uuid_bytes)
         def populate(tmp: Path) -> None:  # the whole index is made before it is renamed in
             write_config(tmp, config, cipher)
-            Store(tmp, cipher, create=True).close()
+            create_store(tmp, cipher).close()
 
         folder = self._catalog.create(index_name, populate)
         return self._face(_acquire_core(folder, key, durability))
@@ -126,6 +133,39 @@ class Client:
         if not config_exists(folder):
             raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
         return self._face(_acquire_core(folder, key, _check_durability(durability or self._durability)))
+
+    def get_or_create_index(self, index_name: str, index_key: bytes, *, dimension: int | None = None,
+                            metric: str = "euclidean", embedding_model: str | None = None,
+                            index_config: dict | None = None, durability: str | None = None,
+                            **tuning: Any) -> Index:
+        """``load_index`` when the index exists, else ``create_index`` with these arguments
+        (tuning options apply only when it is created). An existing index must match: its
+        metric, and its dimension and embedding_model where given, else InvalidArgumentError
+        naming both values (the index is not kept open). Also raises what those two raise."""
+        from lsmvec.errors import IndexExistsError
+        if index_config:  # as create_index reads it
+            dimension = index_config.get("dimension", dimension)
+            metric = index_config.get("metric", metric)
+        metric = "euclidean" if metric is None else metric
+        try:
+            index = self.load_index(index_name, index_key, durability=durability)
+        except IndexNotFoundError:
+            try:
+                return self.create_index(index_name, index_key, dimension=dimension, metric=metric,
+                                         embedding_model=embedding_model, durability=durability,
+                                         **tuning)
+            except IndexExistsError:  # created meanwhile by another thread or process
+                index = self.load_index(index_name, index_key, durability=durability)
+        stored = index.index_config()
+        wanted = {"metric": metric, "dimension": dimension, "embedding_model": embedding_model}
+        for name, value in wanted.items():  # a dimension-less index takes any dimension
+            if (value is not None or name == "metric") and stored.get(name) != value and not (
+                    name == "dimension" and stored.get(name) is None):
+                index.close()
+                raise InvalidArgumentError(
+                    f"index {index_name!r} exists with {name}={stored.get(name)!r}, but "
+                    f"get_or_create_index was given {name}={value!r}")
+        return index
 
     def list_indexes(self) -> list[str]:
         self._check_open()

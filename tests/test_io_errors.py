@@ -51,7 +51,8 @@ SYNCS = ("fdatasync", "fsync", "fsync_dir")
 FS_FAULTS = (("open_for_append", errno.ENOSPC), ("write_all", errno.ENOSPC),
              ("write_all", errno.EIO), ("fdatasync", errno.EIO), ("fsync", errno.EIO),
              ("fsync_dir", errno.EIO), ("ftruncate", errno.EIO), ("truncate_file", errno.EIO),
-             ("rename", errno.ENOSPC), ("remove", errno.EIO), ("make_dirs", errno.ENOSPC))
+             ("rename", errno.ENOSPC), ("remove", errno.EIO), ("make_dirs", errno.ENOSPC),
+             ("mkdir", errno.ENOSPC), ("remove_tree", errno.EIO))
 OPS = ("upsert", "delete", "flush", "compact", "train", "first_upsert", "create", "open", "close")
 # Ops whose handle stays usable after the error (checked in-process before the reopen).
 LIVE_OPS = ("upsert", "delete", "flush", "compact", "train", "first_upsert")
@@ -134,6 +135,14 @@ class FaultFS(fsio.FileSystem):
 
     def make_dirs(self, path: Any) -> None:
         self._path_op("make_dirs", path)
+
+    def mkdir(self, path: Any, *, exist_ok: bool = False) -> None:
+        if self._call("mkdir"):
+            raise self._fail("mkdir", Path(path))
+        super().mkdir(path, exist_ok=exist_ok)
+
+    def remove_tree(self, path: Any) -> None:
+        self._path_op("remove_tree", path)
 
 
 # ----------------------------------------------------------------------------- the index

@@ -118,7 +118,7 @@ def test_a_store_never_opened_beside_written_files_is_refused(tmp_path, key):
     """data.mdb as create_index first writes it (no writer has opened it), restored over an
     index that holds log records and segments."""
     from lsmvec.disk.config import read_config
-    from lsmvec.disk.store import Store
+    from lsmvec.db.version import create_store
     root = tmp_path / "r"
     with Client(root) as client:
         client.create_index("a", key, dimension=DIM).upsert(rows(0, 10))
@@ -126,7 +126,7 @@ def test_a_store_never_opened_beside_written_files_is_refused(tmp_path, key):
     _config, cipher = read_config(root / "a", key)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    Store(fresh, cipher, create=True).close()
+    create_store(fresh, cipher).close()
     shutil.copyfile(fresh / "store" / "data.mdb", root / "a" / "store" / "data.mdb")
     assert_refused(root, key, "older than the files beside it")
     assert_refused(root, key, "older than the files beside it")  # and again: nothing was changed

@@ -1,20 +1,21 @@
-"""The log writer: LSNs, files, group commit, durability modes, failure rules, truncation."""
+"""The log appender (wal.LogWriter): framing, LSNs, files, one writev + one sync per group,
+durability, failure rules (cut back, poison), truncation, closing, its lock. The queue that
+forms groups (group commit), seals and applies: tests/test_write_queue.py."""
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lsmvec.wal import RecoveryMode, WalWriter, fsio, list_logs, log_name, replay
+from lsmvec.wal import LogWriter, RecoveryMode, failpoints, fsio, list_logs, log_name, replay
 from lsmvec.wal.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
                         StorageError, StorageFullError)
-from lsmvec.wal.format import HEADER_SIZE
+from lsmvec.wal.format import HEADER_SIZE, encode_record
 
 
 def records(directory: Path, **kwargs) -> list[tuple[int, int, bytes]]:
@@ -22,10 +23,10 @@ def records(directory: Path, **kwargs) -> list[tuple[int, int, bytes]]:
 
 
 class SyncCounter:
-    """Stands in for os.fdatasync / os.fsync: counts calls, optionally sleeps or fails."""
+    """Stands in for os.fdatasync / os.fsync: counts calls, optionally fails one."""
 
-    def __init__(self, real, *, sleep: float = 0.0, fail_at: int | None = None):
-        self.real, self.sleep, self.fail_at = real, sleep, fail_at
+    def __init__(self, real, *, fail_at: int | None = None):
+        self.real, self.fail_at = real, fail_at
         self.calls = 0
         self._lock = threading.Lock()
 
@@ -35,8 +36,6 @@ class SyncCounter:
             failing = self.calls == self.fail_at
         if failing:
             raise OSError(errno.EIO, "Input/output error")
-        if self.sleep:
-            time.sleep(self.sleep)
         self.real(fd)
 
 
@@ -74,33 +73,32 @@ def fsync(monkeypatch) -> SyncCounter:
 
 # -- arguments, LSNs, files -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [{"durability": "always"}, {"durability": None},
-                                    {"roll_bytes": 0}, {"roll_bytes": 1.5}])
-def test_bad_options_are_refused(tmp_path, kwargs):
+@pytest.mark.parametrize("next_lsn, kwargs", [
+    (1, {"durability": "always"}), (1, {"durability": None}), (1, {"roll_bytes": 0}),
+    (1, {"roll_bytes": 1.5}), (0, {}), (-1, {}), ("1", {}), (None, {})])
+def test_bad_options_and_next_lsns_are_refused(tmp_path, next_lsn, kwargs):
     with pytest.raises(InvalidArgumentError):
-        WalWriter(tmp_path, 1, **kwargs)
-
-
-@pytest.mark.parametrize("next_lsn", [0, -1, "1", None])
-def test_a_bad_next_lsn_is_refused(tmp_path, next_lsn):
-    with pytest.raises(InvalidArgumentError):
-        WalWriter(tmp_path, next_lsn)
+        LogWriter(tmp_path, next_lsn, **kwargs)
 
 
 def test_bad_kinds_and_payloads_are_refused_before_anything_is_written(tmp_path):
-    writer = WalWriter(tmp_path, 1, durability="os")
+    writer = LogWriter(tmp_path, 1, durability="os")
     for kind in (0, 255, 256, -1, "1", 1.0, True):
         with pytest.raises(InvalidArgumentError):
             writer.append(kind, b"x")
     for payload in ("text", 3, None, [b"a", "b"], np.zeros((4, 4))[:, ::2]):
         with pytest.raises(InvalidTypeError):
             writer.append(1, payload)
+    with pytest.raises(InvalidArgumentError):  # one bad record refuses the whole group
+        writer.append_group([(1, b"ok"), (0, b"kind 0")])
+    with pytest.raises(InvalidTypeError):
+        writer.append_group([(1, b"ok"), (1, "text")])
     assert writer.next_lsn == 1 and (tmp_path / log_name(1)).stat().st_size == 0
     writer.close(clean=False)
 
 
 def test_lsns_are_consecutive_from_next_lsn_and_name_the_file(tmp_path):
-    writer = WalWriter(tmp_path / "a" / "b", 500, durability="os")  # missing parents created
+    writer = LogWriter(tmp_path / "a" / "b", 500, durability="os")  # missing parents created
     assert [writer.append(1, b"%d" % i) for i in range(5)] == [500, 501, 502, 503, 504]
     assert writer.next_lsn == 505 and writer.last_lsn == 504
     assert writer.active_path == tmp_path / "a" / "b" / log_name(500)
@@ -109,25 +107,14 @@ def test_lsns_are_consecutive_from_next_lsn_and_name_the_file(tmp_path):
     assert [r[0] for r in records(tmp_path / "a" / "b", from_lsn=500)] == [500, 501, 502, 503, 504]
 
 
-def test_payload_parts_are_written_back_to_back(tmp_path):
-    vectors = np.random.default_rng(0).random((3, 384), dtype=np.float32)
-    writer = WalWriter(tmp_path, 1, durability="os")
-    writer.append(1, [b"header", vectors, memoryview(b"mv"), bytearray(b"ba"), b""])
-    writer.append(2, (vectors[1],))
-    writer.append(3, bytearray(b"plain"))
-    writer.close()
-    assert records(tmp_path) == [(1, 1, b"header" + vectors.tobytes() + b"mvba"),
-                                 (2, 2, vectors[1].tobytes()), (3, 3, b"plain")]
-
-
 def test_a_writer_always_starts_a_new_file_and_never_touches_older_ones(tmp_path):
-    first = WalWriter(tmp_path, 1, durability="os")
+    first = LogWriter(tmp_path, 1, durability="os")
     first.append(1, b"one")
     first.close()
     digest = hashlib.sha256((tmp_path / log_name(1)).read_bytes()).digest()
     it = replay(tmp_path)
     list(it)
-    second = WalWriter(tmp_path, it.report.next_lsn, durability="os")
+    second = LogWriter(tmp_path, it.report.next_lsn, durability="os")
     assert second.active_path == tmp_path / log_name(3)
     second.append(1, b"two")
     second.close()
@@ -135,26 +122,20 @@ def test_a_writer_always_starts_a_new_file_and_never_touches_older_ones(tmp_path
     assert records(tmp_path) == [(1, 1, b"one"), (3, 1, b"two")]
 
 
-def test_a_next_lsn_behind_the_log_is_refused(tmp_path):
-    writer = WalWriter(tmp_path, 10, durability="os")
+def test_a_next_lsn_behind_the_log_is_refused_and_an_empty_file_is_reused(tmp_path):
+    (tmp_path / log_name(10)).write_bytes(b"")  # left by a crash: reused
+    writer = LogWriter(tmp_path, 10, durability="os")
     writer.append(1, b"x")
     writer.close()
+    assert [p.name for _l, p in list_logs(tmp_path)] == [log_name(10)]
     for behind in (5, 10):
         with pytest.raises(InvalidArgumentError):
-            WalWriter(tmp_path, behind)
+            LogWriter(tmp_path, behind)
     assert records(tmp_path, from_lsn=10) == [(10, 1, b"x")]
 
 
-def test_an_empty_file_left_by_a_crash_is_reused(tmp_path):
-    (tmp_path / log_name(7)).write_bytes(b"")
-    writer = WalWriter(tmp_path, 7, durability="os")
-    writer.append(1, b"x")
-    writer.close()
-    assert [p.name for _l, p in list_logs(tmp_path)] == [log_name(7)]
-
-
 def test_stats_describe_the_files_on_disk(tmp_path):
-    writer = WalWriter(tmp_path, 1, durability="os", roll_bytes=300)
+    writer = LogWriter(tmp_path, 1, durability="os", roll_bytes=300)
     for i in range(20):
         writer.append(1, bytes(100))
     files = [p for _l, p in list_logs(tmp_path)]
@@ -163,104 +144,71 @@ def test_stats_describe_the_files_on_disk(tmp_path):
     writer.close()
 
 
-# -- group commit and durability ------------------------------------------------------------------
+# -- groups: one writev, one sync, the LSN claim, the framing --------------------------------------
 
-def test_concurrent_appends_share_fsyncs_and_apply_in_lsn_order(tmp_path, monkeypatch):
-    counter = SyncCounter(os.fdatasync, sleep=0.002)
-    monkeypatch.setattr(os, "fdatasync", counter)
-    writer = WalWriter(tmp_path, 1)
-    applied: list[int] = []
-    returned: dict[int, tuple[int, bytes]] = {}
-
-    def worker(t: int) -> None:
-        for i in range(50):
-            payload = b"%d:%d" % (t, i)
-            lsn = writer.append(1 + t % 2, payload, applied.append)
-            returned[lsn] = (1 + t % 2, payload)
-
-    assert run_workers(worker, 16) == []
-    assert len(returned) == 800 and sorted(returned) == list(range(1, 801))
-    assert applied == list(range(1, 801))  # every apply ran, strictly in LSN order
-    assert counter.calls < 800 / 3
-    assert writer.groups == counter.calls and writer.records == 800
-    writer.close()
-    assert records(tmp_path) == [(lsn, *returned[lsn]) for lsn in range(1, 801)]
-
-
-def test_append_many_writes_its_records_back_to_back_with_one_sync(tmp_path, fdatasync):
-    writer = WalWriter(tmp_path, 1)
-    applied: list[int] = []
-    writer.append(1, b"first")
-    before = fdatasync.calls
+def test_a_group_is_one_write_and_one_fdatasync_with_consecutive_lsns(tmp_path, monkeypatch,
+                                                                       fdatasync):
+    writes: list[int] = []  # writev rounds (write_all calls)
+    real_write_all = fsio.FS.write_all
+    monkeypatch.setattr(fsio.FS, "write_all", lambda fd, bufs: (writes.append(len(bufs)),
+                                                                real_write_all(fd, bufs)))
+    writer = LogWriter(tmp_path, 1)
+    assert writer.append(1, b"first") == 1 and writes == [2]  # header + payload
+    before_syncs = fdatasync.calls
     payloads = [b"r%d" % i * (i + 1) for i in range(50)]
-    lsns = writer.append_many([(1 + i % 2, p, applied.append) for i, p in enumerate(payloads)])
-    assert lsns == list(range(2, 52)) and applied == lsns
-    assert fdatasync.calls == before + 1 and writer.groups == 2
-    assert writer.append_many([]) == []
+    first = writer.append_group([(1 + i % 2, p) for i, p in enumerate(payloads)], first_lsn=2)
+    assert first == 2 and writer.next_lsn == 52
+    assert writes == [2, 100] and fdatasync.calls == before_syncs + 1
+    assert writer.groups == 2 and writer.records == 51 and writer.fsyncs >= 2
+    assert writer.append_group([]) == 52 and writes == [2, 100]  # nothing written
     writer.close()
     assert records(tmp_path) == [(1, 1, b"first")] + [
-        (lsn, 1 + i % 2, p) for i, (lsn, p) in enumerate(zip(lsns, payloads))]
+        (2 + i, 1 + i % 2, p) for i, p in enumerate(payloads)]
 
 
-def test_append_many_reports_each_records_error_on_its_own(tmp_path):
-    def seal(lsn: int, kind: int, payload: bytes) -> bytes:
-        if payload == b"bad":
-            raise ValueError("cannot seal")
-        return payload
+def test_payload_parts_are_framed_back_to_back_byte_identical_to_the_record_format(tmp_path):
+    """Existing logs must replay: a group is exactly its records' encode_record bytes."""
+    vectors = np.random.default_rng(0).random((3, 384), dtype=np.float32)
+    writer = LogWriter(tmp_path, 7, durability="os")
+    group = [(1, [b"head", vectors, memoryview(b"mv"), bytearray(b"ba"), b""]),
+             (2, (vectors[1],)), (3, bytearray(b"plain")), (254, b"")]
+    writer.append_group(group, first_lsn=7)
+    writer.close(clean=False)
+    payloads = [b"head" + vectors.tobytes() + b"mvba", vectors[1].tobytes(), b"plain", b""]
+    kinds = [1, 2, 3, 254]
+    assert (tmp_path / log_name(7)).read_bytes() == b"".join(
+        encode_record(7 + i, kind, p) for i, (kind, p) in enumerate(zip(kinds, payloads)))
+    assert records(tmp_path, from_lsn=7) == [(7 + i, k, p) for i, (k, p) in
+                                             enumerate(zip(kinds, payloads))]
 
-    def failing_apply(lsn: int) -> None:
-        raise RuntimeError(f"apply {lsn}")
 
-    writer = WalWriter(tmp_path, 1, durability="os", seal=seal)
-    out = writer.append_many([(1, b"a", None), (1, b"bad", None), (1, b"b", failing_apply),
-                              (1, b"c", None)])
-    assert out[0] == 1 and out[3] == 3
-    assert isinstance(out[1], ValueError) and isinstance(out[2], RuntimeError)
-    assert "apply 2" in str(out[2])  # an apply error: the record is logged, only its caller knows
-    with pytest.raises(InvalidArgumentError):  # a bad record refuses the whole call up front
-        writer.append_many([(1, b"ok", None), (0, b"kind 0", None)])
+@pytest.mark.parametrize("claim", [1, 3, 0, "2", True])
+def test_a_group_claiming_another_first_lsn_is_refused_before_anything_is_written(tmp_path, claim):
+    writer = LogWriter(tmp_path, 2, durability="os")
+    with pytest.raises(InvalidArgumentError):
+        writer.append_group([(1, b"sealed for another lsn")], first_lsn=claim)
+    assert writer.next_lsn == 2 and writer.active_path.stat().st_size == 0
+    assert writer.append_group([(1, b"ok")], first_lsn=2) == 2
     writer.close()
-    assert records(tmp_path, mode=RecoveryMode.ABSOLUTE) == [(1, 1, b"a"), (2, 1, b"b"),
-                                                             (3, 1, b"c")]
 
 
-def test_append_many_and_single_appends_from_many_threads_keep_lsn_order(tmp_path, monkeypatch):
-    counter = SyncCounter(os.fdatasync, sleep=0.001)
-    monkeypatch.setattr(os, "fdatasync", counter)
-    writer = WalWriter(tmp_path, 1, roll_bytes=4096)  # rolls inside groups, too
-    applied: list[int] = []
-    returned: dict[int, bytes] = {}
+# -- durability -----------------------------------------------------------------------------------
 
-    def worker(t: int) -> None:
-        for i in range(20):
-            if t % 2:
-                payloads = [b"%d:%d:%d" % (t, i, j) for j in range(1 + i % 5)]
-                lsns = writer.append_many([(1, p, applied.append) for p in payloads])
-                assert lsns == sorted(lsns)
-                returned.update(zip(lsns, payloads))
-            else:
-                payload = b"%d:%d" % (t, i)
-                returned[writer.append(1, payload, applied.append)] = payload
-
-    assert run_workers(worker, 8) == []
-    n = len(returned)
-    assert sorted(returned) == list(range(1, n + 1)) and applied == list(range(1, n + 1))
-    writer.close()
-    assert records(tmp_path) == [(lsn, 1, returned[lsn]) for lsn in range(1, n + 1)]
-
-
-def test_fsync_durability_syncs_once_per_append(tmp_path, fdatasync):
-    writer = WalWriter(tmp_path, 1, roll_bytes=1000)
+def test_fsync_durability_syncs_once_per_group(tmp_path, fdatasync):
+    writer = LogWriter(tmp_path, 1, roll_bytes=1000)
     for i in range(40):
         before = fdatasync.calls
-        writer.append(1, bytes(100))
+        if i % 2:
+            writer.append(1, bytes(100))
+        else:
+            writer.append_group([(1, bytes(30)), (2, bytes(40)), (3, bytes(50))])
         assert fdatasync.calls == before + 1  # rolls and directories use os.fsync, not this
     assert len(list_logs(tmp_path)) > 2
     writer.close(clean=False)
 
 
 def test_os_durability_never_syncs_an_append(tmp_path, fdatasync, fsync):
-    writer = WalWriter(tmp_path, 1, durability="os")
+    writer = LogWriter(tmp_path, 1, durability="os")
     syncs_at_open = fsync.calls  # the directory entry of the new file
     for i in range(40):
         writer.append(1, bytes(100))
@@ -270,21 +218,20 @@ def test_os_durability_never_syncs_an_append(tmp_path, fdatasync, fsync):
 
 
 def test_a_roll_fsyncs_the_full_file_and_the_directory(tmp_path, fsync):
-    writer = WalWriter(tmp_path, 1, durability="os", roll_bytes=250)
+    writer = LogWriter(tmp_path, 1, durability="os", roll_bytes=250)
     start = fsync.calls
     writer.append(1, bytes(200))  # file reaches 221 bytes: no roll
     assert fsync.calls == start and len(list_logs(tmp_path)) == 1
     writer.append(1, bytes(200))  # 442 bytes: roll = file fsync + directory fsync
     assert fsync.calls == start + 2 and len(list_logs(tmp_path)) == 2
-    assert writer.active_path == tmp_path / log_name(3)
-    writer.close()
-
-
-def test_sync_forces_an_fsync(tmp_path, fsync):
-    writer = WalWriter(tmp_path, 1, durability="os")
+    assert writer.active_path == tmp_path / log_name(3) and writer.active_first_lsn == 3
+    writer.roll()  # an empty active file is not rolled
+    assert fsync.calls == start + 2
     writer.append(1, b"x")
+    writer.roll()  # the engine rolls at each flush
+    assert writer.active_first_lsn == 4 and len(list_logs(tmp_path)) == 3
     before = fsync.calls
-    writer.sync()
+    writer.sync()  # forces an fsync of the active file
     assert fsync.calls == before + 1
     writer.close()
 
@@ -294,23 +241,22 @@ def test_sync_forces_an_fsync(tmp_path, fsync):
 def test_a_failed_fdatasync_poisons_the_log_for_good(tmp_path, monkeypatch, fsync):
     counter = SyncCounter(os.fdatasync, fail_at=3)
     monkeypatch.setattr(os, "fdatasync", counter)
-    writer = WalWriter(tmp_path, 1)
+    writer = LogWriter(tmp_path, 1)
     writer.append(1, b"a")
     writer.append(1, b"b")
     with pytest.raises(LogPoisonedError) as info:
-        writer.append(1, b"c")
+        writer.append_group([(1, b"c1"), (1, b"c2")])
     assert isinstance(info.value, StorageError) and info.value.errno == errno.EIO
     assert writer.poisoned
     fsyncs = fsync.calls
-    for _ in range(3):
+    for call in (lambda: writer.append(1, b"d"), lambda: writer.append_group([(1, b"e")]),
+                 writer.sync, writer.roll, writer.check_writable):
         with pytest.raises(LogPoisonedError):
-            writer.append(1, b"d")
-    with pytest.raises(LogPoisonedError):
-        writer.sync()
+            call()
     writer.close()  # closes without writing or syncing
     assert counter.calls == 3 and fsync.calls == fsyncs  # no sync was ever retried
     got = records(tmp_path)
-    assert got[:2] == [(1, 1, b"a"), (2, 1, b"b")] and len(got) <= 3  # "c" is unknown
+    assert got[:2] == [(1, 1, b"a"), (2, 1, b"b")] and len(got) in (2, 4)  # "c*" unknown, whole
 
 
 class FullDisk(fsio.FileSystem):
@@ -334,19 +280,19 @@ class FullDisk(fsio.FileSystem):
         super().ftruncate(fd, size)
 
 
-def test_a_full_disk_fails_only_that_append_and_leaves_no_partial_record(tmp_path, monkeypatch):
+def test_a_full_disk_fails_only_that_group_and_leaves_no_partial_record(tmp_path, monkeypatch):
     fs = FullDisk()
     monkeypatch.setattr(fsio, "FS", fs)
-    writer = WalWriter(tmp_path, 1)
+    writer = LogWriter(tmp_path, 1)
     assert writer.append(1, b"first") == 1
     size = writer.active_path.stat().st_size
     fs.fail_next_write = True
     with pytest.raises(StorageFullError) as info:
-        writer.append(1, b"x" * 1000)
+        writer.append_group([(1, b"x" * 1000), (1, b"y" * 1000)], first_lsn=2)
     assert info.value.errno == errno.ENOSPC
     assert writer.active_path.stat().st_size == size  # the half-written group was cut off
     assert not writer.poisoned and writer.next_lsn == 2
-    assert writer.append(2, b"second") == 2  # the failed record's LSN is reused
+    assert writer.append_group([(2, b"second")], first_lsn=2) == 2  # the LSNs are reused
     writer.close(clean=False)
     it = replay(tmp_path, mode=RecoveryMode.ABSOLUTE)
     assert [(r.lsn, r.kind, r.payload) for r in it] == [(1, 1, b"first"), (2, 2, b"second")]
@@ -355,73 +301,66 @@ def test_a_full_disk_fails_only_that_append_and_leaves_no_partial_record(tmp_pat
 def test_a_failed_write_that_cannot_be_cut_off_poisons_the_log(tmp_path, monkeypatch):
     fs = FullDisk(truncate_fails=True)
     monkeypatch.setattr(fsio, "FS", fs)
-    writer = WalWriter(tmp_path, 1)
+    writer = LogWriter(tmp_path, 1)
     writer.append(1, b"first")
     fs.fail_next_write = True
+    for payload in (b"x" * 1000, b"more"):
+        with pytest.raises(LogPoisonedError):
+            writer.append(1, payload)
+    writer.close()
+
+
+def test_the_after_write_failpoint_fails_the_group_and_cuts_it_back(tmp_path):
+    writer = LogWriter(tmp_path, 1, durability="os")
+    writer.append(1, b"first")
+    size = writer.active_path.stat().st_size
+    failpoints.disarm()
+    failpoints.arm("wal.after_write", "eio")
+    try:
+        with pytest.raises(StorageError) as info:
+            writer.append_group([(1, b"lost"), (1, b"lost too")])
+    finally:
+        failpoints.disarm("wal.after_write")
+    assert info.value.errno == errno.EIO and not writer.poisoned
+    assert writer.active_path.stat().st_size == size and writer.next_lsn == 2
+    assert failpoints.hits("wal.after_write") == 1 and failpoints.hits("wal.after_sync") == 0
+    assert writer.append(1, b"second") == 2
+    writer.close()
+    assert [r[2] for r in records(tmp_path)] == [b"first", b"second"]
+
+
+def test_a_roll_whose_directory_sync_fails_poisons_but_keeps_the_acknowledged_record(
+        tmp_path, monkeypatch):
+    class BadDirectory(fsio.FileSystem):
+        fail = False
+
+        def fsync_dir(self, path):
+            if self.fail:
+                raise OSError(errno.EIO, "Input/output error")
+            super().fsync_dir(path)
+
+    fs = BadDirectory()
+    monkeypatch.setattr(fsio, "FS", fs)
+    writer = LogWriter(tmp_path, 1, roll_bytes=100)
+    fs.fail = True
+    assert writer.append(1, bytes(200)) == 1  # durable before the roll was tried
+    assert writer.poisoned
     with pytest.raises(LogPoisonedError):
-        writer.append(1, b"x" * 1000)
-    with pytest.raises(LogPoisonedError):
-        writer.append(1, b"more")
+        writer.append(1, b"next")
     writer.close()
+    assert records(tmp_path) == [(1, 1, bytes(200))]
 
 
-def test_an_apply_error_reaches_only_its_caller_and_the_record_stays_logged(tmp_path):
-    writer = WalWriter(tmp_path, 1, durability="os")
-
-    def boom(lsn: int) -> None:
-        raise RuntimeError(f"apply {lsn} failed")
-
-    writer.append(1, b"a")
-    with pytest.raises(RuntimeError, match="apply 2 failed"):
-        writer.append(1, b"b", boom)
-    assert writer.append(1, b"c") == 3
-    writer.close()
-    assert [r[2] for r in records(tmp_path)] == [b"a", b"b", b"c"]
-
-
-# -- seal / open hooks ----------------------------------------------------------------------------
-
-def test_seal_and_open_payload_see_the_record_lsn_and_kind(tmp_path):
-    sealed_with: list[tuple[int, int]] = []
-
-    def seal(lsn: int, kind: int, payload: bytes) -> bytes:
-        sealed_with.append((lsn, kind))
-        return b"%d|%d|" % (lsn, kind) + payload[::-1]
-
-    def open_payload(lsn: int, kind: int, payload: bytes) -> bytes:
-        prefix = b"%d|%d|" % (lsn, kind)
-        assert payload.startswith(prefix)
-        return payload[len(prefix):][::-1]
-
-    writer = WalWriter(tmp_path, 1, durability="os", seal=seal)
-    lsns = [writer.append(k, [b"ab", b"cd"]) for k in (4, 5, 6)]
-    writer.close()
-    assert sealed_with == [(1, 4), (2, 5), (3, 6)] == list(zip(lsns, (4, 5, 6)))
-    assert records(tmp_path) == [(1, 4, b"1|4|dcba"), (2, 5, b"2|5|dcba"), (3, 6, b"3|6|dcba")]
-    assert records(tmp_path, open_payload=open_payload) == [(1, 4, b"abcd"), (2, 5, b"abcd"),
-                                                            (3, 6, b"abcd")]
-
-
-def test_a_failing_seal_fails_only_its_record_and_leaves_no_lsn_gap(tmp_path):
-    def seal(lsn: int, kind: int, payload: bytes) -> bytes:
-        if payload == b"bad":
-            raise ValueError("cannot seal")
-        return payload
-
-    writer = WalWriter(tmp_path, 1, durability="os", seal=seal)
-    writer.append(1, b"a")
-    with pytest.raises(ValueError, match="cannot seal"):
-        writer.append(1, b"bad")
-    assert writer.append(1, b"b") == 2
-    writer.close()
-    assert records(tmp_path, mode=RecoveryMode.ABSOLUTE) == [
-        (1, 1, b"a"), (2, 1, b"b")]
+def test_a_directory_that_cannot_be_created_is_a_storage_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError):
+        LogWriter(tmp_path / "file" / "wal", 1)
 
 
 # -- truncation and closing -----------------------------------------------------------------------
 
 def test_remove_below_deletes_exactly_the_files_wholly_at_or_below_the_checkpoint(tmp_path, fsync):
-    writer = WalWriter(tmp_path, 1, durability="os", roll_bytes=100)
+    writer = LogWriter(tmp_path, 1, durability="os", roll_bytes=100)
     for i in range(30):
         writer.append(1, bytes(40 + i % 50))
     starts = [lsn for lsn, _p in list_logs(tmp_path)]
@@ -442,33 +381,29 @@ def test_remove_below_deletes_exactly_the_files_wholly_at_or_below_the_checkpoin
 
 
 def test_close_is_idempotent_and_refuses_later_use(tmp_path):
-    writer = WalWriter(tmp_path, 1, durability="os")
+    writer = LogWriter(tmp_path, 1, durability="os")
     writer.append(1, b"x")
     writer.close()
     writer.close()
     assert writer.closed
-    with pytest.raises(ClosedError):
-        writer.append(1, b"y")
-    with pytest.raises(ClosedError):
-        writer.sync()
-    with pytest.raises(ClosedError):
-        writer.remove_below(5)
+    for call in (lambda: writer.append(1, b"y"), lambda: writer.append_group([(1, b"y")]),
+                 writer.sync, writer.roll, lambda: writer.remove_below(5), writer.check_writable):
+        with pytest.raises(ClosedError):
+            call()
     it = replay(tmp_path)
     assert [r.payload for r in it] == [b"x"] and it.report.clean_close and it.report.last_lsn == 2
-
-
-def test_an_unclean_close_writes_no_close_record(tmp_path):
-    writer = WalWriter(tmp_path, 1, durability="os")
-    writer.append(1, b"x")
-    writer.close(clean=False)
-    it = replay(tmp_path)
+    unclean = LogWriter(tmp_path / "u", 1, durability="os")
+    unclean.append(1, b"x")
+    unclean.close(clean=False)  # writes no CLOSE record
+    it = replay(tmp_path / "u")
     assert [r.payload for r in it] == [b"x"] and not it.report.clean_close
     assert it.report.next_lsn == 2
 
 
+# -- the appender's lock --------------------------------------------------------------------------
+
 class GatedSync:
-    """os.fdatasync stand-in whose first call blocks until `gate` is set; `fail_from` makes that
-    call number and later ones fail."""
+    """os.fdatasync whose 1st call blocks until `gate` is set; calls from `fail_from` on fail."""
 
     def __init__(self, real, fail_from: int | None = None):
         self.real, self.fail_from = real, fail_from
@@ -476,103 +411,63 @@ class GatedSync:
         self.calls = 0
 
     def __call__(self, fd: int) -> None:
-        self.calls += 1  # only ever called by the one leader at a time
+        self.calls += 1  # only ever called by one writer at a time (the log's lock)
         if self.calls == 1:
             self.entered.set()
-            self.gate.wait(10)
+            assert self.gate.wait(10), "gate never opened"
         if self.fail_from is not None and self.calls >= self.fail_from:
             raise OSError(errno.EIO, "Input/output error")
         self.real(fd)
 
 
-def run_appends(writer: WalWriter, payloads: list[bytes]) -> tuple[list[threading.Thread], dict]:
-    outcome: dict[bytes, object] = {}
+def test_groups_from_many_threads_never_interleave_with_each_other_rolls_or_syncs(tmp_path):
+    writer = LogWriter(tmp_path, 1, durability="os", roll_bytes=2000)
+    groups: dict[int, list[bytes]] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(9)
 
-    def append(payload: bytes) -> None:
-        try:
-            outcome[payload] = writer.append(1, payload)
-        except Exception as exc:  # recorded and asserted on by the test
-            outcome[payload] = exc
+    def worker(t: int) -> None:
+        start.wait(10)
+        for i in range(40):
+            payloads = [b"%d:%d:%d" % (t, i, j) for j in range(1 + (t + i) % 4)]
+            first = writer.append_group([(1, p) for p in payloads])
+            with lock:
+                groups[first] = payloads
 
-    threads = [threading.Thread(target=append, args=(p,)) for p in payloads]
-    for th in threads:
-        th.start()
-    return threads, outcome
+    def maintenance(_t: int) -> None:
+        start.wait(10)
+        for _ in range(40):
+            writer.roll()
+            writer.sync()
 
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
-
-
-def test_every_caller_of_a_group_whose_fsync_fails_gets_log_poisoned(tmp_path, monkeypatch):
-    gated = GatedSync(os.fdatasync, fail_from=2)
-    monkeypatch.setattr(os, "fdatasync", gated)
-    writer = WalWriter(tmp_path, 1)
-    leader, first = run_appends(writer, [b"leader"])
-    assert gated.entered.wait(10)
-    followers, outcome = run_appends(writer, [b"f%d" % i for i in range(7)])
-    wait_until(lambda: len(writer._queue) == 8)  # all seven wait behind the blocked leader
-    gated.gate.set()
-    for th in leader + followers:
-        th.join()
-    assert first == {b"leader": 1}
-    assert len(outcome) == 7 and all(isinstance(e, LogPoisonedError) for e in outcome.values())
-    assert gated.calls == 2  # the seven shared one (failed) sync, and it was not retried
+    errors = run_workers(lambda t: maintenance(t) if t == 8 else worker(t), 9)
+    assert errors == []
+    expected = [(first + j, 1, p) for first in sorted(groups) for j, p in enumerate(groups[first])]
+    assert [lsn for lsn, _k, _p in expected] == list(range(1, len(expected) + 1))  # no gap
     writer.close()
+    assert records(tmp_path) == expected and len(list_logs(tmp_path)) > 3
 
 
-def test_close_waits_for_queued_appends_and_refuses_later_ones(tmp_path, monkeypatch):
+def test_close_waits_for_a_group_being_written_then_ends_the_log(tmp_path, monkeypatch):
     gated = GatedSync(os.fdatasync)
     monkeypatch.setattr(os, "fdatasync", gated)
-    writer = WalWriter(tmp_path, 1)
-    leader, first = run_appends(writer, [b"leader"])
+    writer = LogWriter(tmp_path, 1)
+    outcome: list[object] = []
+    appender = threading.Thread(target=lambda: outcome.append(writer.append(1, b"in flight")))
+    appender.start()
     assert gated.entered.wait(10)
-    queued, outcome = run_appends(writer, [b"q1", b"q2"])
-    wait_until(lambda: len(writer._queue) == 3)
-    closer = threading.Thread(target=writer.close)
+    closing = threading.Event()
+    closer = threading.Thread(target=lambda: (closing.set(), writer.close()))
     closer.start()
-    wait_until(lambda: writer._closing)
-    with pytest.raises(ClosedError):
-        writer.append(1, b"late")
-    assert closer.is_alive()  # still waiting: the leader's sync is blocked
+    assert closing.wait(10)
+    assert not writer.closed  # close needs the log's lock: the group's sync still holds it
     gated.gate.set()
-    for th in leader + queued + [closer]:
-        th.join()
-    assert first == {b"leader": 1} and sorted(outcome.values()) == [2, 3]
+    appender.join(10)
+    closer.join(10)
+    assert outcome == [1] and writer.closed
     it = replay(tmp_path)
-    assert sorted(r.payload for r in it) == [b"leader", b"q1", b"q2"]
-    assert it.report.clean_close and it.report.last_lsn == 4
-
-
-def test_a_roll_whose_directory_sync_fails_poisons_but_keeps_the_acknowledged_record(
-        tmp_path, monkeypatch):
-    class BadDirectory(fsio.FileSystem):
-        fail = False
-
-        def fsync_dir(self, path):
-            if self.fail:
-                raise OSError(errno.EIO, "Input/output error")
-            super().fsync_dir(path)
-
-    fs = BadDirectory()
-    monkeypatch.setattr(fsio, "FS", fs)
-    writer = WalWriter(tmp_path, 1, roll_bytes=100)
-    fs.fail = True
-    assert writer.append(1, bytes(200)) == 1  # durable before the roll was tried
-    assert writer.poisoned
-    with pytest.raises(LogPoisonedError):
-        writer.append(1, b"next")
-    writer.close()
-    assert records(tmp_path) == [(1, 1, bytes(200))]
-
-
-def test_a_directory_that_cannot_be_created_is_a_storage_error(tmp_path):
-    (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(StorageError):
-        WalWriter(tmp_path / "file" / "wal", 1)
+    assert [r.payload for r in it] == [b"in flight"]
+    assert it.report.clean_close and it.report.last_lsn == 2
 
 
 # -- fsio helpers used by other layers ------------------------------------------------------------

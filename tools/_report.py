@@ -54,9 +54,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
-# ScaNN (C++, absl logging) writes INFO/WARNING lines such as "I0000 00:00:1796161115.265699
-# 17868 partitioner_factory_base.cc:58] ..." straight to file descriptor 2, and offers no switch
-# to silence them. Errors (E...) and fatal lines (F...) are kept.
+# Native libraries (absl logging in C++) write INFO/WARNING lines such as "I0000
+# 00:00:1796161115.265699 17868 partitioner_factory_base.cc:58] ..." straight to file
+# descriptor 2. lsmvec itself turns ScaNN's off at import (compaction/scann_logging.py); this
+# filter catches those of the peer libraries a benchmark loads. Errors (E...) and fatal lines
+# (F...) are kept.
 _NATIVE_LOG_LINE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] |"
                               rb"WARNING: All log messages before absl::InitializeLog\(\))")
 
@@ -66,7 +68,8 @@ class NativeLogFilter:
     (tracebacks, warnings, progress bars) keeps going to the terminal untouched.
 
     Python-level writes go to a new sys.stderr on a copy of the original fd; only what native
-    code writes to fd 2 passes through a pipe, line by line, and is filtered there."""
+    code writes to fd 2 passes through a pipe, line by line, and is filtered there.
+    enabled=False (a tool's --verbose) filters nothing and turns ScaNN's own INFO lines back on."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -85,6 +88,8 @@ class NativeLogFilter:
 
     def __enter__(self) -> "NativeLogFilter":
         if not self.enabled:
+            from lsmvec.compaction.scann_logging import set_scann_log_level
+            set_scann_log_level(0)
             return self
         sys.stderr.flush()
         self._saved_fd = os.dup(2)

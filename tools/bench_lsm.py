@@ -8,9 +8,9 @@ Steps, all in this process unless said otherwise:
   b. train(): everything merged into ONE trained segment (tree + AH + exact reorder)
   c. recall@10 against exact numpy search, single-query QPS (one call per query) and batched QPS
      (one call with every query) at n_probes = default (None) and half / double the default
-  d. raw ScaNN built in-process on the same vectors with the same parameters
-     (compaction.scann_params.choose_params + compaction.scann_assets.train_searcher), queried
-     with searcher.search / search_batched_parallel at the same leaves
+  d. raw ScaNN built in-process on the same vectors with the same parameters (choose_params +
+     train_searcher; below the tree threshold, ScaNN's brute force, as lsmvec scans such data
+     exactly: any n >= 1 works), queried with search / search_batched_parallel, same leaves
   e. the ratio lsmvec / raw ScaNN for single and batched QPS
   f. resident memory: a FRESH process imports everything, reads its RSS, opens the index and runs
      a few queries, reads its RSS again; the difference over the raw float32 bytes (n * dim * 4).
@@ -232,7 +232,9 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from lsmvec.compaction.scann_assets import train_searcher
-    from lsmvec.compaction.scann_params import choose_params
+    from scann.scann_ops.py import scann_ops_pybind
+
+    from lsmvec.compaction.scann_params import KIND_BRUTE, choose_params
     from lsmvec import generate_key
     from lsmvec.request.items import finish_vectors
 
@@ -255,14 +257,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         params = choose_params(n, dim, metric)
         result["params"] = params.as_dict()
         # The engine stores and searches unit vectors under cosine: raw ScaNN gets the same bytes.
-        raw_vectors = finish_vectors(data, metric) if metric == "cosine" else data
+        raw_vectors = np.ascontiguousarray(finish_vectors(data, metric) if metric == "cosine"
+                                           else data, np.float32)
+        brute = params.kind == KIND_BRUTE  # too few rows for a tree: both sides search exactly
         t0 = time.perf_counter()
-        searcher = train_searcher(np.ascontiguousarray(raw_vectors, np.float32), params)
+        searcher = (scann_ops_pybind.builder(raw_vectors, min(TOP_K, n), params.distance)
+                    .score_brute_force().build() if brute else train_searcher(raw_vectors, params))
         result["raw_build_seconds"] = time.perf_counter() - t0
-        say(f"raw ScaNN built in {result['raw_build_seconds']:.1f}s ({params.num_leaves} leaves)")
+        say(f"raw ScaNN built in {result['raw_build_seconds']:.1f}s "
+            + ("(brute force)" if brute else f"({params.num_leaves} leaves)"))
         raw_queries = finish_vectors(queries, metric) if metric == "cosine" else queries
         default = params.leaves_to_search
-        probes = [None, max(1, default // 2), min(params.num_leaves, default * 2)]
+        probes = [None] if brute else [None, max(1, default // 2), min(params.num_leaves, default * 2)]
+        extra = () if brute else (params.reorder,)  # ScaNN's (pre_reorder_num_neighbors, leaves)
         result["search"] = []
         for probe in probes:
             leaves = default if probe is None else probe
@@ -271,7 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    queries, f"lsmvec single leaves={leaves}")
             row["lsm_recall"], row["lsm_single_qps"] = recall_at_k(ids, truth), len(queries) / lat.sum()
             row["lsm_p50_ms"], row["lsm_p99_ms"] = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
-            ids, lat = time_single(lambda q: searcher.search(q, TOP_K, params.reorder, leaves)[0],
+            raw_args = () if brute else (*extra, leaves)
+            ids, lat = time_single(lambda q: searcher.search(q, TOP_K, *raw_args)[0],
                                    raw_queries, f"raw single leaves={leaves}")
             row["raw_recall"], row["raw_single_qps"] = recall_at_k(ids, truth), len(queries) / lat.sum()
             row["raw_p50_ms"], row["raw_p99_ms"] = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
@@ -279,10 +287,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      queries, args.repeats)
             row["lsm_batch_recall"], row["lsm_batch_qps"] = recall_at_k(ids, truth), len(queries) / secs
             ids, secs = time_batched(
-                lambda qs: searcher.search_batched_parallel(qs, TOP_K, params.reorder, leaves)[0],
+                lambda qs: searcher.search_batched_parallel(qs, TOP_K, *raw_args)[0],
                 raw_queries, args.repeats)
             row["raw_batch_recall"], row["raw_batch_qps"] = recall_at_k(ids, truth), len(queries) / secs
-            _, secs = time_batched(lambda qs: searcher.search_batched(qs, TOP_K, params.reorder, leaves)[0],
+            _, secs = time_batched(lambda qs: searcher.search_batched(qs, TOP_K, *raw_args)[0],
                                    raw_queries, args.repeats)
             row["raw_batch_serial_qps"] = len(queries) / secs
             row["single_ratio"] = row["lsm_single_qps"] / row["raw_single_qps"]
@@ -346,13 +354,20 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
+def _segments(segments: list) -> str:
+    return ", ".join(f"{k} {rows:,} rows" + (f" / {lists} leaves" if lists else "") for k, rows, lists in segments)
+
+
 def report(r: dict[str, Any]) -> str:
     p, ing, raw_bytes = r["params"], r["ingest"], r["raw_float32_bytes"]
+    scann = ("brute force (too few rows for a tree: lsmvec scans them exactly too)"
+             if p["kind"] == "brute" else
+             f"{p['num_leaves']} leaves, default search {p['leaves_to_search']}, "
+             f"reorder {p['reorder']}, AH dims/block {p['dims_per_block']}, "
+             f"training sample {p['training_sample_size']:,}")
     out = [f"## lsmvec vs raw ScaNN: {r['data']['dataset']}",
            f"n={r['n']:,} dim={r['dim']} metric={r['metric']} queries={r['queries']} k={TOP_K}; "
-           f"ScaNN params: {p['num_leaves']} leaves, default search {p['leaves_to_search']}, "
-           f"reorder {p['reorder']}, AH dims/block {p['dims_per_block']}, "
-           f"training sample {p['training_sample_size']:,}; load average at start "
+           f"ScaNN params: {scann}; load average at start "
            f"{r['loadavg_start'][0]:.2f}, at end {r['loadavg_end'][0]:.2f} (2 cores)", ""]
     segs = ", ".join(f"{k} {rows:,}" for k, rows in ing["segments_after_ingest"]) or "none"
     out.append(md_table(["build", "value"], [
@@ -362,10 +377,9 @@ def report(r: dict[str, Any]) -> str:
                                           f"rows, {ing['frozen_after_ingest']} frozen"],
         ["lsmvec train() (waits for a running merge)", seconds(ing["train_seconds"])
          + f" -> {len(ing['segments_after_train'])} segment(s): "
-         + ", ".join(f"{k} {rows:,} rows / {lists} leaves" for k, rows, lists in ing["segments_after_train"])],
+         + _segments(ing["segments_after_train"])],
         *([["second train() (the first left > 1 segment)",
-            f"{seconds(ing['train_again_seconds'])} -> " + ", ".join(
-                f"{k} {rows:,} rows / {lists} leaves" for k, rows, lists in ing["segments_after_second_train"])]]
+            f"{seconds(ing['train_again_seconds'])} -> " + _segments(ing["segments_after_second_train"])]]
           if ing.get("train_again_seconds") is not None else []),
         ["raw ScaNN build (same params)", seconds(r["raw_build_seconds"])],
     ]))
@@ -373,7 +387,8 @@ def report(r: dict[str, Any]) -> str:
     rows = []
     for s in r["search"]:
         label = "default" if s["n_probes"] is None else str(s["n_probes"])
-        rows.append([f"{label} ({s['leaves']} leaves)", f"{s['lsm_recall']:.3f}", f"{s['raw_recall']:.3f}",
+        where = f"{s['leaves']} leaves" if s["leaves"] else "exact"
+        rows.append([f"{label} ({where})", f"{s['lsm_recall']:.3f}", f"{s['raw_recall']:.3f}",
                      f"{s['lsm_single_qps']:,.0f}", f"{s['raw_single_qps']:,.0f}", f"{s['single_ratio']:.2f}",
                      f"{s['lsm_p50_ms']:.2f} / {s['raw_p50_ms']:.2f}",
                      f"{s['lsm_p99_ms']:.2f} / {s['raw_p99_ms']:.2f}",

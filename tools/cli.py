@@ -1,9 +1,10 @@
-"""The `lsmvec` command: demo, bench, inspect, verify, compact.
+"""The `lsmvec` command: demo, bench, bench-ingest, inspect, verify, compact.
 
-Exit codes: 0 success; 1 verify found damage; 2 usage error; 3 the index cannot be opened
-(not found, locked by another process, wrong or malformed key); 4 the index is corrupt.
-The key is read from --key-file (32 raw bytes), --key-hex, or the LSMVEC_KEY environment
-variable (hex); it is never printed.
+Exit codes: 0 success; 1 verify found damage; 2 usage error (also: no key given, a key that is
+not hex, a --key-file that cannot be read); 3 the index cannot be opened (not found, locked by
+another process, wrong or malformed key); 4 the index is corrupt.
+The key is read from --key-file (the 32 raw bytes, or 64 hex digits as text), --key-hex, or
+the LSMVEC_KEY environment variable (hex); it is never printed.
 """
 from __future__ import annotations
 
@@ -19,9 +20,30 @@ from typing import Any
 EXIT_DAMAGED, EXIT_USAGE, EXIT_OPEN, EXIT_CORRUPT = 1, 2, 3, 4
 
 
+KEY_BYTES = 32
+
+
+def _key_from_file(name: str) -> bytes:
+    """The key in file `name`: 32 raw bytes, or 64 hex digits (surrounding whitespace, such as
+    the newline `echo` or an editor adds, is ignored)."""
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"lsmvec: cannot read --key-file {name}: {exc.strerror or exc}") from None
+    if len(data) == KEY_BYTES:
+        return data
+    try:
+        return bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        pass
+    print(f"lsmvec: --key-file {name} holds {len(data)} bytes that are not a key: it must hold the "
+          f"{KEY_BYTES} raw key bytes or {2 * KEY_BYTES} hex digits", file=sys.stderr)
+    raise SystemExit(EXIT_OPEN)  # a malformed key: the index cannot be opened with it
+
+
 def _key(args: argparse.Namespace) -> bytes:
     if args.key_file:
-        return Path(args.key_file).read_bytes()
+        return _key_from_file(args.key_file)
     text = args.key_hex or os.environ.get("LSMVEC_KEY")
     if not text:
         raise SystemExit("lsmvec: no key: pass --key-file, --key-hex or set LSMVEC_KEY (hex)")
@@ -95,13 +117,21 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with client:
         before = index.stats()
         with tqdm(total=1, desc="training" if args.train else "compacting", unit="job",
-                  disable=args.quiet) as bar:
+                  disable=args.quiet or args.json) as bar:
             started = time.perf_counter()
             index.train() if args.train else index.compact()
             bar.update(1)
-        after = index.stats()
+        elapsed = time.perf_counter() - started
+        after, name = index.stats(), index.index_name()
+    if args.json:
+        _print({"index": name, "action": "train" if args.train else "compact",
+                "seconds": round(elapsed, 3), "segments_before": before["segments"],
+                "segments_after": after["segments"], "disk_bytes_before": before["disk_bytes"],
+                "disk_bytes_after": after["disk_bytes"],
+                "training_state": after["training_state"]}, True)
+        return 0
     print(f"{len(before['segments'])} segment(s) -> {len(after['segments'])} in "
-          f"{time.perf_counter() - started:.1f} s; disk {before['disk_bytes']:,} -> "
+          f"{elapsed:.1f} s; disk {before['disk_bytes']:,} -> "
           f"{after['disk_bytes']:,} bytes; state {after['training_state']}")
     return 0
 
@@ -127,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (("demo", "demo", "a guided tour on 100k synthetic vectors"),
                                ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS "
-                                "(--compare: vs every installed peer store)")):
+                                "(--compare: vs every installed peer store)"),
+                               ("bench-ingest", "bench_ingest", "durable ingest: upserts/s with "
+                                "fsync (group commit) and without, reopen and log replay speed")):
         p = sub.add_parser(name, help=text, description=text + " (options: lsmvec " + name + " -- --help)")
         if name == "bench":
             p.add_argument("--compare", action="store_true",
@@ -140,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("path", help="the index folder: <client folder>/<index name>")
         p.add_argument("--key-hex", help="the 32-byte key as hex (else LSMVEC_KEY)")
-        p.add_argument("--key-file", help="a file holding the 32 raw key bytes")
+        p.add_argument("--key-file", help="a file holding the key: its 32 raw bytes, or 64 hex "
+                                          "digits as text (a trailing newline is fine)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "compact":
             p.add_argument("--train", action="store_true", help="merge everything into one trained segment")

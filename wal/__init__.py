@@ -1,11 +1,13 @@
-"""The write-ahead log: record format, group-commit writer, replaying reader.
+"""The write-ahead log: record format, framed appender, replaying reader.
 
-    writer = WalWriter(directory, next_lsn)          # group commit, fsync per group
-    lsn = writer.append(kind, payload, apply)        # durable, then apply(lsn) in LSN order
+    log = LogWriter(directory, next_lsn)             # one writev + one fdatasync per group
+    first = log.append_group([(kind, payload), ...], first_lsn=log.next_lsn)
     for record in (it := replay(directory, from_lsn=checkpoint + 1)):
         ...                                          # it.report: last_lsn, truncated, ...
 
-`wal` imports nothing else of lsmvec; every exception of the project lives in wal.errors.
+The log calls nothing above it: group commit (the queue of waiting writers), sealing and the
+apply to memory live in the engine (lsmvec.db.write). `wal` imports nothing else of lsmvec;
+every exception of the project lives in wal.errors.
 """
 from __future__ import annotations
 
@@ -13,10 +15,17 @@ from .filenames import list_logs, log_name, parse_log_name
 from .format import KIND_CLOSE, MAX_DATA_KIND, MAX_PAYLOAD, MIN_DATA_KIND
 from .reader import Record
 from .recovery import RecoveryMode, Replay, ReplayReport, Truncation, replay
-from .writer import DURABILITIES, WalWriter
+from .writer import DURABILITIES, LogWriter, record_parts
+
+WalWriter = LogWriter
+"""The former name (its queue, seal and apply callbacks moved to lsmvec.db.write); kept for
+callers that only append(kind, payload) and close: tests/test_wal_format.py,
+tests/test_wal_recovery.py."""
 
 __all__ = [
+    "LogWriter",
     "WalWriter",
+    "record_parts",
     "DURABILITIES",
     "replay",
     "Replay",

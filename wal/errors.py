@@ -24,6 +24,8 @@ importing upward; ``engine.errors`` re-exports it as the public path.
     ├── StorageError (OSError)                 the file system failed us
     │   ├── StorageFullError                   ENOSPC / EDQUOT
     │   └── LogPoisonedError                   an fsync failed; writes refused until reopen
+    │       └── ApplyFailedError               a logged write failed to apply to memory; writes
+    │                                          refused until reopen (replay brings it back)
     └── CorruptionError                        stored bytes are damaged (path + offset)
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "LogPoisonedError",
+    "ApplyFailedError",
     "CorruptionError",
     "storage_error_from",
 ]
@@ -140,6 +143,13 @@ class StorageFullError(StorageError):
 class LogPoisonedError(StorageError):
     """An fsync failed earlier. Retrying fsync can report success for lost pages (fsyncgate),
     so the log refuses every write until the index is reopened and recovered."""
+
+
+class ApplyFailedError(LogPoisonedError):
+    """A write reached the log (durable) but applying it to memory failed, so memory no longer
+    matches what replaying the log rebuilds. The index refuses every write (and flush, compact,
+    train) until it is reopened; reads go on over the memory as it is. Reopening replays the
+    record: the write that raised this is then present."""
 
 
 class CorruptionError(LsmvecError):

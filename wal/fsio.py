@@ -1,6 +1,7 @@
 """The one seam through which lsmvec changes the file system.
 
-Every side effect (create, write, sync, truncate, rename, remove, mkdir) goes through the
+Every side effect (create, write, sync, truncate, rename, remove, mkdir) -- of the log, CONFIG
+and every segment file and folder -- goes through the
 module-level ``FS`` object, looked up at call time (``fsio.FS.write_all(...)``), so a test can
 replace ``fsio.FS`` with a subclass that fails the Nth call or drops unsynced bytes (LevelDB's
 fault_injection_test). Methods raise plain OSError; callers wrap it with
@@ -13,9 +14,9 @@ durable only after its directory is fsynced; a failed fsync is final (see LogPoi
 from __future__ import annotations
 
 import contextlib
-
 import errno
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from .errors import storage_error_from
 from .filenames import temp_name
 from .format import Buffer
 
-__all__ = ["FileSystem", "FS", "fsync_dir", "make_dirs", "remove", "atomic_write"]
+__all__ = ["FileSystem", "FS", "fsync_dir", "make_dirs", "mkdir", "remove", "remove_tree",
+           "rename", "atomic_write"]
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -95,6 +97,21 @@ class FileSystem:
     def remove(self, path: str | os.PathLike[str]) -> None:
         os.remove(path)
 
+    def remove_tree(self, path: str | os.PathLike[str]) -> None:
+        """Delete a folder and everything in it (no-op when it is absent). Not fsynced: a
+        removal that a power cut undoes leaves a folder the owner collects again."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path)
+
+    def mkdir(self, path: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
+        """Create one folder (mode 0700); its parent is NOT fsynced (make_dirs does that, or
+        the caller fsyncs the parent once, e.g. after renaming the folder into place)."""
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not (exist_ok and os.path.isdir(path)):
+                raise
+
     def make_dirs(self, path: str | os.PathLike[str]) -> None:
         """Create `path` and missing parents (mode 0700), fsyncing the parent of each one
         created so the new entries survive power loss. No-op when it exists."""
@@ -107,7 +124,7 @@ class FileSystem:
             path = path.parent
         for directory in reversed(missing):
             try:
-                os.mkdir(directory, 0o700)
+                self.mkdir(directory)
             except FileExistsError:
                 continue
             self.fsync_dir(directory.parent)
@@ -126,9 +143,29 @@ def make_dirs(path: str | os.PathLike[str]) -> None:
     FS.make_dirs(path)
 
 
+def mkdir(path: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
+    """FS.mkdir; raises OSError."""
+    FS.mkdir(path, exist_ok=exist_ok)
+
+
 def remove(path: str | os.PathLike[str]) -> None:
     """FS.remove; raises OSError."""
     FS.remove(path)
+
+
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+    """FS.remove_tree; raises OSError unless ignore_errors (best-effort cleanup after a
+    failure that is being reported)."""
+    try:
+        FS.remove_tree(path)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """FS.rename (files or folders); raises OSError. Fsync the parent afterwards."""
+    FS.rename(src, dst)
 
 
 def atomic_write(path: str | os.PathLike[str], data: Buffer) -> None:

@@ -1,92 +1,85 @@
-"""The log writer: group commit, rolling files, and the failure rules (LevelDB log_writer + the
-writers queue of DBImpl::Write).
+"""The log appender: framed records in rolling files, and the failure rules (LevelDB log_writer).
 
-Group commit: callers queue up; the caller at the head of the queue is the leader. It takes
-every waiting record (up to MAX_GROUP_BYTES), gives them consecutive LSNs, seals and encodes
-them, and - without holding the queue lock - writes them with one writev and makes them durable
-with one fdatasync. Then it runs each record's apply(lsn) in LSN order (the engine applies to
-its memtable there, so memory follows log order), and wakes the followers. The next leader
-starts only after that, so applies of successive groups never interleave.
+A plain appender that calls nothing above it. The caller hands it a group of records that are
+ready to be written -- (kind, payload) pairs, payloads already sealed -- and it frames them
+(format.py), writes the whole group with one writev and, with durability="fsync", makes it
+durable with one fdatasync. Who waits for whom (group commit), how payloads are sealed and what
+a record means in memory is the engine's business (lsmvec.db.write).
+
+LSNs: the caller passes the group's first LSN (`first_lsn`), and it must be `next_lsn`. The
+engine seals each payload with its LSN as associated data before the group gets here, so it
+must know the LSNs first; the appender checks that claim instead of silently assigning its own,
+so a payload sealed for another LSN never reaches the file (at replay it would fail
+authentication: corruption). The appender stays the one authority on next_lsn: it advances
+only when a group is written, so the LSNs of a group whose write was cut back are reused by the
+next group. `first_lsn` may be omitted (unsealed use: tools and tests).
 
 Failures:
-- a failed write is cut off again (ftruncate to the size before the group, then fsync); only
-  that group's callers get StorageError / StorageFullError and their LSNs are reused by the next
-  group (so `seal` may see an LSN twice; it must not derive a nonce from the LSN alone). If
-  the cut fails too, the log is poisoned.
-- a failed fsync / fdatasync poisons the log: that group's callers and every later append or
-  sync get LogPoisonedError, and no sync is ever retried (after a failed fsync Linux may report
+- a failed write is cut off again (ftruncate to the size before the group, then fsync); the
+  call raises StorageError / StorageFullError and nothing of the group is logged. If the cut
+  fails too, the log is poisoned.
+- a failed fsync / fdatasync poisons the log: that call and every later append, roll or sync
+  raise LogPoisonedError, and no sync is ever retried (after a failed fsync Linux may report
   success for pages it dropped - PostgreSQL's "fsyncgate"). The group's records may or may not
   be on disk; reopening and replaying the log tells.
 
-durability="fsync" (default): append returns after fdatasync. durability="os": append returns
+durability="fsync" (default): append_group returns after fdatasync. durability="os": it returns
 after write(); the data survives a process crash, not power loss or an OS crash. Rolls and
 close fsync in both modes.
 """
 from __future__ import annotations
 
 import contextlib
-
 import errno
 import logging
 import os
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import failpoints, fsio
 from .errors import (ClosedError, InvalidArgumentError, InvalidTypeError, LogPoisonedError,
                      storage_error_from)
 from .filenames import list_logs, log_name
-from .format import (HEADER_SIZE, KIND_CLOSE, MAX_PAYLOAD, Buffer, encode_header, is_data_kind,
-                     join_parts, payload_parts)
+from .format import KIND_CLOSE, MAX_PAYLOAD, Buffer, encode_header, is_data_kind, payload_parts
 
-__all__ = ["WalWriter", "DURABILITIES", "MAX_GROUP_BYTES"]
+__all__ = ["LogWriter", "DURABILITIES", "record_parts"]
 
 log = logging.getLogger(__name__)
 
 DURABILITIES = ("fsync", "os")
-MAX_GROUP_BYTES = 64 << 20  # one group's payload cap: bounds a leader's latency and memory
 Payload = Buffer | Sequence[Buffer]
-Seal = Callable[[int, int, Any], Any]
-Apply = Callable[[int], None]
+_Framed = tuple[int, list[Buffer], int]  # kind, payload parts, payload size
 
 
 class _DirectorySyncError(OSError):
     """A new log file's directory entry could not be made durable."""
 
 
-class _Entry:
-    """One queued record and, once its group is done, its outcome."""
-
-    __slots__ = ("kind", "parts", "size", "apply", "lsn", "done", "error", "wake")
-
-    def __init__(self, kind: int, parts: list[Buffer], size: int, apply: Apply | None):
-        self.kind, self.parts, self.size, self.apply = kind, parts, size, apply
-        self.lsn = 0
-        self.done = False
-        self.error: BaseException | None = None
-        self.wake = threading.Lock()  # held until the leader releases this caller
-        self.wake.acquire()
+def record_parts(kind: int, payload: Payload) -> tuple[list[Buffer], int]:
+    """Check one record as append_group will: its payload as a list of buffers (no copy) and
+    its size. Raises InvalidArgumentError (kind outside 1..254, payload over MAX_PAYLOAD) or
+    InvalidTypeError (payload not bytes-like, nor a list of bytes-like parts)."""
+    if not is_data_kind(kind):
+        raise InvalidArgumentError(f"record kind must be an int in 1..254, got {kind!r}")
+    parts, size = payload_parts(payload)
+    if size > MAX_PAYLOAD:
+        raise InvalidArgumentError(f"record payload of {size} bytes exceeds {MAX_PAYLOAD}")
+    return parts, size
 
 
-class WalWriter:
+class LogWriter:
     """Appends records to the log files in `directory`, starting at `next_lsn`.
 
     Always starts a NEW file named by next_lsn (an existing empty file of that name, left by a
     crash, is reused). Raises InvalidArgumentError for a bad durability / roll_bytes / next_lsn,
     or when a log file at or after next_lsn already holds records (the caller must pass the
     replay report's next_lsn); StorageError when the directory or file cannot be created.
-    Thread-safe. `seal(lsn, kind, payload) -> bytes` transforms each payload before it is
-    written (the engine encrypts, binding the LSN); it runs in the leader's thread. With
-    `seal_parts`, seal gets the payload's list of buffers instead of their concatenation.
+    Thread-safe: one lock serialises appends, rolls, syncs and close.
     """
 
     def __init__(self, directory: str | os.PathLike[str], next_lsn: int, *,
-                 durability: str = "fsync", roll_bytes: int = 64 << 20, seal: Seal | None = None,
-                 seal_parts: bool = False):
+                 durability: str = "fsync", roll_bytes: int = 64 << 20):
         if durability not in DURABILITIES:
             raise InvalidArgumentError(f"durability must be one of {DURABILITIES}, "
                                        f"got {durability!r}")
@@ -97,14 +90,10 @@ class WalWriter:
         self.directory = Path(directory)
         self.durability = durability
         self.roll_bytes = roll_bytes
-        self._seal = seal
-        self._seal_parts = seal_parts  # seal gets the payload's parts, unjoined (saves a copy)
-        self._cond = threading.Condition(threading.Lock())  # guards the queue and the flags
-        self._io = threading.Lock()  # guards the fd, file size and next LSN during I/O
-        self._queue: deque[_Entry] = deque()
+        self._lock = threading.Lock()  # guards the fd, file size, next LSN and the flags
         self._next_lsn = next_lsn
         self._poison: OSError | None = None
-        self._closing = self._closed = False
+        self._closed = False
         self.fsyncs = self.groups = self.records = 0
         try:
             fsio.FS.make_dirs(self.directory)
@@ -167,140 +156,51 @@ class WalWriter:
 
     # -- appending ----------------------------------------------------------------------------
 
-    def append(self, kind: int, payload: Payload, apply: Apply | None = None) -> int:
-        """Append one record and return its LSN once it is durable (per `durability`) and
-        `apply(lsn)` has run. `payload`: bytes-like, or a list of bytes-like parts written back
-        to back (no concatenation). `apply` runs in the leader's thread, in LSN order, and must
-        not call append; if it raises, this call raises that error but the record stays logged.
+    def append_group(self, records: Sequence[tuple[int, Payload]],
+                     first_lsn: int | None = None) -> int:
+        """Write `records` -- (kind, payload) pairs; a payload is bytes-like or a list of
+        bytes-like parts written back to back -- as records first_lsn, first_lsn + 1, ...: one
+        writev, then (durability="fsync") one fdatasync. Returns the first LSN once the group
+        is durable (per `durability`); the whole group is logged, or nothing of it. A full
+        file is rolled after the group. An empty group writes nothing and returns next_lsn.
 
-        Raises InvalidArgumentError (kind outside 1..254, payload over MAX_PAYLOAD),
-        InvalidTypeError (payload not bytes-like), ClosedError (after close),
-        StorageError / StorageFullError (the write failed; nothing was logged),
-        LogPoisonedError (a sync failed, now or earlier).
+        Raises, before anything is written: InvalidArgumentError (a kind outside 1..254, a
+        payload over MAX_PAYLOAD, first_lsn other than next_lsn), InvalidTypeError (a payload
+        not bytes-like), ClosedError, LogPoisonedError (an earlier sync failed). Then
+        StorageError / StorageFullError (the write failed and was cut off: nothing logged, the
+        LSNs are reused), LogPoisonedError (the sync failed, or the cut did).
         """
-        entry = self._entry(kind, payload, apply)
-        with self._cond:
+        framed = [(kind, *record_parts(kind, payload)) for kind, payload in records]
+        with self._lock:
             self._check_writable()
-            self._queue.append(entry)
-            head = self._queue[0] is entry
-        self._await(entry, head)
-        if entry.error is not None:
-            raise entry.error
-        return entry.lsn
+            lsn = self._next_lsn
+            if first_lsn is not None and (type(first_lsn) is not int or first_lsn != lsn):
+                raise InvalidArgumentError(f"a group starting at LSN {first_lsn!r} cannot be "
+                                           f"appended: the log is at LSN {lsn}")
+            if not framed:
+                return lsn
+            self._write(framed, lsn, force_sync=False)
+            if self._file_size >= self.roll_bytes and self._poison is None:
+                self._roll()
+            return lsn
 
-    def append_many(self, records: Sequence[tuple[int, Payload, Apply | None]]
-                    ) -> list[int | BaseException]:
-        """Append several records, queued back to back, from one thread: they share groups
-        (one write, one sync) without a thread per record. Returns, per record, its LSN or the
-        error that `append` would have raised for it (each record stands alone: one failing
-        does not undo another). Raises, before queueing anything, what `append` raises for a
-        bad kind or payload, and ClosedError / LogPoisonedError."""
-        entries = [self._entry(kind, payload, apply) for kind, payload, apply in records]
-        if not entries:
-            return []
-        with self._cond:
-            self._check_writable()
-            head = not self._queue
-            self._queue.extend(entries)
-        for i, entry in enumerate(entries):
-            if not entry.done:
-                self._await(entry, head and i == 0)
-        return [entry.error if entry.error is not None else entry.lsn for entry in entries]
+    def append(self, kind: int, payload: Payload) -> int:
+        """One record as a group of its own; returns its LSN (tools and tests). Raises what
+        append_group raises."""
+        return self.append_group([(kind, payload)])
 
-    def _entry(self, kind: int, payload: Payload, apply: Apply | None) -> _Entry:
-        if not is_data_kind(kind):
-            raise InvalidArgumentError(f"record kind must be an int in 1..254, got {kind!r}")
-        parts, size = payload_parts(payload)
-        if size > MAX_PAYLOAD:
-            raise InvalidArgumentError(f"record payload of {size} bytes exceeds {MAX_PAYLOAD}")
-        return _Entry(kind, parts, size, apply)
+    def check_writable(self) -> None:
+        """Raise ClosedError / LogPoisonedError now if the log refuses appends (a cheap check
+        without the lock, for callers that queue work; append_group checks again)."""
+        self._check_writable()
 
-    def _await(self, entry: _Entry, head: bool) -> None:
-        """Wait until `entry`'s group is done, leading it when `entry` reaches the head."""
-        if not head:  # released once: when its group is done, or when it becomes the head
-            entry.wake.acquire()
-        with self._cond:
-            group = None if entry.done else self._take_group()
-        if group is not None:
-            self._lead(group)
-
-    def _take_group(self) -> list[_Entry]:
-        """The head of the queue, up to MAX_GROUP_BYTES (at least one). Stays queued until done,
-        so later callers wait behind it. Caller holds _cond."""
-        group: list[_Entry] = []
-        total = 0
-        for entry in self._queue:
-            if group and total + entry.size > MAX_GROUP_BYTES:
-                break
-            group.append(entry)
-            total += entry.size + HEADER_SIZE
-        return group
-
-    def _lead(self, group: list[_Entry]) -> None:
-        try:
-            with self._io:
-                self._write_group(group, force_sync=False)
-                if self._file_size >= self.roll_bytes and self._poison is None:
-                    self._roll()
-            for entry in group:  # in LSN order: the group is in queue order, LSNs too
-                if entry.error is None and entry.apply is not None:
-                    try:
-                        entry.apply(entry.lsn)
-                    except Exception as exc:  # the record is logged; only its caller learns
-                        log.exception("apply callback of log record %d failed", entry.lsn)
-                        entry.error = exc
-        except BaseException as exc:  # e.g. KeyboardInterrupt in the leader: fail the rest
-            for entry in group:
-                if entry.error is None and entry.lsn == 0:
-                    entry.error = exc
-            raise
-        finally:
-            # Wake exactly the callers that can go on -- this group's and the next leader --
-            # not every waiting thread (with hundreds of writers, a notify_all per group is a
-            # thundering herd that costs more CPU than the group commit saves).
-            with self._cond:
-                for _ in group:
-                    self._queue.popleft().done = True
-                following = self._queue[0] if self._queue else None
-                if following is None:
-                    self._cond.notify_all()  # close() waits for an empty queue
-            for entry in group[1:]:  # group[0] leads: the head, not waiting
-                entry.wake.release()
-            if following is not None:
-                following.wake.release()
-
-    def _write_group(self, group: list[_Entry], force_sync: bool) -> None:
-        """Seal, encode, write and (if durable mode or forced) sync `group`; store each entry's
-        LSN or error. Caller holds _io."""
-        if self._poison is not None:
-            for entry in group:
-                entry.error = self._poisoned_error()
-            return
-        lsn = self._next_lsn
+    def _write(self, framed: list[_Framed], lsn: int, force_sync: bool) -> None:
+        """Encode, write and (if durable mode or forced) sync records lsn, lsn + 1, ...
+        Caller holds _lock."""
         buffers: list[Buffer] = []
-        written: list[_Entry] = []
-        for entry in group:
-            parts, size = entry.parts, entry.size
-            if self._seal is not None and entry.kind != KIND_CLOSE:
-                try:
-                    sealed = self._seal(lsn, entry.kind,
-                                        parts if self._seal_parts else join_parts(parts))
-                    if not isinstance(sealed, (bytes, bytearray)):
-                        sealed = bytes(sealed)
-                    parts, size = [sealed], len(sealed)
-                    if size > MAX_PAYLOAD:
-                        raise InvalidArgumentError(f"sealed payload of {size} bytes exceeds "
-                                                   f"{MAX_PAYLOAD}")
-                except Exception as exc:  # this caller's problem only; its LSN goes to the next
-                    entry.error = exc
-                    continue
-            buffers.append(encode_header(lsn, entry.kind, parts, size))
+        for i, (kind, parts, size) in enumerate(framed):
+            buffers.append(encode_header(lsn + i, kind, parts, size))
             buffers.extend(parts)
-            entry.lsn = lsn
-            lsn += 1
-            written.append(entry)
-        if not written:
-            return
         nbytes = sum(len(b) if isinstance(b, bytes) else memoryview(b).nbytes for b in buffers)
         before = self._file_size
         try:
@@ -308,28 +208,24 @@ class WalWriter:
             failpoints.hit("wal.after_write")
         except OSError as exc:
             self._undo_write(before)
-            for entry in written:
-                entry.lsn = 0
-                entry.error = (self._poisoned_error() if self._poison is not None
-                               else storage_error_from(exc, f"cannot write log {self._path}"))
-            return
+            if self._poison is not None:
+                raise self._poisoned_error() from None
+            raise storage_error_from(exc, f"cannot write log {self._path}") from None
         self._file_size = before + nbytes
-        self._next_lsn = lsn
+        self._next_lsn = lsn + len(framed)
         if force_sync or self.durability == "fsync":
             try:
                 self.fsyncs += 1
                 fsio.FS.fdatasync(self._fd)
             except OSError as exc:
                 self._set_poison(exc)
-                for entry in written:
-                    entry.error = self._poisoned_error()
-                return
+                raise self._poisoned_error() from None
         failpoints.hit("wal.after_sync")
         self.groups += 1
-        self.records += len(written)
+        self.records += len(framed)
 
     def _undo_write(self, size: int) -> None:
-        """Cut a partly written group off again, so no caller's failed record can replay."""
+        """Cut a partly written group off again, so none of its records can replay."""
         try:
             fsio.FS.ftruncate(self._fd, size)
             self.fsyncs += 1
@@ -339,7 +235,7 @@ class WalWriter:
 
     def _roll(self) -> None:
         """Seal the full file (fsync) and continue in a new one named by the next LSN. A file
-        that cannot be created is logged and retried after the next group. Caller holds _io."""
+        that cannot be created is logged and retried after the next group. Caller holds _lock."""
         try:
             self.fsyncs += 1
             fsio.FS.fsync(self._fd)
@@ -379,29 +275,19 @@ class WalWriter:
 
     # -- syncing, truncating, closing -----------------------------------------------------------
 
-    @contextmanager
-    def _io_writable(self) -> Iterator[None]:
-        """Hold the I/O lock on a log that is neither closed nor poisoned."""
-        with self._cond:
-            self._check_writable()
-        with self._io:
-            if self._closed:
-                raise ClosedError("log writer is closed")
-            if self._poison is not None:
-                raise self._poisoned_error()
-            yield
-
     def roll(self) -> None:
         """Continue in a new file now, so a later checkpoint can free this one whole (the
         engine rolls at each flush). Raises ClosedError, LogPoisonedError."""
-        with self._io_writable():
+        with self._lock:
+            self._check_writable()
             if self._file_size > 0:
                 self._roll()
 
     def sync(self) -> None:
         """fsync the active file now (earlier files were synced when rolled).
         Raises ClosedError, LogPoisonedError (also when this sync fails)."""
-        with self._io_writable():
+        with self._lock:
+            self._check_writable()
             try:
                 self.fsyncs += 1
                 fsio.FS.fsync(self._fd)
@@ -416,11 +302,11 @@ class WalWriter:
         Raises ClosedError, StorageError (files removed before the failure stay removed)."""
         if type(checkpoint_lsn) is not int:
             raise InvalidTypeError(f"checkpoint_lsn must be an int, got {checkpoint_lsn!r}")
-        with self._cond:
-            if self._closing or self._closed:
+        with self._lock:
+            if self._closed:
                 raise ClosedError("log writer is closed")
+            active = self._path
         logs = list_logs(self.directory)
-        active = self._path
         removed: list[Path] = []
         for (_first, path), (next_first, _next) in zip(logs, logs[1:]):
             if path == active or next_first > checkpoint_lsn + 1:
@@ -440,37 +326,24 @@ class WalWriter:
         return removed
 
     def close(self, clean: bool = True) -> None:
-        """Wait for queued appends, then (clean=True) append a CLOSE record and fsync, and close
-        the file. Idempotent. A poisoned log closes without writing. clean=False writes and
-        syncs nothing more (a crash-like stop). Raises StorageError when the CLOSE record
-        cannot be made durable (the file is closed anyway)."""
-        with self._cond:
-            if self._closing:
-                while not self._closed:
-                    self._cond.wait()
+        """Wait for a group being written, then (clean=True) append a CLOSE record and fsync,
+        and close the file. Idempotent. A poisoned log closes without writing. clean=False
+        writes and syncs nothing more (a crash-like stop). Raises StorageError when the CLOSE
+        record cannot be made durable (the file is closed anyway)."""
+        with self._lock:
+            if self._closed:
                 return
-            self._closing = True
-            while self._queue:
-                self._cond.wait()
-        try:
-            with self._io:
-                try:
-                    if clean and self._poison is None:
-                        entry = _Entry(KIND_CLOSE, [], 0, None)
-                        self._write_group([entry], force_sync=True)
-                        if entry.error is not None:
-                            raise entry.error
-                finally:
-                    _close_quietly(self._fd)
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
+            self._closed = True
+            try:
+                if clean and self._poison is None:
+                    self._write([(KIND_CLOSE, [], 0)], self._next_lsn, force_sync=True)
+            finally:
+                _close_quietly(self._fd)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _check_writable(self) -> None:
-        if self._closing or self._closed:
+        if self._closed:
             raise ClosedError("log writer is closed")
         if self._poison is not None:
             raise self._poisoned_error()
@@ -490,7 +363,7 @@ class WalWriter:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self._poison else "open"
-        return f"<WalWriter {self.directory} next_lsn={self._next_lsn} {state}>"
+        return f"<LogWriter {self.directory} next_lsn={self._next_lsn} {state}>"
 
 
 def _close_quietly(fd: int) -> None:

@@ -1,7 +1,7 @@
 """IndexCore: the one implementation behind Index and AsyncIndex.
 
-Write path: validated batch -> one sealed WAL record (group commit, fsync) -> applied to the
-memtable by the group's leader in LSN order, under the write side of the lock -> return.
+Write path: validated batch -> one sealed WAL record (group commit, fsync: write.py) -> applied
+to the memtable by the group's leader in LSN order, under the write side of the lock -> return.
 Read path: under the read side, search every source (memtable, frozen memtables, segments) and
 merge (see reads.py). Opening replays the log on top of what the store already holds.
 """
@@ -17,21 +17,24 @@ import numpy as np
 
 from lsmvec.compaction.compactor import Compactor, run_in_background_thread
 from lsmvec.compaction.policy import SegmentStat, pick
-from lsmvec.wal import RecoveryMode, WalWriter
+from lsmvec.wal import LogWriter, RecoveryMode
 
 from lsmvec.disk import records
 from lsmvec.disk.config import read_config, stored_dimension, write_config
-from lsmvec.db.info import CoreInfo
+from lsmvec.db import info as reports
 from lsmvec.errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
 from lsmvec.request.items import Batch
+from lsmvec.request.options import IndexOptions
 from lsmvec.disk.filenames import WAL_DIR
 from lsmvec.disk.lockfile import LOCK_NAME, LockFile
 from lsmvec.db.memtable import Memtable
 from lsmvec.db.reads import find_live, live_ids, run_query
-from lsmvec.db.recovery import check_store_is_current, opened_manifest, replay_log
+from lsmvec.db.recovery import check_store_is_current, opened_edit, replay_log
 from lsmvec.db.rwlock import RWLock
 from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
-from lsmvec.disk.store import Manifest, Store
+from lsmvec.db.write import WriteQueue, sealer, wal_aad
+from lsmvec.disk.store import Store
+from lsmvec.db.version import Manifest, VersionEdit, install, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,7 @@ MAX_FROZEN = 4
 """Writers wait while this many memtables await their flush (backpressure, bounded memory)."""
 
 
-def _wal_aad(uuid: bytes, lsn: int, kind: int) -> bytes:
-    return b"%s|wal|%d|%d" % (uuid, kind, lsn)
-
-
-class IndexCore(CoreInfo):
+class IndexCore:
     """An open index. Thread-safe; one per index folder per process (see Client)."""
 
     def __init__(self, folder: Path, index_key: bytes, *, durability: str = "fsync",
@@ -67,9 +66,11 @@ class IndexCore(CoreInfo):
             if self.config.embedding_model:
                 from lsmvec.embedding import load_model
                 self.embedder = load_model(self.config.embedding_model)
-            opts = self.config.options
-            self.memtable_bytes = int(opts.get("memtable_bytes", DEFAULT_MEMTABLE_BYTES))
-            self.background = bool(opts.get("background_compaction", True))
+            # CONFIG's options object (authenticated) -> typed and validated, from here on
+            opts = IndexOptions.from_stored(self.config.options, f"index {folder.name!r}")
+            self.config = dataclasses.replace(self.config, options=opts)
+            self.memtable_bytes = opts.memtable_bytes
+            self.background = opts.background_compaction
             self.memtable = Memtable(self.config.dimension, self.config.metric,
                                      expected_bytes=self.memtable_bytes)
             self.frozen: list[Memtable] = []
@@ -82,16 +83,16 @@ class IndexCore(CoreInfo):
             self.segments: list[SegmentSource] = []
             self.seg_by_id: dict[int, SegmentSource] = {}
             self.store = Store(folder, self.cipher)
-            self.manifest: Manifest = self.store.read_manifest()
+            self.manifest: Manifest = read_manifest(self.store)
             self.next_segment_id = self.manifest.next_segment_id
             check_store_is_current(self.manifest, self.folder, self.store.path)
             self._load_segments()
             self._live = self.store.count()
             self._next_lsn = replay_log(self, recovery)
-            self.wal = WalWriter(self.wal_dir, self._next_lsn,
+            self.wal = LogWriter(self.wal_dir, self._next_lsn,
                                  durability=durability,
-                                 roll_bytes=int(self.config.options.get("wal_roll_bytes", DEFAULT_ROLL_BYTES)),
-                                 seal=self._seal, seal_parts=True)
+                                 roll_bytes=self.config.options.wal_roll_bytes)
+            self.writes = WriteQueue(self.wal, seal=sealer(self.cipher), name=folder.name)
             self._record_open()
             # Only now, with the open wholly done, is anything deleted: a refused open (a
             # rolled-back store, a missing log) must leave every file as it found it.
@@ -119,11 +120,9 @@ class IndexCore(CoreInfo):
                                           metric=self.config.metric))
 
     def _record_open(self) -> None:
-        """One store commit before any write is taken (see replay.opened_manifest)."""
+        """One version.install before any write is taken (see recovery.opened_edit)."""
         replayed = bool(self.memtable.n_rows or self.memtable.tombstones or self.frozen)
-        opened = opened_manifest(self.manifest, replayed, self._next_lsn, self.wal.active_first_lsn)
-        self.store.commit(lambda txn: txn.put_manifest(opened))
-        self.manifest = opened
+        install(self, opened_edit(self.manifest, replayed, self._next_lsn, self.wal.active_first_lsn))
 
     def add_segment(self, source: SegmentSource) -> None:
         self.segments.append(source)
@@ -139,14 +138,27 @@ class IndexCore(CoreInfo):
             self.next_segment_id += 1
             return seg_id
 
+    # -- reports: plain functions of lsmvec.db.info over the public state below ---------------
+    stats, verify = reports.stats, reports.verify
+    n_lists, training_state = reports.n_lists, reports.training_state
+
+    @property
+    def live_count(self) -> int:  # read it under the read lock
+        return self._live
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    @property
+    def background_error(self) -> BaseException | None:
+        return self._flusher.error or self._merger.error
+
     # -- log ----------------------------------------------------------------------------------
 
-    def _seal(self, lsn: int, kind: int, parts: list) -> bytearray:
-        return self.cipher.wal.seal_parts(parts, _wal_aad(self.cipher.uuid, lsn, kind))
-
-    def _open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:
-        return self.cipher.wal.open(payload, _wal_aad(self.cipher.uuid, lsn, kind))
-
+    def _open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:  # sealed: write.py
+        return self.cipher.wal.open(payload, wal_aad(self.cipher.uuid, lsn, kind))
+    open_payload = _open_payload  # public: recovery and verify authenticate log records
 
     def _apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
                       metadata: list) -> None:
@@ -155,11 +167,13 @@ class IndexCore(CoreInfo):
             self.memtable.upsert(lsn, ids, vectors, contents, metadata)
             if self.memtable.payload_bytes >= self.memtable_bytes:
                 self._freeze()
+    apply_upsert = _apply_upsert  # public: recovery replays the log through it
 
     def _apply_delete(self, lsn: int, ids: list[str]) -> None:
         with self._rw.write():
             self._live -= self._shadow(ids)
             self.memtable.delete(lsn, ids)
+    apply_delete = _apply_delete  # public: recovery replays the log through it
 
     def _shadow(self, ids: list[str]) -> int:
         """A newer version or a delete is arriving: hide older versions everywhere.
@@ -202,6 +216,7 @@ class IndexCore(CoreInfo):
         flusher = getattr(self, "_flusher", None)
         if flusher is not None and self.background:
             flusher.signal()
+    freeze = _freeze  # public: recovery freezes a full replayed memtable (under the write lock)
 
     def release_writers(self) -> None:
         with self._writers_cond:
@@ -287,6 +302,7 @@ class IndexCore(CoreInfo):
         if self._closed:
             raise ClosedError(f"index {self.config.name!r} is closed")
         self._lock.check()  # ~2 us: a writer whose LOCK file vanished must not write on
+        self.writes.check_applied()  # memory lost a logged write: no write until reopen
 
     @property
     def dimension(self) -> int | None:
@@ -349,7 +365,7 @@ class IndexCore(CoreInfo):
                 queued.append((i, record))
         if queued:
             self._wait_for_room()
-            results = self.wal.append_many([record for _i, record in queued])
+            results = self.writes.write_many([record for _i, record in queued])
             if self.wal.active_first_lsn != self.manifest.log_head:  # the log rolled
                 self._record_log_head()
             for (i, _record), result in zip(queued, results):
@@ -419,20 +435,11 @@ class IndexCore(CoreInfo):
         """The log rolled: record its new file (its loss is then seen at the next open). Once
         per roll; never waits behind a flush or merge commit (which records it itself, or the
         next write does). A failure only weakens that check."""
-        if not self.commit_lock.acquire(blocking=False):
-            return
+        edit = VersionEdit(log_head=self.wal.active_first_lsn, skip_unchanged=True)
         try:
-            head = self.wal.active_first_lsn
-            if head == self.manifest.log_head:
-                return
-            moved = dataclasses.replace(self.manifest, log_head=head,
-                                        version=self.manifest.version + 1)
-            self.store.commit(lambda txn: txn.put_manifest(moved))
-            self.manifest = moved
+            install(self, edit, wait=False)
         except StorageError as exc:
             log.warning("index %s: cannot record the new log file: %s", self.folder.name, exc)
-        finally:
-            self.commit_lock.release()
 
     def close(self) -> None:
         """Stop background work, flush (so reopen replays nothing), end the log with a CLOSE
@@ -445,7 +452,7 @@ class IndexCore(CoreInfo):
         try:
             self._flusher.stop()
             self._merger.stop()
-            if not self.wal.poisoned:
+            if not self.writes.poisoned:  # else memory may not match the log: replay decides
                 try:
                     run_in_background_thread(self._flush_all)
                 except StorageFullError as exc:
@@ -456,6 +463,7 @@ class IndexCore(CoreInfo):
         finally:
             self._closed = True
             try:
+                self.writes.close()  # refuse new writes, wait for the queued ones
                 self._close_log()
             finally:
                 self.store.close()
@@ -477,12 +485,8 @@ class IndexCore(CoreInfo):
             return
         if not clean:
             return
-        closed = dataclasses.replace(self.manifest, closed_lsn=self.wal.last_lsn,
-                                     version=self.manifest.version + 1)
         try:
-            self.store.commit(lambda txn: txn.put_manifest(closed))
+            install(self, VersionEdit(closed_lsn=self.wal.last_lsn))
         except StorageFullError as exc:
             log.warning("index %s: cannot record the clean close (%s); the next open treats "
                         "this as a crash", self.folder.name, exc)
-            return
-        self.manifest = closed

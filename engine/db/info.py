@@ -1,61 +1,69 @@
-"""What an open index reports about itself: stats, training state, verify (split from core)."""
+"""What an open index reports about itself: stats, training state, verify, n_lists.
+
+Plain functions over an IndexCore's public state (IndexCore exposes them as its methods of the
+same names, for the Index face).
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lsmvec.compaction.scann_params import KIND_TREE_AH
+from lsmvec.db.verify import verify_index
+
+if TYPE_CHECKING:
+    from lsmvec.db.core import IndexCore
+
+__all__ = ["stats", "verify", "n_lists", "training_state"]
 
 
-class CoreInfo:
-    """Mixed into IndexCore: read-only reports over its state."""
+def stats(core: "IndexCore") -> dict[str, Any]:
+    with core.read_lock():
+        error = core.background_error
+        return {
+            "vectors": core.live_count,
+            "memtable_rows": core.memtable.n_rows,
+            "memtable_live": core.memtable.n_live,
+            "memtable_bytes": core.memtable.payload_bytes,
+            "frozen_memtables": len(core.frozen),
+            "tombstones": len(core.memtable.tombstones) + sum(len(t.tombstones) for t in core.frozen),
+            "segments": [{"id": s.id, "rows": s.n_rows, "kind": s.info.kind,
+                          "n_lists": s.info.n_lists,
+                          "dead_rows": int(np.count_nonzero(s.persisted))} for s in core.segments],
+            "checkpoint_lsn": core.manifest.checkpoint_lsn,
+            "last_lsn": core.wal.next_lsn - 1,
+            "wal_bytes": core.wal.bytes_on_disk,
+            "wal_files": core.wal.file_count,
+            "disk_bytes": _folder_bytes(core.folder),
+            "training_state": training_state(core),
+            "background_error": repr(error) if error else None,
+        }
 
-    def stats(self) -> dict[str, Any]:
-        with self.read_lock():
-            return {
-                "vectors": self._live,
-                "memtable_rows": self.memtable.n_rows,
-                "memtable_live": self.memtable.n_live,
-                "memtable_bytes": self.memtable.payload_bytes,
-                "frozen_memtables": len(self.frozen),
-                "tombstones": len(self.memtable.tombstones) + sum(len(t.tombstones) for t in self.frozen),
-                "segments": [{"id": s.id, "rows": s.n_rows, "kind": s.info.kind,
-                              "n_lists": s.info.n_lists,
-                              "dead_rows": int(np.count_nonzero(s.persisted))} for s in self.segments],
-                "checkpoint_lsn": self.manifest.checkpoint_lsn,
-                "last_lsn": self.wal.next_lsn - 1,
-                "wal_bytes": self.wal.bytes_on_disk,
-                "wal_files": self.wal.file_count,
-                "disk_bytes": _folder_bytes(self.folder),
-                "training_state": self.training_state(),
-                "background_error": repr(self._flusher.error or self._merger.error)
-                if (self._flusher.error or self._merger.error) else None,
-            }
 
-    def verify(self) -> dict[str, Any]:
-        """Check every checksum and tag; report (never raise) what is damaged."""
-        from lsmvec.db.verify import verify_index
-        with self.flush_lock, self.merge_lock:  # no segment switch while it cross-checks
-            return verify_index(self)
+def verify(core: "IndexCore") -> dict[str, Any]:
+    """Check every checksum and tag; report (never raise) what is damaged."""
+    with core.flush_lock, core.merge_lock:  # no segment switch while it cross-checks
+        return verify_index(core)
 
-    def n_lists(self) -> int | None:
-        trained = [s.info.n_lists for s in self.segments if s.info.kind == KIND_TREE_AH]
-        return max(trained) if trained else None
 
-    def training_state(self) -> str:
-        """"trained": everything sits in segments that are ScaNN trees, or in one segment small
-        enough that exact search is the better index; "training" during train()."""
-        if self._training:
-            return "training"
-        if self.frozen or self.memtable.n_rows or self.memtable.tombstones or not self.segments:
-            return "untrained"
-        if all(s.info.kind == KIND_TREE_AH for s in self.segments) or len(self.segments) == 1:
-            return "trained"
+def n_lists(core: "IndexCore") -> int | None:
+    trained = [s.info.n_lists for s in core.segments if s.info.kind == KIND_TREE_AH]
+    return max(trained) if trained else None
+
+
+def training_state(core: "IndexCore") -> str:
+    """"trained": everything sits in segments that are ScaNN trees, or in one segment small
+    enough that exact search is the better index; "training" during train()."""
+    if core.training:
+        return "training"
+    if core.frozen or core.memtable.n_rows or core.memtable.tombstones or not core.segments:
         return "untrained"
-
+    if all(s.info.kind == KIND_TREE_AH for s in core.segments) or len(core.segments) == 1:
+        return "trained"
+    return "untrained"
 
 
 def _folder_bytes(folder: Path) -> int:

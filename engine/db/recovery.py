@@ -6,7 +6,6 @@ cut by a crash before it was acknowledged -- is dropped by the WAL reader and lo
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,14 +16,14 @@ from lsmvec.disk import records
 from lsmvec.disk.filenames import WAL_DIR
 from lsmvec.errors import CorruptionError
 from lsmvec.db.segments import segment_folder_names
-from lsmvec.disk.store import Manifest
+from lsmvec.db.version import Manifest, VersionEdit
 
 if TYPE_CHECKING:
     from lsmvec.db.core import IndexCore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["replay_log", "check_store_is_current", "opened_manifest"]
+__all__ = ["replay_log", "check_store_is_current", "opened_edit"]
 
 
 def check_store_is_current(manifest: Manifest, folder: Path, store_path: Path) -> None:
@@ -42,16 +41,15 @@ def check_store_is_current(manifest: Manifest, folder: Path, store_path: Path) -
                               "(restored from a backup?)", str(store_path))
 
 
-def opened_manifest(old: Manifest, replayed: bool, next_lsn: int, log_head: int) -> Manifest:
-    """What a writer's open records before it takes any write: the log file it appends to (it
-    must exist from now on) and the clean-close mark cleared. When the log past the checkpoint
-    held nothing but CLOSE records, the checkpoint moves up in the same commit, so replay never
-    asks for records that are about to be deleted."""
+def opened_edit(old: Manifest, replayed: bool, next_lsn: int, log_head: int) -> VersionEdit:
+    """What a writer's open records before it takes any write (one version.install): the log
+    file it appends to (it must exist from now on) and the clean-close mark cleared. When the
+    log past the checkpoint held nothing but CLOSE records, the checkpoint moves up in the same
+    commit, so replay never asks for records that are about to be deleted."""
     checkpoint = old.checkpoint_lsn
     if not replayed and next_lsn - 1 > checkpoint:
         checkpoint = next_lsn - 1
-    return dataclasses.replace(old, checkpoint_lsn=checkpoint, version=old.version + 1,
-                               log_head=log_head, closed_lsn=0)
+    return VersionEdit(checkpoint_lsn=checkpoint, log_head=log_head, closed_lsn=0)
 
 
 def replay_log(core: "IndexCore", mode: RecoveryMode) -> int:
@@ -64,14 +62,15 @@ def replay_log(core: "IndexCore", mode: RecoveryMode) -> int:
     core.memtable.first_lsn = start
     for rec in records_iter:
         try:
-            payload = core._open_payload(rec.lsn, rec.kind, rec.payload)
+            payload = core.open_payload(rec.lsn, rec.kind, rec.payload)
         except CorruptionError as exc:
             raise CorruptionError("log record fails authentication", rec.path, rec.offset) from exc
         _apply(core, rec.lsn, rec.kind, payload, rec.path, rec.offset)
         last = rec.lsn
     report = getattr(records_iter, "report", None)
     if core.memtable.payload_bytes >= core.memtable_bytes:
-        core._freeze()
+        with core.rw.write():
+            core.freeze()
     if report is not None and getattr(report, "truncated", None):
         log.warning("index %s: dropped a torn log tail: %s", core.folder.name, report.truncated)
     return max(last, report.last_lsn) + 1
@@ -84,8 +83,8 @@ def _apply(core: "IndexCore", lsn: int, kind: int, payload: bytes, path: str | N
         dim = core.memtable.dimension or core.config.dimension
         if dim is not None and rec.vectors.shape[1] != dim and len(rec.ids):
             raise CorruptionError("log record has the wrong dimension", path, offset)
-        core._apply_upsert(lsn, rec.ids, rec.vectors, rec.contents, rec.metadata)
+        core.apply_upsert(lsn, rec.ids, rec.vectors, rec.contents, rec.metadata)
     elif kind == records.KIND_DELETE:
-        core._apply_delete(lsn, records.decode_delete(payload, path, offset))
+        core.apply_delete(lsn, records.decode_delete(payload, path, offset))
     else:
         raise CorruptionError(f"unknown log record kind {kind}", path, offset)

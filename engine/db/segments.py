@@ -20,8 +20,9 @@ from lsmvec.compaction.segment import FileEntry, Segment
 
 from lsmvec.disk.filenames import SEGMENTS_DIR
 from lsmvec.errors import CorruptionError
-from lsmvec.disk.store import SegmentInfo, Store
+from lsmvec.disk.store import Store
 from lsmvec.db.term_index import TermIndex
+from lsmvec.db.version import SegmentInfo, read_dead, read_row_ids, read_terms
 
 # Rows asked of a segment per round when a filter rejects most of them.
 _FILTER_FETCH_FACTOR = 4
@@ -237,9 +238,9 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
                            context=context, metric=metric)
     if segment.n != info.rows:
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
-    ids = store.read_row_ids(info.id, info.rows)
-    persisted = store.read_dead(info.id, info.rows, info.dead)
-    return SegmentSource(info, segment, ids, persisted, store, store.read_terms(info.id, info.rows))
+    ids = read_row_ids(store, info.id, info.rows)
+    persisted = read_dead(store, info.id, info.rows, info.dead)
+    return SegmentSource(info, segment, ids, persisted, store, read_terms(store, info.id, info.rows))
 
 
 def segment_folder_names(folder: Path) -> list[str]:

@@ -72,7 +72,7 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
                          mode=RecoveryMode.TOLERATE_TORN_TAIL, repair=False,
                          required_file=manifest.log_head or 0)
         for rec in records:
-            core._open_payload(rec.lsn, rec.kind, rec.payload)
+            core.open_payload(rec.lsn, rec.kind, rec.payload)
             report["wal_records"] += 1
     except CorruptionError as exc:
         problems.append(_problem(exc))

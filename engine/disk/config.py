@@ -32,12 +32,15 @@ class IndexConfig:
     dimension: int | None
     metric: str
     embedding_model: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
+    """The index options, opaque to this layer: as read_config returns them, the JSON object
+    CONFIG holds (authenticated, not interpreted); above, the engine's typed, validated
+    ``lsmvec.request.options.IndexOptions`` (a dataclass: ``asdict`` writes every option)."""
     format: int = FORMAT_VERSION
     key_check: str = ""
 
     def canonical(self) -> bytes:
-        body = asdict(self)
+        body = asdict(self)  # typed options (a dataclass) -> a dict of every option
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @property
@@ -46,7 +49,8 @@ class IndexConfig:
 
 
 def new_config(name: str, index_key: bytes, *, dimension: int | None, metric: str,
-               embedding_model: str | None, options: dict[str, Any]) -> IndexConfig:
+               embedding_model: str | None, options: Any) -> IndexConfig:
+    """``options``: validated by the caller (IndexOptions); stored as given."""
     uid = uuidlib.uuid4()
     return IndexConfig(name=name, uuid=str(uid), dimension=dimension, metric=metric,
                        embedding_model=embedding_model, options=options,

@@ -1,13 +1,16 @@
-"""The LMDB store of one index: items (id map + contents + metadata), dead-row sets, manifest.
+"""The LMDB store of one index: bytes and transactions. Two tables: items (id map + contents +
+metadata) and meta (sealed msgpack values by name: b"manifest", b"dead/<seg>", b"rows/<seg>",
+b"terms/<seg>"). What those values mean -- the manifest, dead-row sets, term indexes -- is the
+database's business (engine/db/version.py); this module only seals, opens and stores them.
 
 Keys never reveal ids: an item's key is a keyed hash of its id. A value is
 ``segment u32 | row u32 | sealed msgpack [id, contents, metadata]``; the location is left in the
 clear (it says nothing of the data) so the write path can find a superseded row without a
 decryption, and it is bound into the seal's associated data, so a moved value fails to open.
 
-Every state change is one write transaction (LevelDB's VersionSet::LogAndApply): items, dead
-sets and the manifest change together or not at all. MapFullError is handled here, in one place,
-by growing the map and retrying.
+Every state change is one write transaction (Store.commit, driven by version.install): items,
+meta values and the manifest change together or not at all. MapFullError is handled here, in one
+place, by growing the map and retrying; LMDB errors become CorruptionError / StorageError here.
 """
 from __future__ import annotations
 
@@ -20,13 +23,12 @@ import subprocess
 import sys
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import lmdb
 import msgpack
-import numpy as np
 
 from lsmvec.wal import failpoints, fsio
 
@@ -54,43 +56,6 @@ _PREPARE_BLOCK = 1024
 _FULL_DISK_BYTES = 64 << 20
 """Below this much free space, an LMDB write failing with EIO is taken for a full disk."""
 _MIN_PAGE = 4096  # LMDB's two meta pages come first in every data file
-MANIFEST_KEY = b"manifest"
-
-
-@dataclass
-class SegmentInfo:
-    """One live segment as the manifest names it."""
-    id: int
-    rows: int
-    kind: str
-    files: list[list[Any]]  # [name, size, sha256 hex]
-    n_lists: int | None = None
-    dead: int = 0
-    """Rows of the segment the store no longer points at: the size of its dead/ set, kept in
-    the sealed manifest so a dead/ record LMDB lost cannot bring deleted items back."""
-
-    def pack(self) -> list:
-        return [self.id, self.rows, self.kind, self.files, self.n_lists, self.dead]
-
-    @classmethod
-    def unpack(cls, raw: list) -> "SegmentInfo":
-        return cls(int(raw[0]), int(raw[1]), str(raw[2]), [list(f) for f in raw[3]], raw[4],
-                   int(raw[5]))
-
-
-@dataclass
-class Manifest:
-    segments: list[SegmentInfo] = field(default_factory=list)
-    checkpoint_lsn: int = 0
-    next_segment_id: int = 1
-    version: int = 0
-    log_head: int | None = 0
-    """First LSN of the newest log file a writer recorded creating (at its open, at each flush):
-    that file must exist. 0: no writer ever opened this store (it can own no log records and no
-    segment). None: a store written before this was recorded (nothing is checked)."""
-    closed_lsn: int = 0
-    """LSN of the CLOSE record of the last clean close (0: open, or the last run crashed): the
-    log must end with that record, intact."""
 
 
 @dataclass
@@ -112,11 +77,13 @@ def _unpack(data: bytes, path: str) -> Any:
 class Store:
     """Thread-safe: LMDB serialises write transactions; reads are short read transactions."""
 
-    def __init__(self, folder: Path, cipher: IndexCipher, *, create: bool = False):
+    def __init__(self, folder: Path, cipher: IndexCipher, *, create: bool = False,
+                 initial: Mapping[bytes, Any] | None = None):
         """Open the store of an index folder. `create` (only while the index is being built in
-        its temporary folder) makes the file, its tables and an empty manifest; otherwise all of
-        them must exist, so a store that lost its tables or manifest is a CorruptionError and
-        never taken for a new, empty index."""
+        its temporary folder) makes the file, its tables and the `initial` meta values (name ->
+        msgpack-able object; the database's empty manifest, see version.create_store) in one
+        transaction; otherwise the file and tables must exist, so a store that lost them is a
+        CorruptionError and never taken for a new, empty index."""
         self.path = folder / STORE_DIR
         self._data = str(self.path / DATA_FILE)
         self._cipher = cipher
@@ -154,7 +121,10 @@ class Store:
             self.env.close()
             raise self._wrap(exc, "open") from None
         if create:
-            self.commit(lambda txn: txn.put_manifest(Manifest()))
+            def fill(txn: StoreTxn) -> None:
+                for name, obj in (initial or {}).items():
+                    txn.put_meta(name, obj)
+            self.commit(fill)
             fsio.fsync_dir(self.path)  # data.mdb's own directory entry
         if info["map_size"] < _INITIAL_MAP:
             self.env.set_mapsize(_INITIAL_MAP)
@@ -309,66 +279,20 @@ class Store:
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
-    def _get_meta(self, name: bytes) -> bytes | None:
-        """A raw value of the meta database, in a short read transaction."""
+    @property
+    def data_file(self) -> str:
+        """The path of data.mdb: what a CorruptionError about the store names."""
+        return self._data
+
+    def get_meta(self, name: bytes) -> Any:
+        """The opened, decoded meta value `name` (None when there is none), in a short read
+        transaction. A value that fails to open or decode is a CorruptionError."""
         try:
             with self.env.begin(db=self._meta) as txn:
-                return txn.get(name)
+                raw = txn.get(name)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
-
-    def read_manifest(self) -> Manifest:
-        raw = self._get_meta(MANIFEST_KEY)
-        if raw is None:  # every store is created with one
-            raise CorruptionError("the store's manifest is missing", self._data)
-        body = self._open_meta(MANIFEST_KEY, raw)
-        try:
-            head = body.get("log_head")
-            return Manifest([SegmentInfo.unpack(s) for s in body["segments"]], int(body["checkpoint"]),
-                            int(body["next_segment"]), int(body["version"]),
-                            None if head is None else int(head), int(body.get("closed", 0)))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-            raise CorruptionError("malformed manifest", self._data) from None
-
-    def read_dead(self, segment: int, rows: int, expected: int) -> np.ndarray:
-        """The segment's dead-row set; `expected` (the manifest's count) must match it."""
-        name = b"dead/%d" % segment
-        raw = self._get_meta(name)
-        if raw is None:
-            if expected:
-                raise CorruptionError(f"dead-row set of segment {segment} is missing",
-                                      self._data)
-            return np.zeros(rows, bool)
-        bits = np.frombuffer(self._open_meta(name, raw), np.uint8)
-        if len(bits) != (rows + 7) // 8:
-            raise CorruptionError(f"dead-row set of segment {segment} has the wrong size", self._data)
-        dead = np.unpackbits(bits, count=rows).astype(bool)
-        if int(np.count_nonzero(dead)) != expected:
-            raise CorruptionError(f"dead-row set of segment {segment} does not match the "
-                                  f"manifest", self._data)
-        return dead
-
-    def read_row_ids(self, segment: int, rows: int) -> list[str]:
-        name = b"rows/%d" % segment
-        raw = self._get_meta(name)
-        if raw is None:
-            raise CorruptionError(f"row ids of segment {segment} are missing", self._data)
-        ids = self._open_meta(name, raw)
-        if not isinstance(ids, list) or len(ids) != rows:
-            raise CorruptionError(f"row ids of segment {segment} are malformed", self._data)
-        return ids
-
-    def read_terms(self, segment: int, rows: int):
-        """The segment's secondary index (an empty one when it has no metadata)."""
-        from lsmvec.db.term_index import TermIndex
-        name = b"terms/%d" % segment
-        raw = self._get_meta(name)
-        if raw is None:  # every segment gets one, empty or not
-            raise CorruptionError(f"term index of segment {segment} is missing", self._data)
-        try:
-            return TermIndex.unpack(self._open_meta(name, raw), rows)
-        except (ValueError, TypeError, KeyError):
-            raise CorruptionError(f"term index of segment {segment} is malformed", self._data) from None
+        return None if raw is None else self._open_meta(name, raw)
 
     # -- the one write path -------------------------------------------------------------------
 
@@ -413,7 +337,6 @@ class Store:
         self.env.close()
 
 
-
 class StoreTxn:
     """What an edit may do inside the one write transaction."""
 
@@ -431,22 +354,17 @@ class StoreTxn:
     def delete_item(self, item_id: str) -> None:
         self.txn.delete(self._s._cipher.id_hash(item_id), db=self._s._items)
 
-    def put_dead(self, segment: int, dead: np.ndarray) -> None:
-        name = b"dead/%d" % segment
-        self.txn.put(name, self._s._seal_meta(name, np.packbits(dead).tobytes()), db=self._s._meta)
+    def get_meta(self, name: bytes) -> Any:
+        """A meta value as this transaction sees it (None when there is none)."""
+        raw = self.txn.get(name, db=self._s._meta)
+        return None if raw is None else self._s._open_meta(name, raw)
 
-    def put_row_ids(self, segment: int, ids: list[str]) -> None:
-        name = b"rows/%d" % segment
-        self.txn.put(name, self._s._seal_meta(name, ids), db=self._s._meta)
+    def put_meta(self, name: bytes, obj: Any) -> None:
+        """Seal `obj` (msgpack) under `name`, bound to it and to the index."""
+        self.txn.put(name, self._s._seal_meta(name, obj), db=self._s._meta)
 
-    def put_terms(self, segment: int, terms) -> None:
-        name = b"terms/%d" % segment
-        self.txn.put(name, self._s._seal_meta(name, terms.pack()), db=self._s._meta)
-
-    def drop_segment(self, segment: int) -> None:
-        self.txn.delete(b"terms/%d" % segment, db=self._s._meta)
-        self.txn.delete(b"dead/%d" % segment, db=self._s._meta)
-        self.txn.delete(b"rows/%d" % segment, db=self._s._meta)
+    def delete_meta(self, name: bytes) -> None:
+        self.txn.delete(name, db=self._s._meta)
 
     def reseal_item(self, item_id: str, segment: int, row: int) -> bool:
         """Point an item at its new place (re-sealed: the location is bound into the seal)."""
@@ -458,9 +376,3 @@ class StoreTxn:
         self.txn.put(key, self._s._seal_item(key, item_id, segment, row, item.contents, item.metadata),
                      db=self._s._items)
         return True
-
-    def put_manifest(self, manifest: Manifest) -> None:
-        body = {"segments": [s.pack() for s in manifest.segments], "checkpoint": manifest.checkpoint_lsn,
-                "next_segment": manifest.next_segment_id, "version": manifest.version,
-                "log_head": manifest.log_head, "closed": manifest.closed_lsn}
-        self.txn.put(MANIFEST_KEY, self._s._seal_meta(MANIFEST_KEY, body), db=self._s._meta)

@@ -1,11 +1,13 @@
-"""`python -m lsmvec.tools.bench`: durable upsert throughput, sync counts, reopen and log replay speed,
-and the raw disk baseline they are bounded by.
+"""`lsmvec bench-ingest` (= `python -m lsmvec.tools.bench_ingest`): durable upsert throughput, sync
+counts, reopen and log replay speed, and the raw disk baseline they are bounded by. (`lsmvec
+bench` is another benchmark: lsmvec against raw ScaNN, recall and query speed.)
 
-Every configuration runs in a fresh subprocess (`python -m lsmvec.tools.bench --one CONFIG --json`), so
-the page cache, allocator and thread state one leaves behind do not flatter or hurt the next:
+Every configuration runs in a fresh subprocess (`python -m lsmvec.tools.bench_ingest --one CONFIG
+--json`), so the page cache, allocator and thread state one leaves behind do not flatter or hurt
+the next:
   disk        write + fdatasync blocks of one batch's size (1.5 MB at 1000 x 384) to a new file
   fsync-<T>t  durability="fsync" (the default), T threads on one index (group commit); default
-              settings, so background flushes into ScaNN segments run during the ingest
+              settings, so background flushes into segments run during the ingest
   os-1t       durability="os", one thread: the log is written per call, not fsynced
   logonly-1t  durability="fsync", one thread, background compaction off and a memtable larger
               than the data: the log path alone. It ends like kill -9 (os._exit, no close):
@@ -87,12 +89,16 @@ class SyncCounter:
 # -- the children -----------------------------------------------------------------------------
 
 def _engine_has_option(name: str) -> bool:
-    """Whether the engine's source reads tuning option `name` (unknown tuning options are
-    stored silently, so passing one the engine ignores would prove nothing)."""
-    import lsmvec
-    root = Path(engine.__file__).parent
-    needles = (f'"{name}"', f"'{name}'")
-    return any(any(n in path.read_text(errors="replace") for n in needles) for path in root.glob("*.py"))
+    """Whether the engine knows tuning option `name`: one of its IndexOptions, or (an engine
+    without them, which stored unknown options silently) a name its source reads."""
+    try:
+        from lsmvec.request.options import IndexOptions
+    except ImportError:
+        import lsmvec
+        needles = (f'"{name}"', f"'{name}'")
+        return any(any(n in path.read_text(errors="replace") for n in needles)
+                   for path in Path(lsmvec.__file__).parent.rglob("*.py"))
+    return name in IndexOptions.names()
 
 
 def _log_only_options(n: int, dim: int) -> dict[str, Any]:
@@ -268,7 +274,7 @@ def _configs(threads: list[int]) -> Iterator[str]:
 
 
 def _spawn(args: argparse.Namespace, config: str, base: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lsmvec.tools.bench", "--one", config, "--json", "--data", str(base),
+    cmd = [sys.executable, "-m", "lsmvec.tools.bench_ingest", "--one", config, "--json", "--data", str(base),
            "--source", f"fsync-{args.thread_counts[0]}t", *(["--verbose"] if args.verbose else []),
            "--n", str(args.n), "--dim", str(args.dim), "--batch", str(args.batch), "--metric", args.metric]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress bars, tracebacks
@@ -337,7 +343,7 @@ def _profile(args: argparse.Namespace, config: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lsmvec.tools.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lsmvec bench-ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="vectors per configuration (default 100000)")
     parser.add_argument("--dim", type=int, default=384, help="dimension (default 384)")
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    print(f"lsmvec bench: {args.n:,} x {args.dim} float32 ({args.metric}), batches of {args.batch:,}; "
+    print(f"lsmvec bench-ingest: {args.n:,} x {args.dim} float32 ({args.metric}), batches of {args.batch:,}; "
           f"{env['cpus']} CPUs, Python {env['python']}; each configuration in a fresh process")
     base = Path(tempfile.mkdtemp(prefix="lsmvec-bench-", dir=args.dir))
     results = []

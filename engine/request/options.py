@@ -1,0 +1,147 @@
+"""IndexOptions: the typed, validated tuning options of one index (stored in its CONFIG).
+
+``create_index(name, key, dimension=..., memtable_bytes=..., ...)`` takes them as keywords;
+``IndexOptions.from_keywords`` checks them all before anything is written: an unknown name is a
+TypeError (InvalidTypeError) naming it and listing the known ones, a wrong type is
+InvalidTypeError and an out-of-range value InvalidArgumentError, each naming the option.
+CONFIG's ``"options"`` object holds every field (``to_stored``); an older CONFIG may hold fewer
+(the defaults fill in) or names this version does not know (``from_stored``: ignored with a
+logged warning -- the CONFIG MAC still authenticates them, they are simply not ours).
+
+engine/disk/config.py stores and authenticates the object without interpreting it (the disk
+layer imports nothing of the request side); IndexCore turns it into IndexOptions when it opens
+the index and reads typed attributes (``config.options.memtable_bytes``), never strings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lsmvec.errors import InvalidArgumentError, InvalidTypeError
+
+__all__ = ["IndexOptions", "DEFAULT_MEMTABLE_BYTES", "DEFAULT_WAL_ROLL_BYTES", "MAX_BYTES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMTABLE_BYTES = 64 << 20
+DEFAULT_WAL_ROLL_BYTES = 64 << 20
+MAX_BYTES = 1 << 40
+"""Upper bound of the byte-size options (1 TiB): anything larger is a mistake, not a tuning."""
+
+
+def _option(default: Any, doc: str, *, low: int | None = None, high: int | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "range": (low, high)})
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Tuning options of one index, fixed at create_index and stored in its CONFIG.
+
+    Every field: type, default, valid range (``metadata["range"]``, inclusive) and a one-line
+    doc (``metadata["doc"]``); ``IndexOptions.describe()`` lists them."""
+
+    memtable_bytes: int = _option(
+        DEFAULT_MEMTABLE_BYTES, "payload bytes a memtable holds before it is frozen and flushed "
+        "into a segment", low=1, high=MAX_BYTES)
+    background_compaction: bool = _option(
+        True, "flush and merge in background threads; False: only in flush() / compact() / "
+        "train() / close")
+    wal_roll_bytes: int = _option(
+        DEFAULT_WAL_ROLL_BYTES, "size at which the write-ahead log starts a new file (it also "
+        "rolls at every flush)", low=1, high=MAX_BYTES)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, Any]) -> IndexOptions:
+        """The options create_index was given as keywords. Raises InvalidTypeError (a
+        TypeError) for an unknown name, naming it and listing the known ones (with the closest
+        known name as a hint); InvalidTypeError / InvalidArgumentError naming the option for a
+        wrong type / an out-of-range value."""
+        known = cls.names()
+        unknown = [name for name in keywords if name not in known]
+        if unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidTypeError(
+                f"unknown index option {name!r}{hint}; known options: "
+                f"{', '.join(known)}" + (f" (also unknown: {unknown[1:]})" if unknown[1:] else ""))
+        return cls(**keywords)
+
+    @classmethod
+    def from_stored(cls, stored: Any, where: str = "CONFIG") -> IndexOptions:
+        """The options of an existing CONFIG (already authenticated by its MAC). Names this
+        version does not know (written by another version) are ignored, and a stored value this
+        version rejects falls back to the default, each with a logged warning: the index still
+        opens. Never raises (an options entry that is not an object: defaults, warned)."""
+        if isinstance(stored, IndexOptions):
+            return stored
+        if not isinstance(stored, Mapping):
+            log.warning("%s: options are a %s, not an object; using the defaults", where,
+                        type(stored).__name__)
+            return cls()
+        known = cls.names()
+        ignored = sorted(str(name) for name in stored if name not in known)
+        if ignored:
+            log.warning("%s: ignoring unknown index options %s (written by another version of "
+                        "lsmvec; known: %s)", where, ignored, ", ".join(known))
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in stored:
+                continue
+            try:
+                values[f.name] = _checked(f, stored[f.name])
+            except (InvalidTypeError, InvalidArgumentError) as exc:
+                log.warning("%s: %s; using the default %r", where, exc, f.default)
+        return cls(**values)
+
+    def to_stored(self) -> dict[str, Any]:
+        """CONFIG's JSON object: every option, validated."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, tuple[int | None, int | None], str]]:
+        """(name, type, default, (low, high), doc) of every option."""
+        return [(f.name, _type_name(f), f.default, f.metadata["range"], f.metadata["doc"])
+                for f in dataclasses.fields(cls)]
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as field ``f``'s type; raises InvalidTypeError / InvalidArgumentError."""
+    kind = _type_name(f)
+    if kind == "bool":
+        if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy.bool_ too
+            raise InvalidTypeError(f"option {f.name} must be a bool, got "
+                                   f"{type(value).__name__} {value!r}")
+        return bool(value)
+    if kind == "int":
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            raise InvalidTypeError(f"option {f.name} must be an int, got bool {value!r}")
+        try:
+            number = operator.index(value)  # int, numpy integers; never float or str
+        except TypeError:
+            raise InvalidTypeError(f"option {f.name} must be an int, got "
+                                   f"{type(value).__name__} {value!r}") from None
+        low, high = f.metadata["range"]
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise InvalidArgumentError(f"option {f.name} must be in {low}..{high}, got {number}")
+        return number
+    raise AssertionError(f"option {f.name} has an unsupported type {kind}")  # pragma: no cover
