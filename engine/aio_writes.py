@@ -1,9 +1,9 @@
 """WriteBatcher: group commit that starts on the event loop, before the thread hop.
 
-The log already shares one write and one fsync among the threads waiting at that moment. But
-with hundreds of tasks each sending a small upsert through its own worker thread, the thread
-hops (and the GIL hand-offs between those threads) cost more than the fsync they share. So the
-tasks of one AsyncIndex queue their upsert / delete calls here; one of them -- the leader --
+The engine's write queue (db/write.py) already shares one write and one fsync among the
+threads waiting at that moment. But with hundreds of tasks each sending a small upsert through
+its own worker thread, the thread hops (and the GIL hand-offs between those threads) cost more
+than the fsync they share. So the tasks of one AsyncIndex queue their upsert / delete calls here; one of them -- the leader --
 takes every queued call and runs them in a single worker thread as one group of log records
 (Index.write_many); the rest wait on the loop. The next queued task leads the next batch.
 

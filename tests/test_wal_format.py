@@ -9,7 +9,7 @@ import crc32c
 import numpy as np
 import pytest
 
-from lsmvec.wal import KIND_CLOSE, WalWriter, list_logs, log_name, parse_log_name, replay
+from lsmvec.wal import KIND_CLOSE, LogWriter, list_logs, log_name, parse_log_name, replay
 from lsmvec.wal.filenames import is_temp_name, temp_name
 from lsmvec.wal.format import (CRC_START, HEADER, HEADER_SIZE, MAGIC, MAGIC_BYTES, encode_header,
                         encode_record, record_crc)
@@ -18,7 +18,7 @@ from lsmvec.wal.format import (CRC_START, HEADER, HEADER_SIZE, MAGIC, MAGIC_BYTE
 def write_log(directory: Path, records: list[tuple[int, bytes]], *, roll_bytes: int = 64 << 20,
               clean: bool = True) -> list[tuple[int, int, bytes]]:
     """Append (kind, payload) records from LSN 1; returns the oracle [(lsn, kind, payload)]."""
-    writer = WalWriter(directory, 1, durability="os", roll_bytes=roll_bytes)
+    writer = LogWriter(directory, 1, durability="os", roll_bytes=roll_bytes)
     oracle = [(writer.append(kind, payload), kind, payload) for kind, payload in records]
     writer.close(clean=clean)
     return oracle
@@ -163,10 +163,10 @@ def test_from_lsn_yields_exactly_the_records_at_or_after_it(tmp_path):
 
 
 def test_close_records_are_never_yielded_but_count_as_lsns(tmp_path):
-    first = WalWriter(tmp_path, 1, durability="os")
+    first = LogWriter(tmp_path, 1, durability="os")
     assert first.append(5, b"a") == 1
     first.close()
-    second = WalWriter(tmp_path, 3, durability="os")  # LSN 2 was the CLOSE record
+    second = LogWriter(tmp_path, 3, durability="os")  # LSN 2 was the CLOSE record
     assert second.append(5, b"b") == 3
     second.close(clean=False)
     it = replay(tmp_path)

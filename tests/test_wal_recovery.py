@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lsmvec.wal import RecoveryMode, Truncation, WalWriter, list_logs, log_name, replay
+from lsmvec.wal import RecoveryMode, Truncation, LogWriter, list_logs, log_name, replay
 from lsmvec.wal.errors import CorruptionError
 from lsmvec.wal.format import HEADER_SIZE, encode_record
 
@@ -23,7 +23,7 @@ class Log:
                  clean: bool = False, seed: int = 0):
         rng = random.Random(seed)
         self.dir = directory
-        writer = WalWriter(directory, 1, durability="os", roll_bytes=roll_bytes)
+        writer = LogWriter(directory, 1, durability="os", roll_bytes=roll_bytes)
         self.oracle = [(writer.append(1 + i % 3, p), 1 + i % 3, p)
                        for i, p in enumerate(rng.randbytes(rng.randint(30, 200)) for _ in range(n))]
         writer.close(clean=clean)
@@ -66,7 +66,7 @@ def test_torn_last_record_is_dropped_and_cut_off_so_the_next_writer_appends_clea
     assert it.report.truncated == [Truncation(path, offset, size - offset)]
     assert it.report.repaired and it.report.next_lsn == 20 and not it.report.clean_close
     assert path.stat().st_size == offset
-    writer = WalWriter(tmp_path, it.report.next_lsn, durability="os")
+    writer = LogWriter(tmp_path, it.report.next_lsn, durability="os")
     assert writer.append(2, b"after the crash") == 20
     writer.close()
     assert records(tmp_path, mode=ABSOLUTE) == log.oracle[:-1] + [(20, 2, b"after the crash")]
@@ -144,7 +144,7 @@ def test_an_empty_last_file_left_by_a_crash_after_a_roll_is_fine(tmp_path):
     (tmp_path / log_name(21)).write_bytes(b"")
     it = replay(tmp_path, mode=ABSOLUTE)
     assert [(r.lsn, r.kind, r.payload) for r in it] == log.oracle and it.report.next_lsn == 21
-    writer = WalWriter(tmp_path, 21, durability="os")  # reuses the empty file
+    writer = LogWriter(tmp_path, 21, durability="os")  # reuses the empty file
     writer.append(1, b"x")
     writer.close()
     assert len(list_logs(tmp_path)) == 2 and records(tmp_path)[-1] == (21, 1, b"x")
@@ -306,7 +306,7 @@ def test_point_in_time_keeps_the_prefix_and_reports_what_it_dropped(tmp_path):
     assert [(r.lsn, r.kind, r.payload) for r in it] == log.oracle[:4]
     assert it.report.removed == files[1:] and log.files() == [path]
     assert path.stat().st_size == offset
-    writer = WalWriter(tmp_path, it.report.next_lsn, durability="os")
+    writer = LogWriter(tmp_path, it.report.next_lsn, durability="os")
     writer.append(1, b"new")
     writer.close()
     assert records(tmp_path, mode=ABSOLUTE) == log.oracle[:4] + [(5, 1, b"new")]

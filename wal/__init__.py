@@ -17,14 +17,8 @@ from .reader import Record
 from .recovery import RecoveryMode, Replay, ReplayReport, Truncation, replay
 from .writer import DURABILITIES, LogWriter, record_parts
 
-WalWriter = LogWriter
-"""The former name (its queue, seal and apply callbacks moved to lsmvec.db.write); kept for
-callers that only append(kind, payload) and close: tests/test_wal_format.py,
-tests/test_wal_recovery.py."""
-
 __all__ = [
     "LogWriter",
-    "WalWriter",
     "record_parts",
     "DURABILITIES",
     "replay",

@@ -17,32 +17,27 @@ import numpy as np
 
 from lsmvec.compaction.compactor import Compactor, run_in_background_thread
 from lsmvec.compaction.policy import SegmentStat, pick
-from lsmvec.wal import LogWriter, RecoveryMode
-
-from lsmvec.disk import records
-from lsmvec.disk.config import read_config, stored_dimension, write_config
 from lsmvec.db import info as reports
-from lsmvec.errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
-from lsmvec.request.items import Batch
-from lsmvec.request.options import IndexOptions
-from lsmvec.disk.filenames import WAL_DIR
-from lsmvec.disk.lockfile import LOCK_NAME, LockFile
 from lsmvec.db.memtable import Memtable
 from lsmvec.db.reads import find_live, live_ids, run_query
 from lsmvec.db.recovery import check_store_is_current, opened_edit, replay_log
 from lsmvec.db.rwlock import RWLock
 from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
-from lsmvec.db.write import WriteQueue, sealer, wal_aad
-from lsmvec.disk.store import Store
 from lsmvec.db.version import Manifest, VersionEdit, install, read_manifest
+from lsmvec.db.write import WriteQueue, sealer, wal_aad
+from lsmvec.disk import records
+from lsmvec.disk.config import read_config, stored_dimension, write_config
+from lsmvec.disk.filenames import WAL_DIR
+from lsmvec.disk.lockfile import LOCK_NAME, LockFile
+from lsmvec.disk.store import Store
+from lsmvec.errors import ClosedError, DimensionMismatchError, StorageError, StorageFullError
+from lsmvec.request.items import Batch
+from lsmvec.request.options import IndexOptions
+from lsmvec.wal import LogWriter, RecoveryMode
 
 log = logging.getLogger(__name__)
 
 DURABILITY = ("fsync", "os")
-DEFAULT_ROLL_BYTES = 64 << 20
-DEFAULT_MEMTABLE_BYTES = 64 << 20
-"""A memtable is frozen and flushed past this: big enough that a bulk load makes few segments,
-small enough that an exact memtable scan stays cheap and replay after a crash stays short."""
 MAX_FROZEN = 4
 """Writers wait while this many memtables await their flush (backpressure, bounded memory)."""
 
@@ -156,24 +151,24 @@ class IndexCore:
 
     # -- log ----------------------------------------------------------------------------------
 
-    def _open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:  # sealed: write.py
+    def open_payload(self, lsn: int, kind: int, payload: bytes) -> bytes:  # sealed: write.py
+        """Authenticate and decrypt one log record's payload (recovery and verify)."""
         return self.cipher.wal.open(payload, wal_aad(self.cipher.uuid, lsn, kind))
-    open_payload = _open_payload  # public: recovery and verify authenticate log records
 
-    def _apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
-                      metadata: list) -> None:
+    def apply_upsert(self, lsn: int, ids: list[str], vectors: np.ndarray, contents: list,
+                     metadata: list) -> None:
+        """Apply a durable upsert record to memory (the write queue, and recovery's replay)."""
         with self._rw.write():
             self._live += len(ids) - self._shadow(ids)
             self.memtable.upsert(lsn, ids, vectors, contents, metadata)
             if self.memtable.payload_bytes >= self.memtable_bytes:
-                self._freeze()
-    apply_upsert = _apply_upsert  # public: recovery replays the log through it
+                self.freeze()
 
-    def _apply_delete(self, lsn: int, ids: list[str]) -> None:
+    def apply_delete(self, lsn: int, ids: list[str]) -> None:
+        """Apply a durable delete record to memory (the write queue, and recovery's replay)."""
         with self._rw.write():
             self._live -= self._shadow(ids)
             self.memtable.delete(lsn, ids)
-    apply_delete = _apply_delete  # public: recovery replays the log through it
 
     def _shadow(self, ids: list[str]) -> int:
         """A newer version or a delete is arriving: hide older versions everywhere.
@@ -203,7 +198,7 @@ class IndexCore:
                     source.kill(row)
         return live
 
-    def _freeze(self) -> None:
+    def freeze(self) -> None:
         """Hand the live memtable to the flusher (caller holds the write lock)."""
         table = self.memtable
         if table.n_rows == 0 and not table.tombstones:
@@ -216,7 +211,6 @@ class IndexCore:
         flusher = getattr(self, "_flusher", None)
         if flusher is not None and self.background:
             flusher.signal()
-    freeze = _freeze  # public: recovery freezes a full replayed memtable (under the write lock)
 
     def release_writers(self) -> None:
         with self._writers_cond:
@@ -282,7 +276,7 @@ class IndexCore:
 
     def _flush_all(self) -> None:
         with self._rw.write():
-            self._freeze()
+            self.freeze()
         while self._flush_step():
             pass
 
@@ -382,13 +376,13 @@ class IndexCore:
         payload = records.encode_upsert(batch.ids, batch.vectors, batch.contents, batch.metadata)
         vectors, ids, contents, metadata = batch.vectors, batch.ids, batch.contents, batch.metadata
         return (records.KIND_UPSERT, payload,
-                lambda lsn: self._apply_upsert(lsn, ids, vectors, contents, metadata))
+                lambda lsn: self.apply_upsert(lsn, ids, vectors, contents, metadata))
 
     def _delete_record(self, ids: list[str]) -> tuple | None:
         if not ids:
             return None
         ids = list(dict.fromkeys(ids))
-        return records.KIND_DELETE, records.encode_delete(ids), lambda lsn: self._apply_delete(lsn, ids)
+        return records.KIND_DELETE, records.encode_delete(ids), lambda lsn: self.apply_delete(lsn, ids)
 
     # -- reads --------------------------------------------------------------------------------
 
