@@ -5,7 +5,8 @@ threads waiting at that moment. But with hundreds of tasks each sending a small 
 its own worker thread, the thread hops (and the GIL hand-offs between those threads) cost more
 than the fsync they share. So the tasks of one AsyncIndex queue their upsert / delete calls
 here; one of them -- the leader -- takes every queued call and runs them in a single worker
-thread as one group of log records (Index.write_many); the rest wait on the loop. The next queued task leads the next batch.
+thread as one group of log records (Index.write_many); the rest wait on the loop. The next
+queued task leads the next batch.
 
 Each call is still validated on its own and is its own log record: all or nothing, with its
 own outcome. Cancellation: a call cancelled while it waits in the queue is withdrawn and never
