@@ -61,7 +61,7 @@ inside the first 200 approximate candidates, so the reorder step costs recall no
 DEFAULT_SEARCH_FRACTION = 0.20
 """Share of leaves searched by default. Measured: on 60k real MiniLM embeddings, 50 of 245
 leaves (20%) gave recall@10 ~0.95 even with a short reorder (design.md); clustered synthetic
-data reaches >= 0.98 with 10% (tests/test_segment.py). 20% keeps real data at the target."""
+data reaches >= 0.98 with 10% (tests/compaction/test_segment.py). 20% keeps real data at the target."""
 
 MIN_DEFAULT_LEAVES_TO_SEARCH = 8
 """Small trees still search a few leaves: neighbours near a leaf boundary live next door."""

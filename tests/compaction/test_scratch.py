@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # as a child script: import this tree's engine / compaction
     sys.path.insert(0, str(ROOT))
 

@@ -2,7 +2,7 @@
 moment; not one acknowledged write lost, not one batch applied in part.
 
 Each trial creates an index (memtable 20 kB; background compaction on or off; durability fsync
-or os) and starts tests/fault_worker.py in "soak" mode: sync threads on an Index and async tasks
+or os) and starts tests/durability/fault_worker.py in "soak" mode: sync threads on an Index and async tasks
 on an AsyncIndex over the same open index, every history running crash_worker.make_op ops
 (upserts, overwrites, deletes, flush, compact, train) and acknowledging each op after it returns.
 The parent sends SIGKILL 0.05-0.4 s after the child reports the index open. Every fifth trial

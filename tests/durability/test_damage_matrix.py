@@ -11,7 +11,7 @@ and TORN. Damage that changed bytes and that verify calls fine (exit 0) is colle
 failed: `test_zz_summary` lists it in a warning (and every failing case's message says so too).
 
 Templates (built once per module, by child processes; the plan and its oracle are in
-tests/damage_cases.py: dimension 16, ~290 ids, overwrites and deletes across phases,
+tests/durability/damage_cases.py: dimension 16, ~290 ids, overwrites and deletes across phases,
 wal_roll_bytes=4096, background_compaction=False, memtable_bytes=1 GiB; a flushed segment
 seg-000004 and a merged one seg-000003 made by train()):
   clean           written and closed. close() always flushes the memtable and removes the log

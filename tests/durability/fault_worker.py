@@ -14,7 +14,7 @@ Modes (the first argument); the index key is passed in hex in the environment (K
 After an op RETURNS its history appends ``"<history> <op> <kind>"`` to the ack file with one
 os.write on an O_APPEND descriptor (crash_worker's protocol: the page cache survives SIGKILL, a
 torn last line has no newline and does not count). The corruption fuzz's child is
-tests/test_corruption_fuzz.py itself, run as a script.
+tests/durability/test_corruption_fuzz.py itself, run as a script.
 
 The oracle (``judge``) takes what a reopened index holds and the histories, and COUNTS every
 violation instead of stopping at the first, so the tests can report exact figures.

@@ -438,7 +438,7 @@ def test_without_sentence_transformers(tmp_path: Path) -> None:
             [{"id": "e", "contents": "stored with the model"}])
     proc = subprocess.run([sys.executable, "-c", _NO_SENTENCE_TRANSFORMERS, str(tmp_path / "data"),
                            key.hex()], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "lsmvec[embed]" in out["create"], out["create"]

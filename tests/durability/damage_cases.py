@@ -1,9 +1,9 @@
-"""Helpers of tests/test_damage_matrix.py (issue 15): the write plan and its oracle, the three
+"""Helpers of tests/durability/test_damage_matrix.py (issue 15): the write plan and its oracle, the three
 template indexes, the damages, and reading a (damaged) index back.
 
 Also a script, run as a child process (PYTHONPATH=<repo>):
-    python tests/damage_cases.py build <template> <root> <key hex>
-    python tests/damage_cases.py readback <root> <key hex>     (prints one JSON line)
+    python tests/durability/damage_cases.py build <template> <root> <key hex>
+    python tests/durability/damage_cases.py readback <root> <key hex>     (prints one JSON line)
 
 The plan (index "a", dimension 16, euclidean, wal_roll_bytes=4096, background_compaction=False,
 memtable_bytes=1 GiB so nothing is flushed unless asked):
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "a"
 DIM = 16
 OPTIONS = {"wal_roll_bytes": 4096, "background_compaction": False, "memtable_bytes": 1 << 30}

@@ -1,6 +1,6 @@
 """The log appender (wal.LogWriter): framing, LSNs, files, one writev + one sync per group,
 durability, failure rules (cut back, poison), truncation, closing, its lock. The queue that
-forms groups (group commit), seals and applies: tests/test_write_queue.py."""
+forms groups (group commit), seals and applies: tests/db/test_write_queue.py."""
 from __future__ import annotations
 
 import errno

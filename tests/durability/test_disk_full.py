@@ -1,5 +1,5 @@
 """A really full disk: the index lives on a size-limited tmpfs mounted for the test (root
-only; elsewhere tests/test_io_errors.py covers ENOSPC through the injection layer).
+only; elsewhere tests/durability/test_io_errors.py covers ENOSPC through the injection layer).
 
 Upserts (with background flushes and merges) run until the file system is full. The call that
 meets the full disk raises StorageFullError; every acknowledged batch reads back and the

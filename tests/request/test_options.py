@@ -19,7 +19,7 @@ from lsmvec.errors import InvalidArgumentError, InvalidTypeError
 from lsmvec.request.options import IndexOptions
 
 DIM = 4
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "tuning.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "tuning.md"
 
 
 def _on_disk(root: Path) -> list[str]:

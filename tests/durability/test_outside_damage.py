@@ -22,7 +22,7 @@ from lsmvec.errors import CorruptionError, WrongKeyError
 from lsmvec.wal import list_logs
 
 DIM = 8
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows(lo: int, hi: int) -> list[tuple[str, np.ndarray]]:

@@ -1,6 +1,6 @@
 """The child process of the crash tests, and the deterministic workload both sides share.
 
-The parent (tests/test_crash.py) creates an index, starts this script and kills it with SIGKILL
+The parent (tests/durability/test_crash.py) creates an index, starts this script and kills it with SIGKILL
 at a random moment. This script opens the index and runs, in each of ``--threads`` threads, an
 endless sequence of operations that is a pure function of (seed, round, thread, op number):
 ``make_op`` below. After an operation RETURNS, the thread appends ``"<thread> <op> <kind>"`` to

@@ -1,7 +1,7 @@
 """Every named failpoint, armed to crash: the process dies by SIGKILL exactly at the site, and
 what it leaves behind recovers to the acknowledged state.
 
-For each site of wal.failpoints.SITES and a few skip counts, a child (tests/fault_worker.py,
+For each site of wal.failpoints.SITES and a few skip counts, a child (tests/durability/fault_worker.py,
 mode "failpoint") runs a deterministic workload -- upserts, overwrites, deletes, and flush /
 compact / train at fixed periods, with a 20 kB memtable and background compaction off so flushes
 and merges happen inside known calls -- acknowledging each op after it returns. The site is

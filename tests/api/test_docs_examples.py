@@ -11,7 +11,7 @@ import pytest
 from lsmvec import AsyncClient, Client, generate_key
 from lsmvec.errors import IndexExistsError, InvalidArgumentError, WrongKeyError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = [(name, i, block) for name in ("README.md", "docs/index.md")
           for i, block in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(),
                                                re.S))]

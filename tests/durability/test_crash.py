@@ -1,6 +1,6 @@
 """kill -9 of a writing process at random moments: no acknowledged write is lost, nothing is torn.
 
-Each trial: the parent creates an index, starts tests/crash_worker.py (a deterministic workload
+Each trial: the parent creates an index, starts tests/durability/crash_worker.py (a deterministic workload
 of upserts, overwrites, deletes and, when the engine has them, flush / compact / train, in 1 or
 4 threads) and sends SIGKILL after a random delay -- from the spawn (so the kill may land during
 start-up, open or log replay) or from the moment the index is open. Then it reopens the index
