@@ -143,6 +143,7 @@ class Client:
         metric, and its dimension and embedding_model where given, else InvalidArgumentError
         naming both values (the index is not kept open). Also raises what those two raise."""
         from lsmvec.errors import IndexExistsError
+        IndexOptions.from_keywords(tuning)  # a mistyped option is refused even when it exists
         if index_config:  # as create_index reads it
             dimension = index_config.get("dimension", dimension)
             metric = index_config.get("metric", metric)

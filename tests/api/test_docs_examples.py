@@ -52,6 +52,9 @@ def test_get_or_create_index(tmp_path) -> None:
             assert "'docs'" in str(info.value) and all(w in str(info.value) for w in words)
         with pytest.raises(WrongKeyError):
             client.get_or_create_index("docs", generate_key(), dimension=4, metric="cosine")
+        with pytest.raises(TypeError, match="memtabel_bytes"):  # checked though it exists
+            client.get_or_create_index("docs", key, dimension=4, metric="cosine",
+                                       memtabel_bytes=5)
         free = client.get_or_create_index("free", key)  # no dimension yet: takes any
         assert client.get_or_create_index("free", key, dimension=16).dimension is None
         free.upsert([("x", [0.0] * 16)])
