@@ -59,9 +59,11 @@ DEFAULT_REORDER = 200
 inside the first 200 approximate candidates, so the reorder step costs recall nothing."""
 
 DEFAULT_SEARCH_FRACTION = 0.20
-"""Share of leaves searched by default. Measured: on 60k real MiniLM embeddings, 50 of 245
-leaves (20%) gave recall@10 ~0.95 even with a short reorder (design.md); clustered synthetic
-data reaches >= 0.98 with 10% (tests/compaction/test_segment.py). 20% keeps real data at the target."""
+"""Share of leaves a calibration starts from (compaction/calibrate.py doubles it until a sample
+of the segment's rows reaches the target recall; it never searches fewer). Measured: on 60k
+real MiniLM embeddings, 50 of 245 leaves (20%) gave recall@10 ~0.95 even with a short reorder
+(design.md); clustered synthetic data reaches >= 0.98 with 10%; Gaussian data needs far more
+(20k x 32: 0.80 at 20%, hence the calibration)."""
 
 MIN_DEFAULT_LEAVES_TO_SEARCH = 8
 """Small trees still search a few leaves: neighbours near a leaf boundary live next door."""
@@ -101,21 +103,30 @@ class SearchParams:
     training_iterations: int = 0
     dims_per_block: int = 0
     anisotropic_threshold: float = float("nan")
+    calibrated_recall: float = float("nan")
+    """Mean recall@10 measured at build time with ``leaves_to_search`` and ``reorder``
+    (compaction/calibrate.py); NaN when not calibrated (exact segments, explicit leaves, or a
+    segment written before calibration existed)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (NaN becomes None)."""
         data = asdict(self)
-        if math.isnan(self.anisotropic_threshold):
-            data["anisotropic_threshold"] = None
+        for name in _NAN_FIELDS:
+            if math.isnan(data[name]):
+                data[name] = None
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchParams:
         """Inverse of ``as_dict``. Raises KeyError / TypeError on a malformed mapping."""
         fields = dict(data)
-        if fields.get("anisotropic_threshold") is None:
-            fields["anisotropic_threshold"] = float("nan")
+        for name in _NAN_FIELDS:
+            if fields.get(name) is None:
+                fields[name] = float("nan")
         return cls(**fields)
+
+
+_NAN_FIELDS = ("anisotropic_threshold", "calibrated_recall")
 
 
 def scann_distance(metric: str) -> str:

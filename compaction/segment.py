@@ -28,7 +28,8 @@ from lsmvec.compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_
                                   SEGMENT_META_FILE, VECTORS_FILE)
 from lsmvec.compaction.scann_assets import (file_context, load_sealed_searcher, seal_searcher,
                                      train_searcher)
-from lsmvec.compaction.scann_params import (KIND_TREE_AH, SearchParams, choose_params,
+from lsmvec.compaction.calibrate import DEFAULT_TARGET_RECALL, calibrate, check_target_recall
+from lsmvec.compaction.scann_params import (KIND_BRUTE, KIND_TREE_AH, SearchParams, choose_params,
                                      leaves_for_probes, scann_scores_to_distances)
 from lsmvec.compaction.sealed_file import CHUNK_SIZE, read_sealed, read_sealed_range, write_sealed
 from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
@@ -58,6 +59,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
                   key: bytes, context: bytes, n_lists: int | None = None,
                   progress: Callable[[str], None] | None = None,
                   training_threads: int | None = None,
+                  target_recall: float = DEFAULT_TARGET_RECALL,
                   **tuning: Any) -> SegmentFiles:
     """Write a segment of ``vectors`` (row i = segment id i) into ``directory``.
 
@@ -65,6 +67,9 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
     into place and records the returned ``SegmentFiles`` in its manifest. Every file and the
     folder are fsynced; every write goes through ``wal.fsio.FS``. ``progress`` is called with "vectors", "training", "sealing", "done".
     ``tuning``: see ``scann_params.TUNING_KEYS`` (kind, leaves_to_search, reorder, ...).
+    ``target_recall``: a trained segment's default search is calibrated to this mean recall@10
+    on a sample of its rows (compaction/calibrate.py) unless ``leaves_to_search`` is given; a
+    tree that cannot reach it even searching every leaf is stored exact (kind "brute").
 
     Raises InvalidTypeError / InvalidVectorError / InvalidArgumentError for bad vectors, metric,
     tuning or a non-empty folder; InvalidKeyError for a bad key; StorageError on I/O failure
@@ -72,7 +77,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
     """
     files, _params, _vectors, _searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, training_threads,
-        tuning, own_copy=False)
+        target_recall, tuning, own_copy=False)
     return files
 
 
@@ -80,28 +85,30 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
                            metric: str, key: bytes, context: bytes, n_lists: int | None = None,
                            progress: Callable[[str], None] | None = None,
                            training_threads: int | None = None,
+                           target_recall: float = DEFAULT_TARGET_RECALL,
                            **tuning: Any) -> tuple[SegmentFiles, Segment]:
     """``build_segment``, plus the searchable ``Segment`` kept from the build (no re-read and
     no ScaNN reload; the folder may be renamed afterwards). The segment keeps its own copy of
     the rows, so the caller may reuse ``vectors``. Same errors."""
     files, params, rows, searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, training_threads,
-        tuning, own_copy=True)
+        target_recall, tuning, own_copy=True)
     return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
                                                    file_context(context, VECTORS_FILE)))
 
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
            n_lists: int | None, progress: Callable[[str], None] | None,
-           training_threads: int | None, tuning: dict[str, Any], *,
+           training_threads: int | None, target_recall: float, tuning: dict[str, Any], *,
            own_copy: bool) -> tuple[SegmentFiles, SearchParams, np.ndarray, Any]:
     started = time.monotonic()
     vectors = _checked_vectors(vectors)
     n, dim = vectors.shape
     params = choose_params(n, dim, metric, n_lists=n_lists, **tuning)
+    target_recall = check_target_recall(target_recall)
     # A trained Segment keeps no rows of its own (ScaNN holds them): no private copy then.
-    own_copy = own_copy and params.kind != KIND_TREE_AH
-    if own_copy:
+    copied = own_copy and params.kind != KIND_TREE_AH
+    if copied:
         vectors = vectors.copy()
     _prepare_directory(directory)
     report = progress or (lambda stage: None)
@@ -113,6 +120,19 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     if params.kind == KIND_TREE_AH:
         report("training")
         searcher = train_searcher(vectors, params, training_threads)
+        if tuning.get("leaves_to_search") is None:  # explicit leaves are the caller's choice
+            calibration = calibrate(searcher.searcher, vectors, params, target_recall)
+            params = calibration.params
+            if not calibration.reached:
+                logger.warning("segment of %d x %d: recall@10 %.3f < target %.2f even at "
+                               "every leaf; storing it exact (brute)", n, dim,
+                               params.calibrated_recall, target_recall)
+                searcher = None
+                params = SearchParams(kind=KIND_BRUTE, metric=metric, distance=params.distance)
+                if own_copy and not copied:
+                    vectors = vectors.copy()
+                    copied = True
+    if params.kind == KIND_TREE_AH:
         report("sealing")
         assets, dataset_stored = seal_searcher(searcher, vectors, directory, key, context)
         sealed.update(assets)
@@ -127,7 +147,7 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
         n=n, dim=dim, metric=metric, kind=params.kind, n_lists=params.num_leaves)
     logger.info("built %s segment of %d x %d (%s) in %s in %.2fs", params.kind, n, dim, metric,
                 directory, time.monotonic() - started)
-    if own_copy:
+    if copied:
         vectors.setflags(write=False)
     return files, params, vectors, searcher
 

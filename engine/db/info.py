@@ -5,6 +5,7 @@ same names, for the Index face).
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,7 @@ def stats(core: "IndexCore") -> dict[str, Any]:
             "memtable_bytes": core.memtable.payload_bytes,
             "frozen_memtables": len(core.frozen),
             "tombstones": len(core.memtable.tombstones) + sum(len(t.tombstones) for t in core.frozen),
-            "segments": [{"id": s.id, "rows": s.n_rows, "kind": s.info.kind,
-                          "n_lists": s.info.n_lists,
-                          "dead_rows": int(np.count_nonzero(s.persisted))} for s in core.segments],
+            "segments": [_segment_stats(s) for s in core.segments],
             "checkpoint_lsn": core.manifest.checkpoint_lsn,
             "last_lsn": core.wal.next_lsn - 1,
             "wal_bytes": core.wal.bytes_on_disk,
@@ -41,6 +40,20 @@ def stats(core: "IndexCore") -> dict[str, Any]:
             "training_state": training_state(core),
             "background_error": repr(error) if error else None,
         }
+
+
+def _segment_stats(source: Any) -> dict[str, Any]:
+    """One segment's entry; a trained one adds its calibrated default search (leaves searched,
+    reorder depth and the recall@10 measured at build time; None if it was not calibrated)."""
+    entry = {"id": source.id, "rows": source.n_rows, "kind": source.info.kind,
+             "n_lists": source.info.n_lists,
+             "dead_rows": int(np.count_nonzero(source.persisted))}
+    if source.info.kind == KIND_TREE_AH:
+        params = source.segment.params
+        recall = params.calibrated_recall
+        entry.update(leaves_to_search=params.leaves_to_search, reorder=params.reorder,
+                     calibrated_recall=None if math.isnan(recall) else recall)
+    return entry
 
 
 def verify(core: "IndexCore") -> dict[str, Any]:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **tuning):
-    """Build a segment under a temporary name and rename it in. Returns (files, Segment)."""
+    """Build a segment under a temporary name and rename it in. Returns (files, Segment).
+    A trained segment's default search is calibrated to the index's ``target_recall``."""
+    tuning.setdefault("target_recall", core.config.options.target_recall)
     root = core.folder / SEGMENTS_DIR
     tmp = root / temp_segment_dir_name(seg_id)
     try:  # every mkdir / write / sync / rename / removal through wal.fsio.FS

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,12 +31,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MEMTABLE_BYTES = 64 << 20
 DEFAULT_WAL_ROLL_BYTES = 64 << 20
+DEFAULT_TARGET_RECALL = 0.95
+"""api.md's promise for ``n_probes=None`` (compaction/calibrate.py holds the same default)."""
 MAX_BYTES = 1 << 40
 """Upper bound of the byte-size options (1 TiB): anything larger is a mistake, not a tuning."""
 
 
-def _option(default: Any, doc: str, *, low: int | None = None, high: int | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "range": (low, high)})
+def _option(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
+            open_low: bool = False) -> Any:
+    """``range`` is inclusive, except that ``open_low`` excludes ``low`` itself."""
+    return field(default=default, metadata={"doc": doc, "range": (low, high),
+                                            "open_low": open_low})
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class IndexOptions:
     wal_roll_bytes: int = _option(
         DEFAULT_WAL_ROLL_BYTES, "size at which the write-ahead log starts a new file (it also "
         "rolls at every flush)", low=1, high=MAX_BYTES)
+    target_recall: float = _option(
+        DEFAULT_TARGET_RECALL, "mean recall@10 a trained segment's default search (n_probes=None) "
+        "is calibrated to at build time; a tree that cannot reach it is stored exact",
+        low=0.0, high=1.0, open_low=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -114,8 +124,9 @@ class IndexOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def describe(cls) -> list[tuple[str, str, Any, tuple[int | None, int | None], str]]:
-        """(name, type, default, (low, high), doc) of every option."""
+    def describe(cls) -> list[tuple[str, str, Any, tuple[float | None, float | None], str]]:
+        """(name, type, default, (low, high), doc) of every option (``target_recall``'s low
+        bound 0 is excluded)."""
         return [(f.name, _type_name(f), f.default, f.metadata["range"], f.metadata["doc"])
                 for f in dataclasses.fields(cls)]
 
@@ -143,5 +154,22 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         low, high = f.metadata["range"]
         if (low is not None and number < low) or (high is not None and number > high):
             raise InvalidArgumentError(f"option {f.name} must be in {low}..{high}, got {number}")
+        return number
+    if kind == "float":
+        if isinstance(value, bool) or type(value).__name__ == "bool_" or isinstance(value, str):
+            raise InvalidTypeError(f"option {f.name} must be a number, got "
+                                   f"{type(value).__name__} {value!r}")
+        try:
+            number = float(value)  # int, float, numpy numbers
+        except (TypeError, ValueError):
+            raise InvalidTypeError(f"option {f.name} must be a number, got "
+                                   f"{type(value).__name__} {value!r}") from None
+        low, high = f.metadata["range"]
+        open_low = f.metadata.get("open_low", False)
+        below = low is not None and (number <= low if open_low else number < low)
+        if below or (high is not None and number > high) or math.isnan(number):
+            bracket = "(" if open_low else "["
+            raise InvalidArgumentError(f"option {f.name} must be in {bracket}{low}, {high}], "
+                                       f"got {number}")
         return number
     raise AssertionError(f"option {f.name} has an unsupported type {kind}")  # pragma: no cover
