@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lsmvec.compaction.compactor import Compactor, run_in_background_thread
-from lsmvec.compaction.policy import SegmentStat, pick
+from lsmvec.compaction.policy import SegmentStat, pick, tier
 from lsmvec.db import info as reports
 from lsmvec.db.memtable import Memtable
 from lsmvec.db.reads import find_live, live_ids, run_query
@@ -245,13 +245,17 @@ class IndexCore:
             self._merger.signal() if self.background else None
         return done
 
-    def _merge_step(self) -> bool:
+    def _merge_step(self, small_only: bool = False) -> bool:
+        """One merge the size-tiered policy picks (small_only: only of tier-0 segments)."""
         from lsmvec.db.jobs import merge_segments
         with self._rw.read():
             stats = [SegmentStat(s.id, s.n_rows, int(np.count_nonzero(s.persisted)))
                      for s in self.segments]
         picked = pick(stats)
-        return merge_segments(self, picked) if picked else False
+        if not picked or (small_only and any(tier(st.rows - st.dead) > 0
+                                             for st in stats if st.id in picked)):
+            return False
+        return merge_segments(self, picked)
 
     def flush(self) -> None:
         """Freeze the memtable and write every frozen one as a segment, now."""
@@ -278,6 +282,13 @@ class IndexCore:
         with self._rw.write():
             self.freeze()
         while self._flush_step():
+            pass
+
+    def _flush_and_merge_small(self) -> None:
+        """Close's work: flush, then merge tier-0 segments (milliseconds each) while the policy
+        picks them: open-write-close cycles left one tiny segment each (474 after 500)."""
+        self._flush_all()
+        while self._merge_step(small_only=True):
             pass
 
     def _compact_all(self) -> None:
@@ -448,7 +459,7 @@ class IndexCore:
             self._merger.stop()
             if not self.writes.poisoned:  # else memory may not match the log: replay decides
                 try:
-                    run_in_background_thread(self._flush_all)
+                    run_in_background_thread(self._flush_and_merge_small)
                 except StorageFullError as exc:
                     log.warning("index %s: close could not flush (%s); the log keeps every "
                                 "write and the next open replays it", self.folder.name, exc)

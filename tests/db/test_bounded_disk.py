@@ -131,3 +131,32 @@ def test_no_orphan_segment_folders_after_reopen(tmp_path: Path) -> None:
         assert_no_orphan_segments(tmp_path / "orph", index.stats())
         assert not any(folder.exists() for folder in leftovers)
         assert index.get_num_vectors() == 400
+
+
+def test_open_write_close_cycles_leave_few_segments(tmp_path: Path) -> None:
+    """Each clean close flushes; before, nothing merged those one-batch segments in a process
+    too short-lived for the background merger (474 segments after 500 cycles). Now close merges
+    tier-0 segments: 60 cycles of one small batch leave fewer than MERGE_WIDTH of them, and the
+    state is exactly what was written."""
+    from lsmvec.compaction.policy import BASE_ROWS, MERGE_WIDTH
+    key = generate_key()
+    rng = np.random.default_rng(3)
+    oracle: dict[str, np.ndarray] = {}
+    with Client(tmp_path) as client:
+        client.create_index("cycles", key, dimension=DIM)
+    for cycle in range(60):
+        rows = rng.standard_normal((3, DIM)).astype(np.float32)
+        ids = [f"c{cycle}-{i}" for i in range(3)]
+        with Client(tmp_path) as client:
+            client.load_index("cycles", key).upsert(list(zip(ids, rows)))
+        oracle.update(zip(ids, rows))
+    with Client(tmp_path) as client:
+        index = client.load_index("cycles", key)
+        segments = index.stats()["segments"]
+        small = [s for s in segments if s["rows"] - s["dead_rows"] <= BASE_ROWS]
+        assert len(small) < MERGE_WIDTH, segments
+        got = {it["id"]: np.asarray(it["vector"], np.float32)
+               for it in index.get(list(oracle), include=["vector"])}
+        assert set(got) == set(oracle) and index.get_num_vectors() == len(oracle)
+        for item_id, vector in oracle.items():
+            np.testing.assert_array_equal(got[item_id], vector)
