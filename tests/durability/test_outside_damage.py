@@ -7,7 +7,6 @@ close, no CLOSE record, exactly what kill -9 leaves (the page cache survives eit
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ import pytest
 from lsmvec import Client
 from lsmvec.errors import CorruptionError, WrongKeyError
 from lsmvec.wal import list_logs
+
+from damage_cases import snapshot
 
 DIM = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,15 +39,6 @@ def state(index) -> dict[str, bytes]:
 
 def expected(*ranges: tuple[int, int]) -> dict[str, bytes]:
     return {i: v.tobytes() for lo, hi in ranges for i, v in rows(lo, hi)}
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under the index folder and its SHA-256 (LMDB's reader table aside)."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != "lock.mdb":
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def crashed_writer(root: Path, key: bytes, batches: list[tuple[int, int]], **options) -> None:
