@@ -28,9 +28,12 @@ list may name nothing but those bare names.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import io
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -39,7 +42,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
@@ -51,7 +54,8 @@ from lsmvec.compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_F
 from lsmvec.compaction.scann_logging import set_scann_log_level
 from lsmvec.compaction.scann_params import SearchParams
 from lsmvec.compaction.scann_serialize import serialize_searcher
-from lsmvec.compaction.sealed_file import SealedFileInfo, read_sealed, write_sealed
+from lsmvec.compaction.sealed_file import (SealedFileInfo, read_sealed, read_sealed_into,
+                                           sealed_plaintext_size, write_sealed)
 from lsmvec.wal.errors import CorruptionError, LsmvecError, storage_error_from
 
 __all__ = [
@@ -64,6 +68,7 @@ __all__ = [
     "train_searcher",
     "seal_searcher",
     "load_sealed_searcher",
+    "SealedRows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,6 +192,7 @@ class _ScratchAssets:
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
         self.fds: dict[str, int] = {}
+        self.maps: list[mmap.mmap] = []
         self.in_memory = _memory_files_usable()
 
     def link(self, name: str) -> int | None:
@@ -242,16 +248,35 @@ class _ScratchAssets:
         with open(fd, "wb", closefd=owned) as f:
             f.write(data)
 
+    def write_with(self, name: str, size: int, fill: Callable[[memoryview], None]) -> None:
+        """A ``size``-byte asset whose bytes ``fill`` writes into a mapping of its file (a
+        decryption straight into the memory file: no plaintext buffer, no copy)."""
+        fd, owned = self._target(name)
+        try:
+            os.ftruncate(fd, size)
+            if size == 0:
+                return
+            mapped = mmap.mmap(fd, size)
+            try:
+                fill(memoryview(mapped))
+            finally:
+                with contextlib.suppress(BufferError):  # a view in an error's traceback: the
+                    mapped.close()  # map is unmapped when that goes
+        finally:
+            if owned:
+                os.close(fd)
+
     def write_array(self, name: str, array: np.ndarray) -> None:
         fd, owned = self._target(name)
         with open(fd, "wb", closefd=owned) as f:
             np.lib.format.write_array(f, array, allow_pickle=False)
 
-    def written(self) -> dict[str, bytes]:
+    def written(self) -> dict[str, bytes | mmap.mmap]:
         """{name: contents} of every asset in the folder: a link of ours whose memory file is
-        not empty (an empty one was not written), or a plain file (ScaNN replaced the link, or
-        no memory files). Memory files no longer linked are freed. Raises LsmvecError for a
-        name this module does not know: nothing is sealed blindly."""
+        not empty (an empty one was not written), mapped read-only rather than copied (128 MB
+        of hashed rows at 1M x 128; the maps close with ``close_files``), or a plain file
+        (ScaNN replaced the link, or no memory files). Memory files no longer linked are freed.
+        Raises LsmvecError for a name this module does not know: nothing is sealed blindly."""
         names = sorted(os.listdir(self.scratch))
         unknown = [name for name in names if name not in SCANN_ASSET_FILES]
         if unknown:
@@ -259,15 +284,14 @@ class _ScratchAssets:
                               f"them (is ScaNN a different version?)")
         for name in [n for n in self.fds if n not in names]:  # e.g. a dropped dataset.npy
             os.close(self.fds.pop(name))
-        out: dict[str, bytes] = {}
+        out: dict[str, bytes | mmap.mmap] = {}
         for name in names:
             path = self.scratch / name
             if name in self.fds and path.is_symlink():
-                with open(self.fds[name], "rb", closefd=False) as f:
-                    f.seek(0)
-                    data = f.read()
-                if data:
-                    out[name] = data
+                size = os.fstat(self.fds[name]).st_size
+                if size:
+                    out[name] = mmap.mmap(self.fds[name], size, prot=mmap.PROT_READ)
+                    self.maps.append(out[name])
                 continue
             if path.is_symlink() or not path.is_file():
                 raise LsmvecError(f"ScaNN scratch entry {name} is not an asset file")
@@ -277,6 +301,10 @@ class _ScratchAssets:
         return out
 
     def close_files(self) -> None:
+        for mapped in self.maps:
+            with contextlib.suppress(BufferError):  # a view still held (an error's traceback):
+                mapped.close()  # the map closes when that view goes
+        self.maps.clear()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -284,31 +312,15 @@ class _ScratchAssets:
 
 # ----------------------------------------------------------------------------- searchers
 
-def default_training_threads() -> int:
-    """Threads ScaNN trains with unless told: every usable core but one (at least one), so
-    training leaves a core to the application -- an event loop above all. On the 2-vCPU
-    benchmark VM, training on both made the host stall the whole VM for 20-30 ms at a time
-    (a separate idle process saw the same gaps); on one it never did, for about 35% more
-    training time. ``LSMVEC_TRAINING_THREADS=N`` sets it (0: every core)."""
-    raw = os.environ.get("LSMVEC_TRAINING_THREADS")
-    if raw is not None:
-        if raw.strip().isdigit():
-            return int(raw)
-        logger.warning("LSMVEC_TRAINING_THREADS=%r is not an int >= 0; using the default", raw)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
 def train_searcher(vectors: np.ndarray, params: SearchParams,
-                   training_threads: int | None = None) -> scann_ops_pybind.ScannSearcher:
-    """Train a tree + asymmetric-hashing + exact-reorder ScaNN searcher over ``vectors``, with
-    ``training_threads`` (None: ``default_training_threads()``; 0: ScaNN's own default, every
-    core). Rows are ScaNN's own datapoint indexes: no docids, ever."""
-    if training_threads is None:
-        training_threads = default_training_threads()
+                   training_threads: int) -> scann_ops_pybind.ScannSearcher:
+    """Train a tree + asymmetric-hashing + exact-reorder ScaNN searcher over ``vectors`` with
+    ``training_threads`` threads (>= 1: the caller decides -- every core for an explicit
+    ``train()``, one for a background merge; see ``compactor.usable_cores``). Rows are ScaNN's
+    own datapoint indexes: no docids, ever. Raises ValueError for fewer than one thread."""
+    if isinstance(training_threads, bool) or not isinstance(training_threads, int) \
+            or training_threads < 1:
+        raise ValueError(f"training_threads must be an int >= 1, got {training_threads!r}")
     builder = scann_ops_pybind.builder(vectors, max(1, min(10, vectors.shape[0])),
                                        params.distance)
     builder = builder.tree(num_leaves=params.num_leaves,
@@ -319,43 +331,47 @@ def train_searcher(vectors: np.ndarray, params: SearchParams,
                                anisotropic_quantization_threshold=params.anisotropic_threshold,
                                training_sample_size=params.training_sample_size)
     builder = builder.reorder(params.reorder)
-    if training_threads:
-        builder = builder.set_n_training_threads(training_threads)
-    return builder.build()
+    return builder.set_n_training_threads(training_threads).build()
 
 
 def seal_searcher(searcher: scann_ops_pybind.ScannSearcher, vectors: np.ndarray,
                   directory: Path, key: bytes, context: bytes,
-                  ) -> tuple[dict[str, SealedFileInfo], bool]:
+                  during: Callable[[], bool] | None = None, collapse: bool = True,
+                  ) -> tuple[dict[str, SealedFileInfo], bool] | None:
     """Serialize ``searcher`` through a scratch folder of memory-file links and seal every
     asset it wrote into ``directory`` under its own name. ScaNN's ``dataset.npy`` is left out
     when its rows equal ``vectors`` byte for byte (it is rebuilt from ``vectors.bin`` at load:
     half the disk). The serialize runs in a forked child where possible (see
-    ``scann_serialize``).
+    ``scann_serialize``), and ``during()`` -- the build's calibration -- meanwhile runs here;
+    when it returns False nothing is serialized or sealed and the result is None. ``collapse``:
+    see ``serialize_searcher``.
 
     Returns ({name: SealedFileInfo}, dataset_stored). Raises LsmvecError when ScaNN wrote a
     file name this module does not know or left out an asset its list names (refusing to seal
-    blindly), StorageError on I/O errors.
+    blindly), StorageError on I/O errors, and whatever ``during`` raises.
     """
     scratch = make_scratch_dir(directory.parent)
     assets = _ScratchAssets(scratch)
     try:
         assets.prepare(SCANN_ASSET_FILES)
-        dataset_stored = serialize_searcher(
-            searcher, scratch, vectors, reset=lambda: assets.prepare(SCANN_ASSET_FILES))
+        serialized, dataset_stored = serialize_searcher(
+            searcher, scratch, vectors, reset=lambda: assets.prepare(SCANN_ASSET_FILES),
+            during=during, collapse=collapse)
+        if not serialized:
+            return None
         written = assets.written()
         if SCANN_ASSETS_INDEX_FILE not in written:
             raise LsmvecError(f"ScaNN wrote no {SCANN_ASSETS_INDEX_FILE} (only "
                               f"{sorted(written)}); refusing to seal (is ScaNN a different "
                               f"version?)")
         listed = set(_ASSET_PATH_RE.findall(
-            written[SCANN_ASSETS_INDEX_FILE].decode("utf-8", errors="replace")))
+            bytes(written[SCANN_ASSETS_INDEX_FILE]).decode("utf-8", errors="replace")))
         missing = sorted(listed - set(written) - {SCANN_DATASET_FILE})
         if missing:
             raise LsmvecError(f"ScaNN's asset list names {missing} but it wrote no such file")
         sealed: dict[str, SealedFileInfo] = {}
         for name in sorted(written):
-            sealed[name] = write_sealed(directory / name, written.pop(name), key,
+            sealed[name] = write_sealed(directory / name, written[name], key,
                                         file_context(context, name))
         return sealed, dataset_stored
     except OSError as exc:
@@ -365,18 +381,33 @@ def seal_searcher(searcher: scann_ops_pybind.ScannSearcher, vectors: np.ndarray,
         assets.close_files()
 
 
+class SealedRows(NamedTuple):
+    """A sealed file of a segment as the manifest records it (``shape``: for vectors.bin, the
+    rows a load turns into ScaNN's ``dataset.npy``)."""
+
+    path: Path
+    size: int
+    sha256: str
+    context: bytes
+    """The file's own associated data (``file_context(segment context, file name)``)."""
+    shape: tuple[int, int] | None = None
+
+
 def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]],
-                         vectors: np.ndarray, key: bytes, context: bytes,
+                         rows: np.ndarray | SealedRows, key: bytes, context: bytes,
                          loader: Callable[[str], scann_ops_pybind.ScannSearcher] | None = None,
                          ) -> scann_ops_pybind.ScannSearcher:
     """Unseal the ScaNN assets ``{name: (size, sha256)}`` of ``directory`` into memory files
-    linked from a fresh scratch folder (plus ``dataset.npy`` rebuilt from ``vectors`` when not
-    stored), load the searcher, and remove the folder and free the memory files before
-    returning (also on error).
+    linked from a fresh scratch folder -- each authenticated and decrypted straight into its
+    memory file, no plaintext buffer and no copy -- plus ``dataset.npy`` rebuilt from ``rows``
+    when not stored (an array, or the sealed vectors.bin decrypted the same way: at 1M x 128
+    that spared a zero-filled 512 MB buffer and a 512 MB copy), load the searcher, and remove
+    the folder and free the memory files before returning (also on error). Every file is
+    wholly checked (AES-GCM, size, SHA-256) before ScaNN reads a byte of the folder.
 
     The caller has already checked that the folder holds exactly the expected names. Raises
-    CorruptionError when an asset fails authentication or its checksum, when the asset list
-    names a path outside the folder, or when ScaNN rejects the assets.
+    CorruptionError when an asset (or the sealed rows) fails authentication or its checksum,
+    when the asset list names a path outside the folder, or when ScaNN rejects the assets.
     """
     scratch = make_scratch_dir(directory.parent)
     assets = _ScratchAssets(scratch)
@@ -384,14 +415,23 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
         for name, (size, sha256) in asset_files.items():
             if name not in SCANN_ASSET_FILES:
                 raise CorruptionError("not a ScaNN asset name", str(directory / name))
-            data = read_sealed(directory / name, key, file_context(context, name),
-                               expected_size=size, expected_sha256=sha256)
             if name == SCANN_ASSETS_INDEX_FILE:
+                data = read_sealed(directory / name, key, file_context(context, name),
+                                   expected_size=size, expected_sha256=sha256)
                 _check_asset_paths(bytes(data), directory / name)
-            assets.write(name, data)
-            del data
+                assets.write(name, data)
+                continue
+            _unseal_into(assets, name, SealedRows(directory / name, size, sha256,
+                                                  file_context(context, name)), key)
         if SCANN_DATASET_FILE not in asset_files:
-            assets.write_array(SCANN_DATASET_FILE, vectors)
+            if isinstance(rows, SealedRows):
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    header, {"descr": "<f4", "fortran_order": False, "shape": tuple(rows.shape)})
+                _unseal_into(assets, SCANN_DATASET_FILE, rows, key, header.getvalue(),
+                             rows.shape[0] * rows.shape[1] * 4)
+            else:
+                assets.write_array(SCANN_DATASET_FILE, rows)
         if os.path.lexists(scratch / SCANN_DOCIDS_FILE):  # cannot happen: the folder is ours
             raise CorruptionError("refusing to load a ScaNN docids pickle", str(scratch))
         load = loader or scann_ops_pybind.load_searcher
@@ -405,6 +445,21 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
     finally:
         remove_scratch_dir(scratch)
         assets.close_files()
+
+
+def _unseal_into(assets: "_ScratchAssets", name: str, source: SealedRows, key: bytes,
+                 header: bytes = b"", plain: int | None = None) -> None:
+    """``header`` + the plaintext of ``source`` (``plain`` bytes: checked; None: whatever its
+    header declares) as the asset ``name``, decrypted straight into its memory file."""
+    if plain is None:
+        plain = sealed_plaintext_size(source.path, source.size)
+
+    def fill(out: memoryview) -> None:
+        out[:len(header)] = header
+        read_sealed_into(source.path, key, source.context, out[len(header):],
+                         expected_size=source.size, expected_sha256=source.sha256)
+
+    assets.write_with(name, len(header) + plain, fill)
 
 
 def _check_asset_paths(pbtxt: bytes, path: Path) -> None:

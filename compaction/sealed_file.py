@@ -34,7 +34,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -55,6 +55,9 @@ __all__ = [
     "sealed_size",
     "write_sealed",
     "read_sealed",
+    "read_sealed_into",
+    "read_sealed_range",
+    "sealed_plaintext_size",
     "file_sha256",
 ]
 
@@ -74,6 +77,7 @@ _CONTEXT_LEN = struct.Struct(">I")
 _SALT_SIZE = 16
 _NONCE_TAIL = struct.Struct(">4xQ")  # 12-byte big-endian chunk number
 _HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+Buffer = Union[bytes, bytearray, memoryview]
 
 
 class SealedFileInfo(NamedTuple):
@@ -185,23 +189,45 @@ def read_sealed(path: str | os.PathLike[str], key: bytes, context: bytes, *,
     authentication (a changed byte, wrong key, wrong context). Raises InvalidKeyError for a key
     that is not 32 bytes; StorageError for other I/O failures.
     """
-    key = _check_key(key)
+    return _read(path, key, context, expected_size, expected_sha256, None)
+
+
+def read_sealed_into(path: str | os.PathLike[str], key: bytes, context: bytes, out: Buffer, *,
+                     expected_size: int | None = None,
+                     expected_sha256: str | None = None) -> None:
+    """``read_sealed`` into the writable buffer ``out``, which must hold exactly the plaintext
+    (e.g. an uninitialised numpy array, or a memory file's mapping: no zero-filled bytearray and
+    no copy). Every chunk is authenticated before it is decrypted into ``out``; on an error
+    ``out`` holds a prefix of the plaintext. Same errors as ``read_sealed``, and CorruptionError
+    when the plaintext is not ``len(out)`` bytes."""
+    _read(path, key, context, expected_size, expected_sha256, memoryview(out).cast("B"))
+
+
+def sealed_plaintext_size(path: str | os.PathLike[str], expected_size: int | None = None) -> int:
+    """The plaintext length the header of a sealed file declares, checked against the file's
+    size (and ``expected_size``) but NOT authenticated: only for sizing a buffer that
+    ``read_sealed_into`` then fills, which authenticates the header with every chunk. Raises
+    CorruptionError like ``read_sealed`` for a missing file or an inconsistent header."""
     path = os.fspath(path)
     fd = _open_readonly(path)
     try:
-        return _read_open_file(fd, path, key, context, expected_size, expected_sha256)
+        size = os.fstat(fd).st_size
+        if expected_size is not None and size != expected_size:
+            raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
+        _magic, _version, _flags, chunk_size, _salt, total = _parse_header(
+            os.pread(fd, HEADER_SIZE, 0), path)
+        if size != sealed_size(total, chunk_size):
+            raise CorruptionError(f"sealed file is {size} bytes but its header describes "
+                                  f"{sealed_size(total, chunk_size)}", path)
+        return total
     except OSError as exc:
         raise storage_error_from(exc, f"read {path}") from exc
     finally:
         os.close(fd)
 
 
-def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
-                    expected_size: int | None, expected_sha256: str | None) -> bytearray:
-    size = os.fstat(fd).st_size
-    if expected_size is not None and size != expected_size:
-        raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
-    header = _read_exact(fd, HEADER_SIZE)
+def _parse_header(header: bytes, path: str) -> tuple:
+    """The header's fields; CorruptionError for a short or unsupported header."""
     if len(header) < HEADER_SIZE:
         raise CorruptionError(f"sealed file header truncated ({len(header)} bytes)", path, 0)
     magic, version, flags, chunk_size, salt, total = _HEADER.unpack(header)
@@ -211,17 +237,43 @@ def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
         raise CorruptionError(f"unsupported sealed file version {version} flags {flags}", path, 0)
     if not 1 <= chunk_size <= CHUNK_SIZE:
         raise CorruptionError(f"bad chunk size {chunk_size} in header", path, 0)
+    return magic, version, flags, chunk_size, salt, total
+
+
+def _read(path: str | os.PathLike[str], key: bytes, context: bytes, expected_size: int | None,
+          expected_sha256: str | None, out: memoryview | None) -> bytearray | None:
+    key = _check_key(key)
+    path = os.fspath(path)
+    fd = _open_readonly(path)
+    try:
+        return _read_open_file(fd, path, key, context, expected_size, expected_sha256, out)
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {path}") from exc
+    finally:
+        os.close(fd)
+
+
+def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
+                    expected_size: int | None, expected_sha256: str | None,
+                    out: memoryview | None) -> bytearray | None:
+    size = os.fstat(fd).st_size
+    if expected_size is not None and size != expected_size:
+        raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
+    header = _read_exact(fd, HEADER_SIZE)
+    _magic, _version, _flags, chunk_size, salt, total = _parse_header(header, path)
     # Checked before allocating anything of the header's claimed length.
     if size != sealed_size(total, chunk_size):
         raise CorruptionError(
             f"sealed file is {size} bytes but its header describes "
             f"{sealed_size(total, chunk_size)} (truncated or extended)", path,
             min(size, sealed_size(total, chunk_size)))
+    if out is not None and out.nbytes != total:
+        raise CorruptionError(f"sealed file holds {total} bytes, expected {out.nbytes}", path)
     aead = _file_aead(key, salt)
     prefix = _ad_prefix(context, header)
     digest = hashlib.sha256(header) if expected_sha256 is not None else None
-    plaintext = bytearray(total)
-    plain_view = memoryview(plaintext)
+    plaintext = bytearray(total) if out is None else None
+    plain_view = memoryview(plaintext) if out is None else out
     count = _chunk_count(total, chunk_size)
     buffer = bytearray(min(total, chunk_size) + TAG_SIZE)
     buffer_view = memoryview(buffer)

@@ -20,26 +20,24 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from lsmvec.compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_FILE,
                                   SEGMENT_META_FILE, VECTORS_FILE)
-from lsmvec.compaction.scann_assets import (file_context, load_sealed_searcher, seal_searcher,
-                                     train_searcher)
-from lsmvec.compaction.calibrate import DEFAULT_TARGET_RECALL, calibrate, check_target_recall
-from lsmvec.compaction.scann_params import (KIND_BRUTE, KIND_TREE_AH, SearchParams, choose_params,
-                                     leaves_for_probes, scann_scores_to_distances)
-from lsmvec.compaction.sealed_file import CHUNK_SIZE, read_sealed, read_sealed_range, write_sealed
-from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing, encode_meta,
-                                      expected_entries, parse_meta)
+from lsmvec.compaction.scann_assets import SealedRows, file_context, load_sealed_searcher
+from lsmvec.compaction.scann_params import (KIND_TREE_AH, SearchParams, leaves_for_probes,
+                                            scann_scores_to_distances)
+from lsmvec.compaction.sealed_file import (CHUNK_SIZE, read_sealed, read_sealed_into,
+                                           read_sealed_range)
+from lsmvec.compaction.segment_build import build_and_open_segment, build_segment
+from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing,
+                                             expected_entries, parse_meta)
 from lsmvec.compaction.exact import search_exact
 from lsmvec.compaction.segment_search import empty_result, pad_result, select_live
-from lsmvec.wal import fsio
 from lsmvec.wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
-                        InvalidArgumentError, InvalidTypeError, InvalidVectorError,
-                        storage_error_from)
+                               InvalidArgumentError)
 
 __all__ = ["FileEntry", "SegmentFiles", "Segment", "build_segment", "build_and_open_segment"]
 
@@ -55,134 +53,14 @@ _WIDEN_FETCH = 4
 """When dead rows crowd out live ones, the next round asks ScaNN for this many times more."""
 
 
-def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, metric: str,
-                  key: bytes, context: bytes, n_lists: int | None = None,
-                  progress: Callable[[str], None] | None = None,
-                  training_threads: int | None = None,
-                  target_recall: float = DEFAULT_TARGET_RECALL,
-                  **tuning: Any) -> SegmentFiles:
-    """Write a segment of ``vectors`` (row i = segment id i) into ``directory``.
-
-    ``directory`` must be a fresh, empty (or absent) temporary folder; the caller renames it
-    into place and records the returned ``SegmentFiles`` in its manifest. Every file and the
-    folder are fsynced; every write goes through ``wal.fsio.FS``. ``progress`` is called with "vectors", "training", "sealing", "done".
-    ``tuning``: see ``scann_params.TUNING_KEYS`` (kind, leaves_to_search, reorder, ...).
-    ``target_recall``: a trained segment's default search is calibrated to this mean recall@10
-    on a sample of its rows (compaction/calibrate.py) unless ``leaves_to_search`` is given; a
-    tree that cannot reach it even searching every leaf is stored exact (kind "brute").
-
-    Raises InvalidTypeError / InvalidVectorError / InvalidArgumentError for bad vectors, metric,
-    tuning or a non-empty folder; InvalidKeyError for a bad key; StorageError on I/O failure
-    (the caller removes the temporary folder).
-    """
-    files, _params, _vectors, _searcher = _build(
-        Path(directory), vectors, metric, key, context, n_lists, progress, training_threads,
-        target_recall, tuning, own_copy=False)
-    return files
-
-
-def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *,
-                           metric: str, key: bytes, context: bytes, n_lists: int | None = None,
-                           progress: Callable[[str], None] | None = None,
-                           training_threads: int | None = None,
-                           target_recall: float = DEFAULT_TARGET_RECALL,
-                           **tuning: Any) -> tuple[SegmentFiles, Segment]:
-    """``build_segment``, plus the searchable ``Segment`` kept from the build (no re-read and
-    no ScaNN reload; the folder may be renamed afterwards). The segment keeps its own copy of
-    the rows, so the caller may reuse ``vectors``. Same errors."""
-    files, params, rows, searcher = _build(
-        Path(directory), vectors, metric, key, context, n_lists, progress, training_threads,
-        target_recall, tuning, own_copy=True)
-    return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
-                                                   file_context(context, VECTORS_FILE)))
-
-
-def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
-           n_lists: int | None, progress: Callable[[str], None] | None,
-           training_threads: int | None, target_recall: float, tuning: dict[str, Any], *,
-           own_copy: bool) -> tuple[SegmentFiles, SearchParams, np.ndarray, Any]:
-    started = time.monotonic()
-    vectors = _checked_vectors(vectors)
-    n, dim = vectors.shape
-    params = choose_params(n, dim, metric, n_lists=n_lists, **tuning)
-    target_recall = check_target_recall(target_recall)
-    # A trained Segment keeps no rows of its own (ScaNN holds them): no private copy then.
-    copied = own_copy and params.kind != KIND_TREE_AH
-    if copied:
-        vectors = vectors.copy()
-    _prepare_directory(directory)
-    report = progress or (lambda stage: None)
-    report("vectors")
-    sealed = {VECTORS_FILE: write_sealed(directory / VECTORS_FILE, vectors, key,
-                                         file_context(context, VECTORS_FILE))}
-    searcher = None
-    dataset_stored = False
-    if params.kind == KIND_TREE_AH:
-        report("training")
-        searcher = train_searcher(vectors, params, training_threads)
-        if tuning.get("leaves_to_search") is None:  # explicit leaves are the caller's choice
-            calibration = calibrate(searcher.searcher, vectors, params, target_recall)
-            params = calibration.params
-            if not calibration.reached:
-                logger.warning("segment of %d x %d: recall@10 %.3f < target %.2f even at "
-                               "every leaf; storing it exact (brute)", n, dim,
-                               params.calibrated_recall, target_recall)
-                searcher = None
-                params = SearchParams(kind=KIND_BRUTE, metric=metric, distance=params.distance)
-                if own_copy and not copied:
-                    vectors = vectors.copy()
-                    copied = True
-    if params.kind == KIND_TREE_AH:
-        report("sealing")
-        assets, dataset_stored = seal_searcher(searcher, vectors, directory, key, context)
-        sealed.update(assets)
-    sealed[SEGMENT_META_FILE] = write_sealed(
-        directory / SEGMENT_META_FILE, encode_meta(params, n, dim, dataset_stored), key,
-        file_context(context, SEGMENT_META_FILE))
-    _fsync_directory(directory)
-    report("done")
-    files = SegmentFiles(
-        files=tuple(FileEntry(name, info.size, info.sha256)
-                    for name, info in sorted(sealed.items())),
-        n=n, dim=dim, metric=metric, kind=params.kind, n_lists=params.num_leaves)
-    logger.info("built %s segment of %d x %d (%s) in %s in %.2fs", params.kind, n, dim, metric,
-                directory, time.monotonic() - started)
-    if copied:
-        vectors.setflags(write=False)
-    return files, params, vectors, searcher
-
-
-def _checked_vectors(vectors: np.ndarray) -> np.ndarray:
-    """C-contiguous float32 rows, all finite."""
-    if not isinstance(vectors, np.ndarray):
-        raise InvalidTypeError(f"vectors must be a numpy array, got {type(vectors).__name__}")
-    if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
-        raise InvalidVectorError(f"vectors must be a non-empty (n, d) array, got shape "
-                                 f"{vectors.shape}")
-    if not np.issubdtype(vectors.dtype, np.floating):
-        raise InvalidTypeError(f"vectors must be floating point, got {vectors.dtype}")
-    rows = np.ascontiguousarray(vectors, dtype=np.float32)
-    if not np.isfinite(rows).all():
-        raise InvalidVectorError("vectors contain NaN or inf (they would corrupt the index)")
-    return rows
-
-
-def _prepare_directory(directory: Path) -> None:
-    try:
-        fsio.mkdir(directory, exist_ok=True)
-        leftovers = os.listdir(directory)
-    except OSError as exc:
-        raise storage_error_from(exc, f"prepare segment folder {directory}") from exc
-    if leftovers:
-        raise InvalidArgumentError(f"segment build folder {directory} is not empty "
-                                   f"({sorted(leftovers)[:5]})")
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fsio.fsync_dir(directory)
-    except OSError as exc:
-        raise storage_error_from(exc, f"fsync {directory}") from exc
+def _read_rows(rows: SealedRows, key: bytes) -> np.ndarray:
+    """A segment's vectors.bin as a read-only (n, dim) float32 array (uninitialised memory the
+    decryption fills: no zero-filled buffer first). Raises CorruptionError like read_sealed."""
+    out = np.empty(rows.shape, np.float32)
+    read_sealed_into(rows.path, key, rows.context, out, expected_size=rows.size,
+                     expected_sha256=rows.sha256)
+    out.setflags(write=False)
+    return out
 
 
 class Segment:
@@ -254,17 +132,23 @@ class Segment:
                             or (SCANN_DATASET_FILE in assets) != dataset_stored)):
             raise CorruptionError(f"segment files {sorted(expected)} do not fit a "
                                   f"{params.kind} segment", meta_path)
-        raw = unseal(VECTORS_FILE)
-        if len(raw) != n * dim * 4:
-            raise CorruptionError(f"vectors hold {len(raw)} bytes, expected {n} x {dim} float32",
-                                  str(directory / VECTORS_FILE))
-        vectors = np.frombuffer(raw, dtype=np.float32).reshape(n, dim)
-        vectors.setflags(write=False)
+        rows_file = expected[VECTORS_FILE]
+        rows = SealedRows(directory / VECTORS_FILE, rows_file.size, rows_file.sha256,
+                          file_context(context, VECTORS_FILE), (n, dim))
         searcher = None
-        if assets:
+        if assets and not dataset_stored:
+            # A trained segment keeps no rows (ScaNN holds them): vectors.bin is authenticated
+            # and decrypted straight into the memory file ScaNN loads as its dataset.
+            vectors = np.broadcast_to(np.float32(0), (n, dim))  # the shape, no memory
             searcher = load_sealed_searcher(
                 directory, {name: (e.size, e.sha256) for name, e in assets.items()},
-                vectors, key, context)
+                rows, key, context)
+        else:
+            vectors = _read_rows(rows, key)  # every byte authenticated, even if ScaNN has its own
+            if assets:
+                searcher = load_sealed_searcher(
+                    directory, {name: (e.size, e.sha256) for name, e in assets.items()},
+                    vectors, key, context)
         logger.debug("opened %s segment %s (%d x %d) in %.3fs", params.kind, directory, n, dim,
                      time.monotonic() - started)
         return cls(params, vectors, searcher,
@@ -307,7 +191,8 @@ class Segment:
         if self._vectors is not None:
             return self._vectors
         path, key, context = self._lazy  # type: ignore[misc]
-        rows = np.frombuffer(read_sealed(path, key, context), np.float32).reshape(self._n, self._dim)
+        rows = np.empty((self._n, self._dim), np.float32)  # filled by the decryption: no memset
+        read_sealed_into(path, key, context, rows)
         rows.setflags(write=False)
         return rows
 
@@ -408,6 +293,33 @@ class Segment:
                                            sqnorms=self._norms, dead=exclude)
             return pad_result(rows, distances, k)
         return self._search_tree(scann, queries, k, n_probes, exclude)
+
+    def search_one(self, query: np.ndarray, k: int, n_probes: int | None = None,
+                   exclude: np.ndarray | None = None, n_excluded: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``search`` of one query for a caller that already checked it -- a C-contiguous
+        float32 (dim,) vector (unit under cosine), k >= 1, ``exclude`` as in search() holding
+        ``n_excluded`` True rows -- without the checks and array reshaping (a few us of a
+        ~135 us query). Returns (rows (k,), distances float32 (k,)), ascending, or None when
+        this path cannot answer alone (a brute or closed segment, k rows not found, many
+        excluded rows): search() then does, with the same result."""
+        scann = self._scann
+        n = self._n
+        if scann is None or k > n - n_excluded or n_excluded > 4 * k:
+            return None
+        leaves = (self._params.leaves_to_search if n_probes is None
+                  else leaves_for_probes(self._params, n_probes))
+        # what _search_tree asks for: k + the excluded rows (a ScaNN call yields them all)
+        fetch = k + n_excluded if exclude is not None else k
+        found, scores = scann.search(query, fetch, max(self._reorder, fetch), leaves)
+        if exclude is not None:
+            live = ~exclude[found]
+            found, scores = found[live][:k], scores[live][:k]
+        if found.shape[0] != k:
+            return None
+        if self._metric == "cosine":  # scann_scores_to_distances, one call fewer (float32 in,
+            return found, 1.0 - scores  # float32 out): ~1 us of a cold query path
+        return found, scann_scores_to_distances(self._metric, scores)
 
     def _search_tree(self, scann: Any, queries: np.ndarray, k: int,
                      n_probes: int | None, exclude: np.ndarray | None,

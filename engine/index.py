@@ -14,7 +14,8 @@ from lsmvec.disk.config import read_config
 from lsmvec.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
                      WrongKeyError)
 from lsmvec.request.filters import compile_filter
-from lsmvec.request.items import Batch, normalize_ids, normalize_query, normalize_upsert
+from lsmvec.request.items import (Batch, normalize_ids, normalize_query, normalize_upsert,
+                                   single_query)
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
 from lsmvec.db.reads import check_include
 
@@ -119,15 +120,27 @@ class Index:
               *, index_key: bytes | None = None) -> list:
         """Nearest neighbours, ascending distance. One query -> list[dict]; a batch (2-D array,
         list of vectors or list of strings) -> list[list[dict]]."""
-        core = self._live()
-        self._check_call_key(index_key)
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        if self._closed:
+            raise ClosedError(f"index {self._core.config.name!r} is closed")
+        core = self._core
+        if index_key is not None:
+            self._check_call_key(index_key)
+        if type(top_k) is not int and (isinstance(top_k, bool) or not isinstance(top_k, np.integer)):
+            raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
+        if top_k < 1:
             raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
         if n_probes is not None and (isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer))
                                      or n_probes < 1):
             raise InvalidArgumentError(f"n_probes must be a positive int or None, got {n_probes!r}")
-        fields = check_include(include)
-        flt = compile_filter(filters)
+        # The default include needs no check; no filter is None, not a match-all Filter (each
+        # saves a few us of a ~135 us single query)
+        fields = include if include is _DEFAULT_QUERY_INCLUDE else check_include(include)
+        if filters is None and query_contents is None:  # one vector, no filter: the hot path
+            config = core.config
+            vector = single_query(query_vectors, config.dimension, config.metric)
+            if vector is not None:
+                return core.query_one(vector, int(top_k), n_probes, fields)
+        flt = None if filters is None else compile_filter(filters)
         if query_vectors is not None and query_contents is not None:
             raise InvalidArgumentError("pass query_vectors or query_contents, not both")
         if query_vectors is None and query_contents is None:

@@ -18,6 +18,9 @@ the next:
 In each child, os.fsync and os.fdatasync are wrapped by counters, so "syncs/call" is what the
 engine asked the OS for during the ingest loop, background flushes included (group commit
 drives it below 1). `--profile` runs the 1-thread ingest loop in this process under cProfile instead.
+
+`--vs-reference` runs tools/ingest_reference.py instead: lsmvec against the reference product
+(cyborgdb-core) and the disk's ceiling, interleaved in one process (see there).
 """
 from __future__ import annotations
 
@@ -356,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", nargs="?", const="tottime", default=None, metavar="SORT",
                         help="profile the fsync-1t ingest loop in-process instead (sort: tottime, "
                              "cumulative); with --one CONFIG, that configuration's")
+    parser.add_argument("--vs-reference", action="store_true",
+                        help="lsmvec vs cyborgdb-core and the disk's ceiling, interleaved in this "
+                             "process, one thread (tools/ingest_reference.py)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --vs-reference (default 5)")
     parser.add_argument("--verbose", action="store_true", help="show ScaNN's native INFO/WARNING log lines")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one configuration
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)  # child: the shared data folder
@@ -368,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.dim < 1 or args.batch < 1 or not threads or min(threads) < 1:
         parser.error("--n, --dim, --batch and --threads must be positive")
 
+    if args.vs_reference:
+        from .ingest_reference import vs_reference
+        with NativeLogFilter(enabled=not args.verbose):
+            result = vs_reference(args)
+        if args.json and args.json != "-":
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        elif args.json:
+            print(json.dumps(result))
+        return 0
     if args.profile:
         with NativeLogFilter(enabled=not args.verbose):
             _profile(args, args.one or "fsync-1t")

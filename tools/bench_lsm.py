@@ -1,24 +1,29 @@
 """`python -m lsmvec.tools.bench_lsm`: lsmvec against raw ScaNN on the same vectors, in one run.
 
     python -m lsmvec.tools.bench_lsm --dataset synthetic --n 1000000 --dim 128
-    python -m lsmvec.tools.bench_lsm --dataset minilm --n 100000        # 384-d MiniLM, cosine
+    python -m lsmvec.tools.bench_lsm --dataset minilm --n 60000        # 384-d MiniLM, cosine
+    python -m lsmvec.tools.bench_lsm --dataset gaussian --n 50000 --dim 64   # the hard case
 
 Steps, all in this process unless said otherwise:
-  a. durable ingest (durability="fsync", batches of --batch) with background compaction running
+  a. durable ingest (durability="fsync", batches of --batch; items carry ~80 bytes of metadata
+     unless --no-metadata) with background compaction running
   b. train(): everything merged into ONE trained segment (tree + AH + exact reorder)
-  c. recall@10 against exact numpy search, single-query QPS (one call per query) and batched QPS
-     (one call with every query) at n_probes = default (None) and half / double the default
-  d. raw ScaNN built in-process on the same vectors with the same parameters (choose_params +
-     train_searcher; below the tree threshold, ScaNN's brute force, as lsmvec scans such data
-     exactly: any n >= 1 works), queried with search / search_batched_parallel, same leaves
-  e. the ratio lsmvec / raw ScaNN for single and batched QPS
+  c. raw ScaNN built in-process on the same vectors with the same parameters (choose_params with
+     the segment's calibrated leaves and reorder; below the tree threshold ScaNN's brute force)
+  d. single queries (one call per query), at n_probes = default (None), half and double: recall@10
+     against exact numpy search, then --rounds interleaved rounds: per round and mode, one pass
+     of raw ScaNN and one of lsmvec over all queries, back to back, order swapped each round;
+     the ratio is the median over rounds. Raw ScaNN is the searcher of lsmvec's own segment
+     (same tree, same parameters: the ratio is lsmvec's overhead alone). Modes: ids + distances;
+     at the default also include=["distance", "metadata"] with the item cache warm, and with it
+     switched off (every hit read from LMDB and decrypted)
+  e. batched QPS (one call with every query) against the separate build's search_batched_parallel
   f. resident memory: a FRESH process imports everything, reads its RSS, opens the index and runs
      a few queries, reads its RSS again; the difference over the raw float32 bytes (n * dim * 4).
      The same is done for raw ScaNN (load_searcher of its serialized folder) for comparison
   g. reopen time: the fresh process's Client + load_index time (median of --reopens children)
   h. disk bytes of the index folder (and of raw ScaNN's serialized folder)
-The single and batched measurements of the two systems are interleaved per n_probes, so a
-background load hits both alike. The machine has 2 cores: other jobs skew absolute numbers.
+The machine has 2 cores: other jobs skew absolute numbers; the interleaved ratios much less.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import pstats
 import shutil
@@ -42,13 +48,13 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from ._report import NativeLogFilter, folder_bytes, mbytes, seconds
+from ._report import NativeLogFilter, folder_bytes
+from .bench_lsm_report import TOP_K, plot, report
+from .bench_timing import interleaved_single, lsm_ids, padded, recall_at_k, time_batched
 from .datasets import brute_force_topk_chunked, clustered, clustered_queries
 
 INDEX_NAME = "bench"
-TOP_K = 10
-WARMUP_QUERIES = 20
-TARGETS = {"recall": 0.95, "single_ratio": 0.7, "memory_ratio": 2.0, "reopen_s": 3.0}
+META_INCLUDE = ["distance", "metadata"]
 
 
 # -- measurements -------------------------------------------------------------------------------
@@ -60,47 +66,6 @@ def rss_bytes(field: str = "VmRSS") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of the true top-k found; `found` may hold -1 padding."""
-    hits = sum(len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth))
-    return hits / truth.size
-
-
-def lsm_ids(results: list[list[dict[str, Any]]], k: int) -> np.ndarray:
-    out = np.full((len(results), k), -1, np.int64)
-    for i, hits in enumerate(results):
-        for j, hit in enumerate(hits[:k]):
-            out[i, j] = int(hit["id"])
-    return out
-
-
-def time_single(search_one: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
-                desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """One call per query, after a short warm-up: (ids (q, k), latencies seconds (q,))."""
-    for q in queries[:WARMUP_QUERIES]:
-        search_one(q)
-    ids = np.full((len(queries), TOP_K), -1, np.int64)
-    lat = np.empty(len(queries))
-    for i, q in enumerate(tqdm(queries, desc=desc, unit="q", leave=False, file=sys.stderr)):
-        t0 = time.perf_counter()
-        found = search_one(q)
-        lat[i] = time.perf_counter() - t0
-        ids[i, :len(found)] = found[:TOP_K]
-    return ids, lat
-
-
-def time_batched(search_all: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
-                 repeats: int) -> tuple[np.ndarray, float]:
-    """The whole query set in one call, `repeats` times: (ids, median seconds per call)."""
-    search_all(queries[:WARMUP_QUERIES])
-    times, ids = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ids = search_all(queries)
-        times.append(time.perf_counter() - t0)
-    return ids, statistics.median(times)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -116,6 +81,13 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None]
         return data, queries, args.metric or "euclidean", {
             "dataset": "synthetic clustered (tools.datasets.clustered, 100 clusters, spread 0.6)",
             "seed": args.seed}
+    if args.dataset == "gaussian":  # the hard case: no cluster structure for the tree to use
+        rng = np.random.default_rng(args.seed)
+        data = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+        queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        say(f"generated {args.n:,} x {args.dim} Gaussian vectors")
+        return data, queries, args.metric or "euclidean", {
+            "dataset": "Gaussian N(0, 1) (no structure: the hard case for a tree)", "seed": args.seed}
     if args.dataset == "file":
         if not args.data:
             raise SystemExit("--dataset file needs --data PATH (.npy, .fvecs or ann-benchmarks .hdf5)")
@@ -139,6 +111,24 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None]
 
 # -- lsmvec -------------------------------------------------------------------------------------
 
+_TOPICS = ("science", "sport", "music", "travel", "food", "finance", "health")
+
+
+def item_metadata(i: int) -> dict[str, Any]:
+    """What an application stores beside a vector (~80 bytes packed): a title, a number, a
+    category and a short list of tags."""
+    return {"title": f"document {i}", "n": i, "category": _TOPICS[i % len(_TOPICS)],
+            "tags": [_TOPICS[(i * 3) % len(_TOPICS)], f"t{i % 13}"]}
+
+
+def own_searcher(index: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(ScaNN searcher, segment stats) of the index's one trained segment -- the very index
+    lsmvec searches -- or None when the index is not one trained segment."""
+    segments = index.stats()["segments"]
+    if len(segments) != 1 or segments[0]["kind"] != "tree_ah":
+        return None
+    return index._core.segments[0].segment._scann, segments[0]  # a benchmark may look inside
+
 def ingest(args: argparse.Namespace, folder: Path, key: bytes, data: np.ndarray, metric: str,
            ) -> tuple[Any, Any, dict[str, Any]]:
     """Create the index and upsert every row durably; background compaction does what it does."""
@@ -151,11 +141,15 @@ def ingest(args: argparse.Namespace, folder: Path, key: bytes, data: np.ndarray,
     with tqdm(total=n, unit="rows", unit_scale=True, desc="lsmvec ingest", file=sys.stderr) as bar:
         for lo in range(0, n, args.batch):
             hi = min(n, lo + args.batch)
-            index.upsert(ids=ids[lo:hi], vectors=data[lo:hi])
+            if args.metadata:
+                index.upsert([{"id": str(i), "vector": data[i], "metadata": item_metadata(i)}
+                              for i in range(lo, hi)])
+            else:
+                index.upsert(ids=ids[lo:hi], vectors=data[lo:hi])
             bar.update(hi - lo)
     elapsed = time.perf_counter() - t0
     stats = index.stats()
-    out = {"seconds": elapsed, "rows_per_s": n / elapsed,
+    out = {"seconds": elapsed, "rows_per_s": n / elapsed, "metadata": args.metadata,
            "segments_after_ingest": [(s["kind"], s["rows"]) for s in stats["segments"]],
            "memtable_rows_after_ingest": stats["memtable_rows"],
            "frozen_after_ingest": stats["frozen_memtables"],
@@ -231,10 +225,12 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- the run ------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from lsmvec.compaction.compactor import usable_cores
     from lsmvec.compaction.scann_assets import train_searcher
     from scann.scann_ops.py import scann_ops_pybind
 
     from lsmvec.compaction.scann_params import KIND_BRUTE, choose_params
+    from lsmvec.db.item_cache import ItemCache
     from lsmvec import generate_key
     from lsmvec.request.items import finish_vectors
 
@@ -255,6 +251,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"ingest {result['ingest']['rows_per_s']:,.0f} rows/s, train "
             f"{result['ingest']['train_seconds']:.1f}s -> {result['ingest']['segments_after_train']}")
         params = choose_params(n, dim, metric)
+        own = own_searcher(index)
+        if own is not None:  # the segment's calibrated default search, not the initial guess
+            params = dataclasses.replace(params, leaves_to_search=own[1]["leaves_to_search"],
+                                         reorder=own[1]["reorder"])
         result["params"] = params.as_dict()
         # The engine stores and searches unit vectors under cosine: raw ScaNN gets the same bytes.
         raw_vectors = np.ascontiguousarray(finish_vectors(data, metric) if metric == "cosine"
@@ -262,27 +262,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         brute = params.kind == KIND_BRUTE  # too few rows for a tree: both sides search exactly
         t0 = time.perf_counter()
         searcher = (scann_ops_pybind.builder(raw_vectors, min(TOP_K, n), params.distance)
-                    .score_brute_force().build() if brute else train_searcher(raw_vectors, params))
+                    .score_brute_force().build() if brute
+                    else train_searcher(raw_vectors, params, usable_cores()))  # as train()
         result["raw_build_seconds"] = time.perf_counter() - t0
         say(f"raw ScaNN built in {result['raw_build_seconds']:.1f}s "
             + ("(brute force)" if brute else f"({params.num_leaves} leaves)"))
-        raw_queries = finish_vectors(queries, metric) if metric == "cosine" else queries
+        raw_queries = np.ascontiguousarray(finish_vectors(queries, metric) if metric == "cosine"
+                                           else queries, np.float32)
         default = params.leaves_to_search
         probes = [None] if brute else [None, max(1, default // 2), min(params.num_leaves, default * 2)]
         extra = () if brute else (params.reorder,)  # ScaNN's (pre_reorder_num_neighbors, leaves)
+        # single queries: raw ScaNN is the searcher lsmvec's own segment holds (same tree, same
+        # parameters), so the ratio is lsmvec's overhead alone
+        single = own[0] if own is not None else searcher
+        result["raw_single_source"] = ("the ScaNN searcher of lsmvec's own trained segment"
+                                       if own is not None else "a separate raw ScaNN build")
+        result["single_rounds"] = args.rounds
+        core = index._core  # the metadata cache is swapped for an empty one of 0 bytes (kept
+        cache, no_cache = core.item_cache, ItemCache(0)  # aside, warm) for the "no cache" mode
+
+        def use_cache(which: ItemCache) -> None:
+            core.item_cache = which
+            for source in core.segments:
+                source.cache = which
+
+        def cache_on() -> None:
+            use_cache(cache)
+
+        def cache_off() -> None:
+            use_cache(no_cache)
+
         result["search"] = []
         for probe in probes:
             leaves = default if probe is None else probe
             row: dict[str, Any] = {"n_probes": probe, "leaves": leaves}
-            ids, lat = time_single(lambda q: lsm_ids([index.query(q, top_k=TOP_K, n_probes=probe)], TOP_K)[0],
-                                   queries, f"lsmvec single leaves={leaves}")
-            row["lsm_recall"], row["lsm_single_qps"] = recall_at_k(ids, truth), len(queries) / lat.sum()
-            row["lsm_p50_ms"], row["lsm_p99_ms"] = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
             raw_args = () if brute else (*extra, leaves)
-            ids, lat = time_single(lambda q: searcher.search(q, TOP_K, *raw_args)[0],
-                                   raw_queries, f"raw single leaves={leaves}")
-            row["raw_recall"], row["raw_single_qps"] = recall_at_k(ids, truth), len(queries) / lat.sum()
-            row["raw_p50_ms"], row["raw_p99_ms"] = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
+            one = (lambda q: single.search(q, TOP_K, *raw_args)) if own is not None else \
+                (lambda q: searcher.search(q, TOP_K, *raw_args))
+            lsm = lambda q: index.query(q, top_k=TOP_K, n_probes=probe)  # noqa: E731
+            meta = lambda q: index.query(q, top_k=TOP_K, n_probes=probe, include=META_INCLUDE)  # noqa: E731
+            row["lsm_recall"] = recall_at_k(lsm_ids([lsm(q) for q in queries], TOP_K), truth)
+            row["raw_recall"] = recall_at_k(np.stack([padded(one(q)[0]) for q in raw_queries]), truth)
+            modes = {"ids": (lsm, None)}
+            if args.metadata and probe is None:
+                modes.update(meta=(meta, cache_on), meta_cold=(meta, cache_off))
+            got = interleaved_single(one, raw_queries, modes, queries, args.rounds,
+                                     f"single queries, leaves={leaves}")
+            cache_on()
+            row.update(lsm_single_qps=got["ids"]["qps"], raw_single_qps=got["ids"]["raw_qps"],
+                       single_ratio=got["ids"]["ratio"], single_ratios=got["ids"]["ratios"],
+                       single_cpu_ratio=got["ids"]["cpu_ratio"],
+                       lsm_p50_ms=got["ids"]["p50_ms"], lsm_p99_ms=got["ids"]["p99_ms"],
+                       raw_p50_ms=got["raw"]["p50_ms"], raw_p99_ms=got["raw"]["p99_ms"])
+            for name in ("meta", "meta_cold"):
+                if name in got:
+                    row.update({f"{name}_ratio": got[name]["ratio"],
+                                f"{name}_cpu_ratio": got[name]["cpu_ratio"],
+                                f"{name}_ratios": got[name]["ratios"],
+                                f"lsm_{name}_qps": got[name]["qps"]})
             ids, secs = time_batched(lambda qs: lsm_ids(index.query(qs, top_k=TOP_K, n_probes=probe), TOP_K),
                                      queries, args.repeats)
             row["lsm_batch_recall"], row["lsm_batch_qps"] = recall_at_k(ids, truth), len(queries) / secs
@@ -293,12 +330,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _, secs = time_batched(lambda qs: searcher.search_batched(qs, TOP_K, *raw_args)[0],
                                    raw_queries, args.repeats)
             row["raw_batch_serial_qps"] = len(queries) / secs
-            row["single_ratio"] = row["lsm_single_qps"] / row["raw_single_qps"]
             row["batch_ratio"] = row["lsm_batch_qps"] / row["raw_batch_qps"]
             result["search"].append(row)
             say(f"leaves={leaves}: recall {row['lsm_recall']:.3f} vs {row['raw_recall']:.3f}, single "
-                f"{row['lsm_single_qps']:,.0f} vs {row['raw_single_qps']:,.0f} q/s, batched "
-                f"{row['lsm_batch_qps']:,.0f} vs {row['raw_batch_qps']:,.0f} q/s")
+                f"{row['lsm_single_qps']:,.0f} vs {row['raw_single_qps']:,.0f} q/s (ratio "
+                f"{row['single_ratio']:.2f}" + (f", with metadata {row['meta_ratio']:.2f}, no cache "
+                                                 f"{row['meta_cold_ratio']:.2f}" if "meta_ratio" in row else "")
+                + f"), batched {row['lsm_batch_qps']:,.0f} vs {row['raw_batch_qps']:,.0f} q/s")
+        own = single = None  # the segment's searcher goes with the index
+        result["item_cache"] = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes,
+                                "entries": len(cache), "max_bytes": cache.max_bytes}
         if args.profile:
             profile_single(index, queries, args.profile)
             say(f"cProfile of {len(queries)} lsmvec single queries -> {args.profile}")
@@ -347,87 +388,10 @@ def profile_single(index: Any, queries: np.ndarray, path: str) -> None:
         pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(25)
 
 
-# -- report -------------------------------------------------------------------------------------
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
-def _segments(segments: list) -> str:
-    return ", ".join(f"{k} {rows:,} rows" + (f" / {lists} leaves" if lists else "") for k, rows, lists in segments)
-
-
-def report(r: dict[str, Any]) -> str:
-    p, ing, raw_bytes = r["params"], r["ingest"], r["raw_float32_bytes"]
-    scann = ("brute force (too few rows for a tree: lsmvec scans them exactly too)"
-             if p["kind"] == "brute" else
-             f"{p['num_leaves']} leaves, default search {p['leaves_to_search']}, "
-             f"reorder {p['reorder']}, AH dims/block {p['dims_per_block']}, "
-             f"training sample {p['training_sample_size']:,}")
-    out = [f"## lsmvec vs raw ScaNN: {r['data']['dataset']}",
-           f"n={r['n']:,} dim={r['dim']} metric={r['metric']} queries={r['queries']} k={TOP_K}; "
-           f"ScaNN params: {scann}; load average at start "
-           f"{r['loadavg_start'][0]:.2f}, at end {r['loadavg_end'][0]:.2f} (2 cores)", ""]
-    segs = ", ".join(f"{k} {rows:,}" for k, rows in ing["segments_after_ingest"]) or "none"
-    out.append(md_table(["build", "value"], [
-        ["lsmvec durable ingest (fsync, background compaction on)",
-         f"{ing['rows_per_s']:,.0f} rows/s ({seconds(ing['seconds'])})"],
-        ["segments when ingest returned", f"{segs}; memtable {ing['memtable_rows_after_ingest']:,} "
-                                          f"rows, {ing['frozen_after_ingest']} frozen"],
-        ["lsmvec train() (waits for a running merge)", seconds(ing["train_seconds"])
-         + f" -> {len(ing['segments_after_train'])} segment(s): "
-         + _segments(ing["segments_after_train"])],
-        *([["second train() (the first left > 1 segment)",
-            f"{seconds(ing['train_again_seconds'])} -> " + _segments(ing["segments_after_second_train"])]]
-          if ing.get("train_again_seconds") is not None else []),
-        ["raw ScaNN build (same params)", seconds(r["raw_build_seconds"])],
-    ]))
-    out.append("")
-    rows = []
-    for s in r["search"]:
-        label = "default" if s["n_probes"] is None else str(s["n_probes"])
-        where = f"{s['leaves']} leaves" if s["leaves"] else "exact"
-        rows.append([f"{label} ({where})", f"{s['lsm_recall']:.3f}", f"{s['raw_recall']:.3f}",
-                     f"{s['lsm_single_qps']:,.0f}", f"{s['raw_single_qps']:,.0f}", f"{s['single_ratio']:.2f}",
-                     f"{s['lsm_p50_ms']:.2f} / {s['raw_p50_ms']:.2f}",
-                     f"{s['lsm_p99_ms']:.2f} / {s['raw_p99_ms']:.2f}",
-                     f"{s['lsm_batch_qps']:,.0f}", f"{s['raw_batch_qps']:,.0f}", f"{s['batch_ratio']:.2f}",
-                     f"{s['raw_batch_serial_qps']:,.0f}"])
-    out.append(md_table(["n_probes", "recall lsm", "recall raw", "single q/s lsm", "single q/s raw",
-                         "single ratio", "p50 ms lsm / raw", "p99 ms lsm / raw", "batch q/s lsm", "batch q/s raw (parallel)",
-                         "batch ratio", "raw serial batch q/s"], rows))
-    out.append("")
-    reopen = [c["open_seconds"] for c in r["reopen_children"]]
-    child = r["reopen_children"][0]
-    out.append(md_table(["resources", "lsmvec", "raw ScaNN"], [
-        ["open in a fresh process (median)", f"{seconds(r['reopen_seconds'])} "
-         f"(runs: {', '.join(f'{t:.2f}' for t in reopen)} s)", seconds(r["raw_child"]["open_seconds"])],
-        ["resident after open + queries", f"{mbytes(r['resident_bytes'])} = "
-         f"{r['resident_bytes'] / raw_bytes:.2f} x raw float32",
-         f"{mbytes(r['raw_resident_bytes'])} = {r['raw_resident_bytes'] / raw_bytes:.2f} x"],
-        ["peak RSS during open (over baseline)", f"{mbytes(child['peak_rss'] - child['base_rss'])}",
-         mbytes(r["raw_child"]["peak_rss"] - r["raw_child"]["base_rss"])],
-        ["disk", f"{mbytes(r['disk_bytes'])} = {r['disk_bytes'] / raw_bytes:.2f} x raw float32",
-         f"{mbytes(r['raw_disk_bytes'])} = {r['raw_disk_bytes'] / raw_bytes:.2f} x"],
-        ["raw float32 vectors", mbytes(raw_bytes), ""],
-    ]))
-    out.append("")
-    d = r["search"][0]
-    checks = [("recall@10 at default >= 0.95", f"{d['lsm_recall']:.3f}", d["lsm_recall"] >= TARGETS["recall"]),
-              ("single-query QPS >= 0.7 x raw ScaNN", f"{d['single_ratio']:.2f} x",
-               d["single_ratio"] >= TARGETS["single_ratio"]),
-              ("resident memory <= 2 x raw float32", f"{r['resident_bytes'] / raw_bytes:.2f} x",
-               r["resident_bytes"] / raw_bytes <= TARGETS["memory_ratio"]),
-              ("reopen < 3 s" + ("" if r["n"] >= 1_000_000 else f" (asked at 1M; this is {r['n']:,})"),
-               seconds(r["reopen_seconds"]), r["reopen_seconds"] < TARGETS["reopen_s"])]
-    out.append(md_table(["target", "measured", "met"], [[a, b, "yes" if c else "NO"] for a, b, c in checks]))
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("synthetic", "minilm", "file"), default="synthetic")
+    parser.add_argument("--dataset", choices=("synthetic", "minilm", "gaussian", "file"),
+                        default="synthetic")
     parser.add_argument("--data", default=None,
                         help="with --dataset file: a .npy, .fvecs or ann-benchmarks .hdf5 file")
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -437,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=10_000, help="rows per upsert call")
     parser.add_argument("--repeats", type=int, default=3, help="batched calls timed (median)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved rounds of single-query passes (median ratio)")
+    parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
+                        help="items carry metadata (~80 bytes); also measure include=metadata")
     parser.add_argument("--reopens", type=int, default=3, help="fresh processes for reopen/RSS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="parent of the index folder (default: /tmp)")
@@ -463,30 +431,6 @@ def main(argv: list[str] | None = None) -> int:
     if plot(result, png):
         print(f"plot: {png}", file=sys.stderr)
     return 0
-
-
-def plot(result: dict, path: str) -> bool:
-    """Recall vs single-query QPS, lsmvec and raw ScaNN; False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    points = sorted(result["search"], key=lambda s: s["leaves"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for who, label in (("lsm", "lsmvec"), ("raw", "raw ScaNN")):
-        ax.plot([s[f"{who}_recall"] for s in points], [s[f"{who}_single_qps"] for s in points],
-                marker="o", label=label)
-    ax.set_xlabel("recall@10")
-    ax.set_ylabel("single-query QPS")
-    ax.set_title(f"{result.get('dataset', '')} n={result['n']:,}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `lsmvec` command: demo, bench, bench-ingest, inspect, verify, compact.
+"""The `lsmvec` command: demo, bench, bench-ingest, bench-space, inspect, verify, compact.
 
 Exit codes: 0 success; 1 verify found damage; 2 usage error (also: no key given, a key that is
 not hex, a --key-file that cannot be read); 3 the index cannot be opened (not found, locked by
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                                ("bench", "bench_lsm", "lsmvec vs raw ScaNN: ingest, recall, QPS "
                                 "(--compare: vs every installed peer store)"),
                                ("bench-ingest", "bench_ingest", "durable ingest: upserts/s with "
-                                "fsync (group commit) and without, reopen and log replay speed")):
+                                "fsync (group commit) and without, reopen and log replay speed"),
+                               ("bench-space", "bench_space", "disk use under sustained overwrites "
+                                "or a mixed load, against the live data")):
         p = sub.add_parser(name, help=text, description=text + " (options: lsmvec " + name + " -- --help)")
         if name == "bench":
             p.add_argument("--compare", action="store_true",

@@ -190,6 +190,7 @@ class RawScannPeer(Peer):
     name, dist, modules, knob = "scann (raw)", "scann", ("scann",), "leaves_to_search"
 
     def _ingest(self, vectors: np.ndarray, folder: Path) -> None:
+        from lsmvec.compaction.compactor import usable_cores
         from lsmvec.compaction.scann_assets import train_searcher
         from lsmvec.compaction.scann_params import KIND_BRUTE, choose_params
         from scann.scann_ops.py import scann_ops_pybind
@@ -198,7 +199,7 @@ class RawScannPeer(Peer):
         if self.params.kind == KIND_BRUTE:
             self.searcher = scann_ops_pybind.builder(data, 10, self.params.distance).score_brute_force().build()
         else:
-            self.searcher = train_searcher(data, self.params)
+            self.searcher = train_searcher(data, self.params, usable_cores())
         (folder / "scann").mkdir()
         self.searcher.serialize(str(folder / "scann"), relative_path=True)
         fsync_tree(folder)

@@ -39,6 +39,7 @@ def stats(core: "IndexCore") -> dict[str, Any]:
             "disk_bytes": _folder_bytes(core.folder),
             "training_state": training_state(core),
             "background_error": repr(error) if error else None,
+            "write_pressure": core.maintenance.report(),
         }
 
 

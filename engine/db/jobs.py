@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lsmvec.compaction.compactor import BACKGROUND, BuildBudget
 from lsmvec.compaction.filenames import temp_segment_dir_name
 from lsmvec.compaction.row_gather import concat_rows
 from lsmvec.compaction.segment import build_and_open_segment
@@ -32,17 +33,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, **tuning):
+def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, *,
+                         kind: str = "auto", n_lists: int | None = None,
+                         budget: BuildBudget = BACKGROUND):
     """Build a segment under a temporary name and rename it in. Returns (files, Segment).
-    A trained segment's default search is calibrated to the index's ``target_recall``."""
-    tuning.setdefault("target_recall", core.config.options.target_recall)
+    ``kind``: "brute" for flushes (no training on the write path), "auto" for merges (a tree
+    when large enough, with ``n_lists`` leaves, trained within ``budget``: its threads). A
+    trained segment's default search is calibrated to the index's ``target_recall``."""
     root = core.folder / SEGMENTS_DIR
     tmp = root / temp_segment_dir_name(seg_id)
     try:  # every mkdir / write / sync / rename / removal through wal.fsio.FS
         fsio.make_dirs(root)  # the first one: segments/ made and its entry fsynced
         files, segment = build_and_open_segment(
             tmp, vectors, metric=core.config.metric, key=core.cipher.segment_key,
-            context=core.cipher.segment_context(seg_id, ""), **tuning)
+            context=core.cipher.segment_context(seg_id, ""), kind=kind, n_lists=n_lists,
+            budget=budget, target_recall=core.config.options.target_recall)
         failpoints.hit("segment.before_rename")
         final = segment_folder(core.folder, seg_id)
         fsio.rename(tmp, final)
@@ -107,10 +112,12 @@ def flush_oldest(core: "IndexCore") -> bool:
         return True
 
 
-def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bool:
+def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
+                   n_lists: int | None = None, budget: BuildBudget = BACKGROUND) -> bool:
     """Rewrite the live rows of `seg_ids` (None: every segment at the time the merge lock is
     taken, so a background merge finishing first is included) as one segment (trained when
-    large enough)."""
+    large enough, with `n_lists` leaves, within `budget`: one ScaNN training thread for the
+    background merger, every usable core for an explicit train() -- BuildBudget.for_caller())."""
     with core.merge_lock:
         with core.rw.read():
             if seg_ids is None:
@@ -140,7 +147,8 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, **tuning) -> bo
         vectors = (concat_rows([(src.segment.vectors, rows) for src, rows in picked],
                                picked[0][0].segment.dim) if ids else None)
         new_id = core.reserve_segment_id() if ids else None
-        built = build_segment_folder(core, new_id, vectors, **tuning) if ids else None
+        built = (build_segment_folder(core, new_id, vectors, n_lists=n_lists,
+                                      budget=budget) if ids else None)
         source = _new_source(core, new_id, built, ids, terms) if built is not None else None
         _failpoint("merge.before_commit")
         # Re-sealing every carried row takes seconds for big merges: install runs it inside

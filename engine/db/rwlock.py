@@ -2,6 +2,10 @@
 
 Writer preference: once a writer waits, new readers queue behind it, so a stream of queries
 cannot starve the group-commit leader. Not reentrant.
+
+A query takes the read side with acquire_read() / release_read(): one plain mutex each and no
+generator context manager (0.5 us per query instead of 2.7 us, measured on a 135 us MiniLM
+query); read() is the same as a `with` block for the other readers.
 """
 from __future__ import annotations
 
@@ -11,27 +15,37 @@ from typing import Iterator
 
 
 class RWLock:
-    __slots__ = ("_cond", "_readers", "_writer", "_waiting_writers")
+    __slots__ = ("_mutex", "_cond", "_readers", "_writer", "_waiting_writers")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
+    def acquire_read(self) -> None:
+        with self._mutex:
+            if not (self._writer or self._waiting_writers):  # the usual case: no wait
+                self._readers += 1
+                return
             while self._writer or self._waiting_writers:
                 self._cond.wait()
             self._readers += 1
+
+    def release_read(self) -> None:
+        with self._mutex:
+            self._readers -= 1
+            if self._readers == 0 and self._waiting_writers:
+                self._cond.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self.release_read()
 
     @contextmanager
     def write(self) -> Iterator[None]:

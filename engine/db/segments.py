@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from lsmvec.compaction.segment import FileEntry, Segment
 from lsmvec.disk.filenames import SEGMENTS_DIR
 from lsmvec.errors import CorruptionError
 from lsmvec.disk.store import Store
+from lsmvec.db.item_cache import ItemCache, key as cache_key
 from lsmvec.db.term_index import TermIndex
 from lsmvec.db.version import SegmentInfo, read_dead, read_row_ids, read_terms
 
@@ -48,6 +49,7 @@ class SegmentSource:
                  store: Store, terms: TermIndex,
                  id_index: tuple[np.ndarray, np.ndarray] | None = None):
         self.info = info
+        self.id: int = info.id  # a plain attribute: read for every hit hydrated
         self.terms = terms
         self.segment = segment
         # A tuple of str is untracked by the garbage collector after its first pass; a list of
@@ -56,28 +58,35 @@ class SegmentSource:
         self.ids: tuple[str, ...] = tuple(ids)
         self.persisted = persisted
         self.dead = persisted.copy()
-        self.any_dead = bool(persisted.any())
+        self.n_dead = int(np.count_nonzero(persisted))  # kept up to date: no count per query
+        self.any_dead = self.n_dead > 0
         self.store = store
+        # decrypted store values of this segment's rows (set by IndexCore.add_segment)
+        self.cache: ItemCache | None = None
         self._subs: dict[tuple, tuple] = {}
         self._by_hash = id_index
-
-    @property
-    def id(self) -> int:
-        return self.info.id
 
     @property
     def n_rows(self) -> int:
         return self.info.rows
 
     def kill(self, row: int) -> None:
-        self.dead[row] = True
-        self.any_dead = True
+        if not self.dead[row]:
+            self.dead[row] = True
+            self.n_dead += 1
+            self.any_dead = True
+            if self.cache is not None:
+                self.cache.discard(self.id, (row,))
 
     def mark_dead(self, rows: np.ndarray) -> None:
         """Rows a committed flush or merge made dead (persisted) -- also dead in memory."""
+        newly = np.flatnonzero(rows & ~self.dead)
         self.persisted = rows
         self.dead |= rows
-        self.any_dead = bool(self.dead.any())
+        self.n_dead = int(np.count_nonzero(self.dead))
+        self.any_dead = self.n_dead > 0
+        if self.cache is not None and len(newly):
+            self.cache.discard(self.id, newly.tolist())
 
     def id_index(self) -> tuple[np.ndarray, np.ndarray]:
         """(sorted in-process string hashes of the row ids, their rows): 16 bytes per row,
@@ -177,7 +186,7 @@ class SegmentSource:
     def _filtered(self, queries: np.ndarray, k: int, flt, n_probes: int | None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Post-filter with widening: fetch more until k rows match or the segment is exhausted."""
-        live = int(self.info.rows - np.count_nonzero(self.dead))
+        live = self.info.rows - self.n_dead
         out_rows = np.full((len(queries), k), -1, np.int64)
         out_dist = np.full((len(queries), k), np.inf, np.float32)
         verdict: dict[int, bool] = {}
@@ -190,13 +199,10 @@ class SegmentSource:
                 valid = rows >= 0
                 rows, dists = rows[valid], dists[valid]
                 unknown = [int(r) for r in rows if int(r) not in verdict]
-                if unknown:
-                    items = self.store.get_items([self.ids[r] for r in unknown])
-                    for r, item in zip(unknown, items):
-                        if item is None and not self.persisted[r]:
-                            raise CorruptionError(f"segment {self.id} row {r} has no item in "
-                                                  f"the store", self.store.path)
-                        verdict[r] = item is not None and flt.matches(item.metadata)
+                if unknown:  # through the cache: the hits' metadata is then not opened again
+                    bodies = segment_bodies(self.store, self.cache, [(self, r) for r in unknown])
+                    for r, body in zip(unknown, bodies):
+                        verdict[r] = flt.matches(self.decode(r, body)[2])
                 keep = [j for j, r in enumerate(rows) if verdict[int(r)]][:k]
                 if len(keep) >= k or fetch >= live or len(rows) < fetch:
                     out_rows[qi, :len(keep)] = rows[keep]
@@ -205,25 +211,72 @@ class SegmentSource:
                 fetch = min(live, fetch * _FILTER_FETCH_FACTOR)
         return out_rows, out_dist
 
-    def hit(self, row: int, dist: float, include: tuple[str, ...]) -> dict[str, Any]:
-        item_id = self.ids[row]
-        hit: dict[str, Any] = {"id": item_id}
-        stored = None
-        if "metadata" in include or "contents" in include:
-            stored = self.store.get_items([item_id])[0]
-            if stored is None:
-                raise CorruptionError(f"segment {self.id} row {row} has no item in the store",
-                                      self.store.path)
-        for field in include:
-            if field == "distance":
-                hit["distance"] = dist
-            elif field == "metadata":
-                hit["metadata"] = stored.metadata or {}
-            elif field == "contents":
-                hit["contents"] = stored.contents
-            elif field == "vector":
-                hit["vector"] = self.segment.row(row).tolist()
-        return hit
+    def decode(self, row: int, body: bytes) -> list:
+        """[id, contents, metadata] of `row` from its store body (segment_bodies), as objects
+        of the caller's own; CorruptionError when the body is not this row's item."""
+        item = self.store.decode_body(body)
+        if item[0] != self.ids[row]:
+            raise CorruptionError(f"segment {self.id} row {row}: its store value holds another "
+                                  f"id", self.store.path)
+        return item
+
+
+def segment_bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]]
+                   ) -> list[bytes]:
+    """The plaintext store body ([id, contents, metadata], Store.decode_body) of each (segment
+    source, live row): from the cache, the rest in one store read transaction (one AES-GCM
+    open each), then cached. Raises CorruptionError when the store has no value for the row's
+    item or places it elsewhere (store and segments disagree: a damaged store)."""
+    return _bodies(store, cache, wanted, [cache_key(source.id, row) for source, row in wanted])[0]
+
+
+def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
+            keys: list[int]) -> tuple[list[bytes], list[int]]:
+    """segment_bodies, and where the store was read (the rest came from the cache)."""
+    bodies = cache.get_many(keys) if cache is not None else [None] * len(keys)
+    if None not in bodies:
+        return bodies, []  # type: ignore[return-value]
+    missing = [i for i, body in enumerate(bodies) if body is None]
+    first: dict[int, int] = {}  # a row twice in a batch is read once
+    for i in missing:
+        first.setdefault(keys[i], i)
+    unique = list(first.values())
+    read = store.get_bodies([wanted[i][0].ids[wanted[i][1]] for i in unique])
+    fresh = []
+    for i, got in zip(unique, read):
+        source, row = wanted[i]
+        if got is None:
+            raise CorruptionError(f"segment {source.id} row {row} has no item in the store",
+                                  store.path)
+        if got[0] != source.id or got[1] != row:
+            raise CorruptionError(f"segment {source.id} row {row}: the store places its item "
+                                  f"at segment {got[0]} row {got[1]}", store.path)
+        bodies[i] = got[2]
+        fresh.append((keys[i], got[2]))
+    if len(unique) < len(missing):
+        for i in missing:
+            bodies[i] = bodies[first[keys[i]]]
+    if cache is not None:
+        cache.put_many(fresh)
+    return bodies, unique  # type: ignore[return-value]
+
+
+def segment_items(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
+                  keys: list[int] | None = None) -> list[list]:
+    """[id, contents, metadata] of each (segment source, live row) -- segment_bodies (`keys`:
+    their cache keys when the caller has them), decoded by one msgpack call into objects of
+    the caller's own. A body read from the store now must hold its row's id (CorruptionError
+    otherwise); a cached one did when it was read."""
+    if keys is None:
+        keys = [cache_key(source.id, row) for source, row in wanted]
+    bodies, read = _bodies(store, cache, wanted, keys)
+    items = store.decode_bodies(bodies)
+    for i in read:
+        source, row = wanted[i]
+        if items[i][0] != source.ids[row]:
+            raise CorruptionError(f"segment {source.id} row {row}: its store value holds "
+                                  f"another id", store.path)
+    return items
 
 
 def segment_folder(folder: Path, segment_id: int) -> Path:

@@ -218,11 +218,10 @@ class CarryItems:
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         born = np.zeros(len(self.ids), bool)
+        carry, new_id = txn.carry_item, self.new_id
         for row, (item_id, seg, old_row) in enumerate(
                 zip(self.ids, self.origin_seg.tolist(), self.origin_row.tolist())):
-            if txn.location(item_id) == (seg, old_row):
-                txn.reseal_item(item_id, self.new_id, row)
-            else:
+            if not carry(item_id, (seg, old_row), (new_id, row)):
                 born[row] = True
         return ItemChanges(born_dead=born)
 
@@ -303,7 +302,8 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
        (c) the flushed memtable leaves core.frozen, (d) the added segment gets its born-dead
        rows, loses rows that newer memtable writes shadow, and is appended, (e) core.manifest
        becomes the new manifest.
-    6. Release the write lock, then the commit lock; wake writers waiting for room.
+    6. Release the write lock, then the commit lock; core.after_install() (writers waiting for
+       room re-check).
 
     A failure before the commit (steps 2-4: a failpoint, an error inside the transaction, a
     failed commit) changes neither the store nor the memory. Returns the new manifest."""
@@ -373,8 +373,7 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
         core.store.commit(write, guard=core.rw.write, then=switch)
     finally:
         core.commit_lock.release()
-    if edit.flushed is not None:
-        core.release_writers()
+    core.after_install()  # the space account is read again; writers waiting for room re-check
     return planned.manifest
 
 

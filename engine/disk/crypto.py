@@ -12,6 +12,7 @@ import hmac
 import os
 import secrets
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -76,9 +77,11 @@ class Aead:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._gcm.encrypt(nonce, bytes(plaintext), aad)
 
-    def seal_parts(self, parts: list, aad: bytes) -> bytearray:
+    def seal_parts(self, parts: list, aad: bytes) -> bytearray | memoryview:
         """`seal` of the concatenation of `parts` (buffers), without making it: GCM runs over
-        each part straight into one output buffer (a 15 MB batch: one copy, not three)."""
+        each part straight into one output buffer (a 15 MB batch: one copy, not three). A
+        streamed seal returns a view of an uninitialised array: a bytearray of that size is
+        zero-filled first (a 1.5 MB memset per 1000 x 384 upsert, for bytes GCM overwrites)."""
         nonce = os.urandom(NONCE_BYTES)
         views = [memoryview(part).cast("B") for part in parts]
         total = sum(view.nbytes for view in views)
@@ -86,19 +89,16 @@ class Aead:
             out = bytearray(nonce)
             out += self._gcm.encrypt(nonce, b"".join(views), aad)
             return out
-        out = bytearray(NONCE_BYTES + total + 16 + 15)  # update_into wants 15 bytes of slack
-        out[:NONCE_BYTES] = nonce
+        target = memoryview(np.empty(NONCE_BYTES + total + 16 + 15, np.uint8))  # +15: update_into's slack
+        target[:NONCE_BYTES] = nonce
         encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
         encryptor.authenticate_additional_data(aad)
-        target = memoryview(out)
         pos = NONCE_BYTES
         for view in views:
             pos += encryptor.update_into(view, target[pos:pos + view.nbytes + 15])
         encryptor.finalize()
         target[pos:pos + 16] = encryptor.tag
-        target.release()
-        del out[pos + 16:]
-        return out
+        return target[:pos + 16]
 
     def open(self, sealed: bytes | memoryview, aad: bytes, path: str | None = None,
              offset: int | None = None) -> bytes:

@@ -22,6 +22,7 @@ Decisions (strict where the reference product is loose):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +40,7 @@ MAX_ID_BYTES = 1024
 METRICS = frozenset({"euclidean", "squared_euclidean", "cosine"})
 ITEM_FIELDS = ("id", "vector", "contents", "metadata")
 _MIN_SAFE_SQUARED_NORM = 1e-30   # below this a float32 sum of squares has lost bits to underflow
+_FLOAT32 = np.dtype(np.float32)  # `dtype is _FLOAT32`: no dtype conversion per query
 _MAX_SAFE_SQUARED_NORM = 1e37  # above this (or NaN / inf) the fast query check defers to the careful one
 _NOT_A_SEQUENCE = (str, bytes, bytearray, Mapping)
 _REAL_SCALARS = (int, float, np.integer, np.floating)
@@ -121,6 +123,22 @@ def normalize_ids(ids: Any) -> list[str]:
     return _id_column(ids)
 
 
+def single_query(query_vectors: Any, dimension: int | None, metric: str) -> np.ndarray | None:
+    """The hot path of a single-query loop: a 1-D float32 ndarray of the right length, with a
+    finite, safe sum of squares (one dot product: then every value is finite) -> the (d,)
+    query itself (read, never written) or, under "cosine", its unit copy -- the row
+    normalize_query gives, byte for byte. None for anything else (normalize_query decides).
+    Two numpy calls, no reshape: a few us of a ~150 us query."""
+    if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
+            and query_vectors.dtype is _FLOAT32 and query_vectors.shape[0] == dimension):
+        squared = query_vectors.dot(query_vectors)
+        if squared >= _MIN_SAFE_SQUARED_NORM and squared < _MAX_SAFE_SQUARED_NORM:
+            # math.sqrt of a float32 rounds back to np.sqrt's float32; numpy divides by it
+            # in float32, as by np.sqrt(squared)
+            return query_vectors / math.sqrt(squared) if metric == "cosine" else query_vectors
+    return None
+
+
 def normalize_query(query_vectors: Any, *, dimension: int | None,
                     metric: str) -> tuple[np.ndarray, bool]:
     """Query vectors as a (q, d) float32 array (unit rows under cosine), and whether a single
@@ -129,13 +147,9 @@ def normalize_query(query_vectors: Any, *, dimension: int | None,
     _check_metric(metric)
     if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
             and query_vectors.dtype == np.float32 and query_vectors.shape[0] == dimension):
-        # the hot path of a single-query loop: already a float32 vector of the right length.
-        # One dot product decides: a finite, safe sum of squares means every value is finite.
-        squared = np.dot(query_vectors, query_vectors)
-        if squared >= _MIN_SAFE_SQUARED_NORM and squared < _MAX_SAFE_SQUARED_NORM:
-            if metric == "cosine":
-                return (query_vectors / np.sqrt(squared)).reshape(1, -1), True
-            return query_vectors.reshape(1, -1).copy(), True
+        single = single_query(query_vectors, dimension, metric)
+        if single is not None:
+            return (single if metric == "cosine" else single.copy()).reshape(1, -1), True
         out = query_vectors.reshape(1, -1).copy()  # zero, tiny, huge or not finite: look closer
         return _finish_inplace(out, metric, lambda _: "query vector"), True
     if query_vectors is None or isinstance(query_vectors, _NOT_A_SEQUENCE):
@@ -259,7 +273,9 @@ def _from_arrays(ids: Any, vectors: Any, dimension: int | None, metric: str) -> 
     if n == 0:
         return _empty_batch(dimension)
     describe: Describe = lambda j: f"vectors row {j} (id {id_list[j]!r})"  # noqa: E731
-    arr = _finish_inplace(_stack_vectors(vectors, describe, dimension), metric, describe)
+    arr = _unit_copy(vectors, dimension) if metric == "cosine" else None
+    if arr is None:
+        arr = _finish_inplace(_stack_vectors(vectors, describe, dimension), metric, describe)
     keep = _last_occurrences(id_list)
     if keep is not None:
         id_list, arr = [id_list[k] for k in keep], arr[keep]
@@ -429,6 +445,19 @@ def _vector_row(value: Any, where: str, dimension: int | None, origin: str) -> n
         raise DimensionMismatchError(f"{where}: expected {dimension} values{origin}, got "
                                      f"{arr.shape[0]}")
     return arr
+
+
+def _unit_copy(vectors: Any, dimension: int | None) -> np.ndarray | None:
+    """Cosine, C-contiguous float32, every row's squared norm safe: unit rows in ONE pass, byte
+    for byte the general path's copy-then-divide (370 -> 310 us per 1000 x 384 here); else None."""
+    if (type(vectors) is not np.ndarray or vectors.dtype != np.float32 or vectors.ndim != 2
+            or not vectors.flags.c_contiguous or vectors.shape[1] != (dimension or vectors.shape[1] or -1)):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        squared = np.einsum("ij,ij->i", vectors, vectors)
+        if not (squared.min() >= _MIN_SAFE_SQUARED_NORM and np.isfinite(squared.max())):
+            return None
+    return np.divide(vectors, np.sqrt(squared)[:, None], out=np.empty(vectors.shape, np.float32))
 
 
 def _finish_inplace(arr: np.ndarray, metric: str, describe: Describe) -> np.ndarray:

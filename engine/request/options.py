@@ -33,6 +33,8 @@ DEFAULT_MEMTABLE_BYTES = 64 << 20
 DEFAULT_WAL_ROLL_BYTES = 64 << 20
 DEFAULT_TARGET_RECALL = 0.95
 """api.md's promise for ``n_probes=None`` (compaction/calibrate.py holds the same default)."""
+DEFAULT_SPACE_AMPLIFICATION = 3.0
+"""The folder bound issue 17 asks for: <= 3x the live data, the log included."""
 MAX_BYTES = 1 << 40
 """Upper bound of the byte-size options (1 TiB): anything larger is a mistake, not a tuning."""
 
@@ -64,6 +66,12 @@ class IndexOptions:
         DEFAULT_TARGET_RECALL, "mean recall@10 a trained segment's default search (n_probes=None) "
         "is calibrated to at build time; a tree that cannot reach it is stored exact",
         low=0.0, high=1.0, open_low=True)
+    space_amplification: float = _option(
+        DEFAULT_SPACE_AMPLIFICATION, "bound of the index folder as a multiple of its live data "
+        "(plus 2 MiB): memtables holding garbage are flushed early and dead segment rows merged "
+        "away to stay under it; writes slow down from 70% and wait at 90% of (A - 1) x the live "
+        "data + 2 MiB, the last live data's worth kept for a merge (docs/tuning.md)",
+        low=1.0, high=1000.0, open_low=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -98,3 +98,20 @@ def test_lsmvec_bench_ingest(tmp_path: Path) -> None:
     assert set(results) >= {"fsync-1t", "fsync-2t", "os-1t", "logonly-1t", "reopen", "replay"}
     assert all("error" not in r for r in results.values()), results
     assert results["replay"]["vectors"] == 40 and results["replay"]["rows_from_log"] == 40
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "mixed"])
+def test_lsmvec_bench_space(tmp_path: Path, mode: str) -> None:
+    """`lsmvec bench-space` runs on small data: the live items are exactly what was written
+    (overwrite: every id once), the peak is at least the live data and stays within the
+    documented bound A x L + 2 MiB, and the engine's counters are reported."""
+    from lsmvec.db.space import SLACK
+    done = _run(["bench-space", "--mode", mode, "--n", "2000", "--dim", "16", "--batch", "200",
+                 "--rounds", "5", "--seconds", "3", "--json", "--dir", str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if mode == "overwrite":
+        assert result["live_items"] == 2000 and result["batches"] == 50
+    assert result["live_items"] > 0 and result["batches"] > 0
+    assert result["live_bytes"] <= result["peak_bytes"] <= 3.0 * result["live_bytes"] + SLACK
+    assert set(result["write_pressure"]) >= {"slowed_writes", "stopped_writes", "space"}

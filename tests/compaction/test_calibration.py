@@ -169,3 +169,23 @@ def test_target_recall_option_is_validated(client: Client) -> None:
         client.create_index("badtype", generate_key(), dimension=4, target_recall="high")
     index = client.create_index("ok", generate_key(), dimension=4, target_recall=0.9)
     assert index.stats()["vectors"] == 0
+
+
+@pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
+@pytest.mark.parametrize("n", [7, 4_096, 4_097, 40_000])
+def test_the_calibration_truth_equals_a_float64_brute_force(metric: str, n: int) -> None:
+    """exact_neighbours (row blocks, only scores beating each query's k-th best sorted) against
+    a float64 NumPy brute force: the same rows, in the same order, across block boundaries."""
+    from lsmvec.compaction.calibrate import exact_neighbours
+    rng = np.random.default_rng(n)
+    rows = rng.standard_normal((n, 24)).astype(np.float32)
+    if metric == "cosine":
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    queries = np.ascontiguousarray(rows[rng.choice(n, size=min(n, 60), replace=False)])
+    k = min(K + 1, n)
+    got = exact_neighbours(rows, queries, k, metric)
+    assert got.shape == (len(queries), k)
+    r, q = rows.astype(np.float64), queries.astype(np.float64)
+    scores = -(q @ r.T) if metric == "cosine" else (r * r).sum(1)[None, :] - 2.0 * (q @ r.T)
+    want = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(got, want)

@@ -3,6 +3,7 @@ the files equal an in-process serialize, and every child failure falls back clea
 from __future__ import annotations
 
 import errno
+import io
 import os
 import time
 from pathlib import Path
@@ -21,12 +22,13 @@ class FakeSearcher:
     """Writes a known dataset.npy (and one other asset) and records which process ran."""
 
     def __init__(self, vectors: np.ndarray, *, in_child: str = "ok", differ: bool = False,
-                 log: Path) -> None:
+                 log: Path, flag: Path | None = None) -> None:
         self.vectors = vectors
         self.in_child = in_child
         self.differ = differ
         self.parent = os.getpid()
         self.log = log
+        self.flag = flag
 
     def serialize(self, path: str, relative_path: bool = False) -> None:
         with open(self.log, "a") as f:
@@ -38,8 +40,17 @@ class FakeSearcher:
                 time.sleep(3600)
             if self.in_child == "die":
                 os._exit(1)
+            if self.in_child == "wait_for_flag":  # the parent's during() makes it
+                deadline = time.monotonic() + 30
+                while not self.flag.exists():
+                    if time.monotonic() > deadline:
+                        os._exit(3)
+                    time.sleep(0.001)
         rows = self.vectors + (1.0 if self.differ else 0.0)
-        np.save(os.path.join(path, "dataset.npy"), rows)
+        stream = io.BytesIO()  # written as ScaNN does: one sequential write, no seek
+        np.lib.format.write_array(stream, rows)
+        with open(os.path.join(path, "dataset.npy"), "wb") as f:
+            f.write(stream.getvalue())
         Path(path, "scann_assets.pbtxt").write_text("assets {}\n")
 
 
@@ -51,17 +62,94 @@ def rows(n: int = 50, dim: int = 8) -> np.ndarray:
     return np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32)
 
 
-@pytest.mark.parametrize("differ", [False, True])
-def test_the_child_serializes_and_settles_the_dataset(tmp_path: Path, differ: bool) -> None:
+def test_the_child_streams_an_equal_dataset_through_a_fifo_and_nothing_keeps_it(
+        tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows(20_000, 8)  # 640 kB: more than one pipe buffer
+    fake = FakeSearcher(vectors, log=tmp_path / "log")
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) == (True, False)
+    assert os.getpid() not in pids(tmp_path / "log")  # only the child serialized
+    assert sorted(os.listdir(scratch)) == ["scann_assets.pbtxt"]  # no FIFO, no dataset left
+
+
+def test_a_dataset_that_differs_is_kept_by_an_in_process_serialize(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     vectors = rows()
-    fake = FakeSearcher(vectors, differ=differ, log=tmp_path / "log")
-    kept = scann_serialize.serialize_searcher(fake, scratch, vectors)
-    assert kept is differ
-    assert pids(tmp_path / "log") != [os.getpid()] and os.getpid() not in pids(tmp_path / "log")
-    assert (scratch / "dataset.npy").exists() is differ
-    assert (scratch / "scann_assets.pbtxt").read_text() == "assets {}\n"
+    fake = FakeSearcher(vectors, differ=True, log=tmp_path / "log")
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) == (True, True)
+    ran = pids(tmp_path / "log")
+    assert len(ran) == 2 and ran[0] != os.getpid() and ran[1] == os.getpid()
+    np.testing.assert_array_equal(np.load(scratch / "dataset.npy"), vectors + 1.0)
+
+
+@pytest.mark.parametrize("shape, dtype", [((50, 9), "<f4"), ((50, 8), "<f8"), ((49, 8), "<f4")])
+def test_a_dataset_of_another_shape_or_type_counts_as_different(tmp_path: Path, shape: tuple,
+                                                                dtype: str) -> None:
+    """The FIFO's reader checks the .npy header too, not only the bytes."""
+    class Other(FakeSearcher):
+        def serialize(self, path: str, relative_path: bool = False) -> None:
+            if os.getpid() == self.parent:
+                return super().serialize(path, relative_path)
+            stream = io.BytesIO()
+            np.lib.format.write_array(stream, np.zeros(shape, dtype))
+            with open(os.path.join(path, "dataset.npy"), "wb") as f:
+                f.write(stream.getvalue())
+            Path(path, "scann_assets.pbtxt").write_text("assets {}\n")
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = np.zeros((50, 8), np.float32)
+    fake = Other(vectors, log=tmp_path / "log")
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) == (True, False)
+    assert pids(tmp_path / "log") == [os.getpid()]  # the parent serialized again
+
+
+def test_during_runs_in_the_parent_while_the_child_serializes(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    flag = tmp_path / "flag"
+    fake = FakeSearcher(vectors, in_child="wait_for_flag", log=tmp_path / "log", flag=flag)
+    ran_in: list[int] = []
+
+    def during() -> bool:
+        ran_in.append(os.getpid())
+        flag.touch()  # the child serializes only once this ran: they overlap
+        return True
+
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors, during=during) == (True,
+                                                                                       False)
+    assert ran_in == [os.getpid()]
+    assert os.getpid() not in pids(tmp_path / "log")
+
+
+@pytest.mark.parametrize("outcome", ["unwanted", "raises"])
+def test_during_saying_no_or_failing_stops_the_child(tmp_path: Path, outcome: str) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    vectors = rows()
+    fake = FakeSearcher(vectors, in_child="hang", log=tmp_path / "log")
+
+    def during() -> bool:
+        while not (tmp_path / "log").exists() or not pids(tmp_path / "log"):  # in serialize
+            time.sleep(0.001)
+        if outcome == "raises":
+            raise KeyError("calibration failed")
+        return False
+
+    if outcome == "raises":
+        with pytest.raises(KeyError):
+            scann_serialize.serialize_searcher(fake, scratch, vectors, during=during)
+    else:
+        assert scann_serialize.serialize_searcher(fake, scratch, vectors,
+                                                  during=during) == (False, False)
+    child = pids(tmp_path / "log")[0]
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # killed and reaped
+    assert pids(tmp_path / "log") == [child]  # and nobody serialized
+    assert os.listdir(scratch) == []
 
 
 @pytest.mark.parametrize("failure", ["raise", "die"])
@@ -70,7 +158,7 @@ def test_a_failing_child_falls_back_to_the_parent(tmp_path: Path, failure: str) 
     scratch.mkdir()
     vectors = rows()
     fake = FakeSearcher(vectors, in_child=failure, log=tmp_path / "log")
-    assert scann_serialize.serialize_searcher(fake, scratch, vectors) is False
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors) == (True, False)
     ran = pids(tmp_path / "log")
     assert len(ran) == 2 and ran[0] != os.getpid() and ran[1] == os.getpid()
     assert sorted(os.listdir(scratch)) == ["scann_assets.pbtxt"]
@@ -82,7 +170,8 @@ def test_a_child_over_time_is_killed_and_the_parent_serializes(tmp_path: Path) -
     vectors = rows()
     fake = FakeSearcher(vectors, in_child="hang", log=tmp_path / "log")
     started = time.monotonic()
-    assert scann_serialize.serialize_searcher(fake, scratch, vectors, timeout_s=0.5) is False
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors,
+                                              timeout_s=0.5) == (True, False)
     assert time.monotonic() - started < 30
     child = pids(tmp_path / "log")[0]
     with pytest.raises(ProcessLookupError):
@@ -98,21 +187,26 @@ def test_the_environment_switch_keeps_serialize_in_process(
     scratch.mkdir()
     vectors = rows()
     fake = FakeSearcher(vectors, log=tmp_path / "log")
-    assert scann_serialize.serialize_searcher(fake, scratch, vectors) is False
-    assert pids(tmp_path / "log") == [os.getpid()]
+    order: list[str] = []
+    assert scann_serialize.serialize_searcher(
+        fake, scratch, vectors, during=lambda: order.append("during") or True) == (True, False)
+    assert pids(tmp_path / "log") == [os.getpid()] and order == ["during"]
+    assert scann_serialize.serialize_searcher(fake, scratch, vectors,
+                                              during=lambda: False) == (False, False)
+    assert pids(tmp_path / "log") == [os.getpid()]  # not serialized again
 
 
 def test_a_real_searcher_serialized_in_a_child_equals_one_serialized_in_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     n, dim = MIN_TREE_ROWS + 500, 16
     vectors = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
-    searcher = train_searcher(vectors, choose_params(n, dim, "euclidean", kind="tree_ah"))
+    searcher = train_searcher(vectors, choose_params(n, dim, "euclidean", kind="tree_ah"), 1)
     forked, local = tmp_path / "forked", tmp_path / "local"
     forked.mkdir()
     local.mkdir()
-    assert scann_serialize.serialize_searcher(searcher, forked, vectors) is False
+    assert scann_serialize.serialize_searcher(searcher, forked, vectors) == (True, False)
     monkeypatch.setenv("LSMVEC_SERIALIZE_IN_CHILD", "0")
-    assert scann_serialize.serialize_searcher(searcher, local, vectors) is False
+    assert scann_serialize.serialize_searcher(searcher, local, vectors) == (True, False)
     names = sorted(os.listdir(local))
     assert sorted(os.listdir(forked)) == names and "dataset.npy" not in names
     for name in names:

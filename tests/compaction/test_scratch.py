@@ -472,16 +472,17 @@ def test_a_failed_serialize_child_is_retried_in_process_with_fresh_links(
         pytest.skip("needs os.fork")
     rows = np.random.default_rng(6).standard_normal((MIN_TREE_ROWS * 2, 8)).astype(np.float32)
     searcher = scann_assets.train_searcher(rows, choose_params(len(rows), 8, "euclidean",
-                                                               kind="tree_ah"))
+                                                               kind="tree_ah"), 1)
     key, context = bytes(range(32)), b"index|seg-000002"
     (tmp_path / "good").mkdir()
     good, _ = scann_assets.seal_searcher(searcher, rows, tmp_path / "good", key, context)
 
-    def failing_child(_searcher: Any, scratch: Path, *_args: Any) -> None:
+    def failing_child(_searcher: Any, scratch: Path, _vectors: Any, _timeout: float,
+                      during: Any, _collapse: bool = True) -> tuple[bool, bool]:
         (scratch / "ah_codebook.pb").write_bytes(b"garbage through the link")
         os.unlink(scratch / "int8_dataset.npy")
         (scratch / "int8_dataset.npy").write_bytes(b"a plain file over the link")
-        return None
+        return (during() if during is not None else True), False
 
     monkeypatch.setattr(scann_serialize, "_serialize_in_child", failing_child)
     (tmp_path / "retried").mkdir()

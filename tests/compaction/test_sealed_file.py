@@ -226,3 +226,47 @@ def test_sealed_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "mode.bin"
     write_sealed(path, b"x", KEY, CONTEXT)
     assert os.stat(path).st_mode & 0o077 == 0
+
+
+# -- reading into a caller's buffer (a memory file's mapping, an uninitialised array) ---------
+
+from lsmvec.compaction.sealed_file import read_sealed_into, sealed_plaintext_size  # noqa: E402
+
+SMALL_CHUNK = 512
+
+
+@pytest.mark.parametrize("chunks, tail", [(1, 0), (1, 7), (17, 0), (40, 7)])
+def test_read_into_a_buffer_equals_read_sealed(tmp_path: Path, chunks: int, tail: int) -> None:
+    size = (chunks - 1) * SMALL_CHUNK + (tail or SMALL_CHUNK)
+    data = _payload(size, seed=chunks + tail)
+    path = tmp_path / "f.bin"
+    info = write_sealed(path, data, KEY, CONTEXT, chunk_size=SMALL_CHUNK)
+    assert sealed_plaintext_size(path, info.size) == size
+    out = np.empty(size, np.uint8)
+    read_sealed_into(path, KEY, CONTEXT, out, expected_size=info.size,
+                     expected_sha256=info.sha256)
+    assert out.tobytes() == data == bytes(read_sealed(path, KEY, CONTEXT))
+
+
+def test_reading_into_a_buffer_checks_everything_read_sealed_checks(tmp_path: Path) -> None:
+    chunks = 40
+    data = _payload(chunks * SMALL_CHUNK, seed=5)
+    path = tmp_path / "f.bin"
+    info = write_sealed(path, data, KEY, CONTEXT, chunk_size=SMALL_CHUNK)
+    with pytest.raises(CorruptionError, match="expected"):  # a buffer of another size
+        read_sealed_into(path, KEY, CONTEXT, np.empty(len(data) + 1, np.uint8))
+    with pytest.raises(CorruptionError, match="SHA-256"):
+        read_sealed_into(path, KEY, CONTEXT, np.empty(len(data), np.uint8),
+                         expected_sha256="0" * 64)
+    bad = 33
+    offset = HEADER_SIZE + bad * (SMALL_CHUNK + TAG_SIZE)
+    _flip(path, offset + 10)
+    out = np.zeros(len(data), np.uint8)
+    with pytest.raises(CorruptionError, match=f"chunk {bad} failed") as caught:
+        read_sealed_into(path, KEY, CONTEXT, out, expected_size=info.size)
+    assert caught.value.offset == offset
+    assert not out[bad * SMALL_CHUNK:].any()  # nothing of the damaged chunk (or later) lands
+    with pytest.raises(CorruptionError, match="expected"):
+        sealed_plaintext_size(path, info.size + 1)
+    with pytest.raises(CorruptionError, match="missing"):
+        sealed_plaintext_size(tmp_path / "absent.bin")

@@ -220,6 +220,8 @@ def test_a_dataset_that_differs_from_the_rows_is_stored_and_reloaded(
     """ScaNN's dataset.npy is normally rebuilt from vectors.bin; if it ever differs it is
     sealed and loaded as is."""
     monkeypatch.setattr(scann_serialize, "_dataset_matches", lambda path, vectors: False)
+    # ...and the child's stream of it (compared as it is written) differs too
+    monkeypatch.setattr(scann_serialize._DatasetWatch, "finish", lambda self: False)
     rows, queries = clustered(2 * MIN_TREE_ROWS, 20, 8, 8, seed=12, unit=False)
     files, built = build_and_open_segment(tmp_path / "seg", rows, metric="euclidean", key=KEY,
                                           context=CONTEXT, kind="tree_ah")

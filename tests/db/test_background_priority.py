@@ -13,7 +13,7 @@ import pytest
 from lsmvec.compaction import compactor
 from lsmvec.compaction.compactor import run_in_background_thread
 from lsmvec import Client, generate_key
-from lsmvec.db import jobs as maintenance
+from lsmvec.db import jobs, maintenance
 
 from conftest import random_vectors
 
@@ -59,7 +59,7 @@ def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monke
     monkeypatch.setenv("LSMVEC_BACKGROUND_NICE", nice)
     base = my_nice()
     seen: dict[str, set[int]] = {"flush": set(), "merge": set()}
-    real_flush, real_merge = maintenance.flush_oldest, maintenance.merge_segments
+    real_flush, real_merge = jobs.flush_oldest, jobs.merge_segments
 
     def flush_oldest(core, *args, **kwargs):
         seen["flush"].add(my_nice())
@@ -69,8 +69,9 @@ def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monke
         seen["merge"].add(my_nice())
         return real_merge(core, *args, **kwargs)
 
-    monkeypatch.setattr(maintenance, "flush_oldest", flush_oldest)
-    monkeypatch.setattr(maintenance, "merge_segments", merge_segments)
+    for module in (jobs, maintenance):  # train() merges through jobs, the threads through maintenance
+        monkeypatch.setattr(module, "flush_oldest", flush_oldest)
+        monkeypatch.setattr(module, "merge_segments", merge_segments)
     rng = np.random.default_rng(1)
     with Client(tmp_path) as client:
         index = client.create_index("p", generate_key(), dimension=8,
@@ -85,16 +86,33 @@ def test_index_maintenance_runs_at_the_background_priority(tmp_path: Path, monke
     assert my_nice() == base
 
 
-def test_training_leaves_a_core_to_the_application_unless_told(monkeypatch) -> None:
-    from lsmvec.compaction.scann_assets import default_training_threads
-    monkeypatch.delenv("LSMVEC_TRAINING_THREADS", raising=False)
-    assert default_training_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
-    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "3")
-    assert default_training_threads() == 3
-    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "0")  # ScaNN's own default: every core
-    assert default_training_threads() == 0
-    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "-2")
-    assert default_training_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+def test_train_trains_on_every_core_and_background_merges_on_one(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The thread count is passed down as an argument: train() (the caller waits) asks for every
+    usable core, the background merger's merges for one (they run at lowered priority too)."""
+    monkeypatch.setattr(compactor, "usable_cores", lambda: 3)
+    seen: list[tuple[bool, int]] = []
+    real_merge = jobs.merge_segments
+
+    def merge_segments(core, seg_ids, **kwargs):
+        budget = kwargs.get("budget", compactor.BACKGROUND)
+        seen.append((seg_ids is None, budget.training_threads))
+        assert budget.caller_waits is (seg_ids is None)
+        return real_merge(core, seg_ids, **kwargs)
+
+    for module in (jobs, maintenance):
+        monkeypatch.setattr(module, "merge_segments", merge_segments)
+    rng = np.random.default_rng(2)
+    with Client(tmp_path) as client:
+        index = client.create_index("t", generate_key(), dimension=8, memtable_bytes=4096)
+        for i in range(40):
+            index.upsert(ids=[f"{i}-{j}" for j in range(20)], vectors=random_vectors(rng, 20, 8))
+        index.flush()
+        index.train()
+        assert index.get_num_vectors() == 800
+    assert (True, 3) in seen  # train(): every segment, every core
+    assert {threads for everything, threads in seen if not everything} <= {1}
+    assert [s for s in seen if s[0]] == [(True, 3)]
 
 
 def test_train_searcher_passes_the_thread_count_to_scann(monkeypatch) -> None:
@@ -112,8 +130,11 @@ def test_train_searcher_passes_the_thread_count_to_scann(monkeypatch) -> None:
 
     monkeypatch.setattr(scann_assets.scann_ops_pybind, "builder", lambda *a, **k: Builder())
     params = choose_params(30_000, 8, "euclidean")
-    monkeypatch.setenv("LSMVEC_TRAINING_THREADS", "5")
     vectors = np.zeros((30_000, 8), np.float32)
-    assert scann_assets.train_searcher(vectors, params) == "searcher"
-    assert scann_assets.train_searcher(vectors, params, 2) == "searcher"
-    assert seen == [5, 2]
+    assert scann_assets.train_searcher(vectors, params, 5) == "searcher"
+    assert scann_assets.train_searcher(vectors, params, 1) == "searcher"
+    assert seen == [5, 1]
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError):
+            scann_assets.train_searcher(vectors, params, bad)
+    assert seen == [5, 1]

@@ -25,7 +25,7 @@ import pytest
 
 import fault_worker as fw
 from lsmvec.compaction.filenames import segment_dir_name
-from lsmvec.db.core import MAX_FROZEN
+from lsmvec.db.maintenance import MAX_FROZEN
 from lsmvec.wal import failpoints
 
 pytestmark = pytest.mark.slow

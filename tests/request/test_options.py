@@ -78,6 +78,10 @@ def test_unknown_options_are_all_named_the_first_first(client: Client) -> None:
     ("background_compaction", 1, InvalidTypeError),
     ("background_compaction", "no", InvalidTypeError),
     ("background_compaction", None, InvalidTypeError),
+    ("space_amplification", 1.0, InvalidArgumentError),  # the live data alone is 1x
+    ("space_amplification", 0.5, InvalidArgumentError),
+    ("space_amplification", float("nan"), InvalidArgumentError),
+    ("space_amplification", "3", InvalidTypeError),
 ])
 def test_bad_value_names_the_option_and_writes_nothing(client: Client, option: str, value: Any,
                                                        error: type) -> None:
@@ -114,7 +118,7 @@ def test_index_options_are_frozen_and_documented() -> None:
 def test_valid_options_round_trip_through_config_and_reopen(client: Client) -> None:
     key = generate_key()
     given = {"memtable_bytes": 5000, "background_compaction": False, "wal_roll_bytes": 4096,
-             "target_recall": 0.9}
+             "target_recall": 0.9, "space_amplification": 2.5}
     index = client.create_index("d", key, dimension=DIM, **given)
     expected = IndexOptions(**given)
     assert index._core.config.options == expected
@@ -127,6 +131,7 @@ def test_valid_options_round_trip_through_config_and_reopen(client: Client) -> N
     core = again._core
     assert core.config.options == expected
     assert (core.memtable_bytes, core.background, core.wal.roll_bytes) == (5000, False, 4096)
+    assert core.maintenance.amplification == 2.5
     assert again.index_config() == config_view
     assert again.get(["a"])[0]["id"] == "a"
     again.close()
