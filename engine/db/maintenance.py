@@ -99,10 +99,11 @@ class Maintenance:
     # -- the steps the threads (and callers) run ----------------------------------------------------
 
     def flush_step(self) -> bool:
-        # A flush's new segment is not counted as building: its rows are still counted once in
-        # the log, which the install frees, and MAX_FROZEN bounds that transient. Counting it
-        # stopped a plain bulk load at its first 64 MiB flush (log + segment ~ 2 L).
-        done = flush_oldest(self.core)
+        core = self.core
+        with core.rw.read():
+            rows = core.frozen[0].n_live if core.frozen else 0
+        with self._building(rows):  # (a bulk load's first 64 MiB flush stops writes briefly)
+            done = flush_oldest(core)
         if done:
             self.refresh()  # the flush removed the log files it made redundant
         if done and self.core.background:

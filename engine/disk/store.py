@@ -189,8 +189,9 @@ class Store:
                 b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
         items = _unpack(head + b"".join(bodies), self._data)
         try:  # the shape of every item, without a Python-level loop over them
-            if type(items) is list and len(items) == n and sum(map(len, items)) == 3 * n and \
-                    set(map(type, items)) <= {list} and set(map(type, map(itemgetter(0), items))) <= {str}:
+            if (type(items) is list and len(items) == n and set(map(type, items)) <= {list}
+                    and set(map(len, items)) <= {3}
+                    and set(map(type, map(itemgetter(0), items))) <= {str}):
                 return items
         except (TypeError, IndexError, KeyError):  # an item of the wrong shape: corruption,
             pass                                  # raised just below
@@ -429,8 +430,8 @@ class StoreTxn:
         """A merge moves an item from (segment, row) ``old`` to ``new``: when the store still
         points it at ``old``, re-seal its body -- the same plaintext bytes, bound to the new
         place -- and return True; else (superseded or deleted meanwhile) False, changing
-        nothing. One id hash, one get, one AES-GCM open and seal, no msgpack round trip: 7.4 us
-        an item instead of 16 (location() then reseal_item()), 100k-row merge."""
+        nothing. One id hash, one get, one AES-GCM open and seal, no msgpack round trip: 10 us
+        of CPU an item instead of 16 (location() then reseal_item()), 100k-row merge."""
         store = self._s
         key = store._cipher.id_hash(item_id)
         value = self.txn.get(key, db=store._items)

@@ -11,7 +11,7 @@ import pytest
 
 from lsmvec import Client, generate_key
 from lsmvec.compaction import scann_params
-from lsmvec.db.item_cache import ENTRY_OVERHEAD, ItemCache
+from lsmvec.db.item_cache import ENTRY_OVERHEAD, ItemCache, key
 
 DIM = 8
 
@@ -22,33 +22,34 @@ def test_the_cache_keeps_its_byte_bound_and_drops_the_least_recently_used() -> N
     body = b"x" * 100
     size = len(body) + ENTRY_OVERHEAD
     cache = ItemCache(max_bytes=3 * size)
-    cache.put_many([((1, r), body) for r in range(3)])
+    cache.put_many([(key(1, r), body) for r in range(3)])
     assert len(cache) == 3 and cache.nbytes == 3 * size
-    assert cache.get_many([(1, 0)]) == [body]  # row 0 is now the most recent
-    cache.put_many([((2, 0), body)])
+    assert cache.get_many([key(1, 0)]) == [body]  # row 0 is now the most recent
+    cache.put_many([(key(2, 0), body)])
     assert cache.nbytes <= cache.max_bytes
-    assert cache.get_many([(1, 0), (1, 1), (1, 2), (2, 0)]) == [body, None, body, body]
-    cache.put_many([((3, r), b"y" * r) for r in range(50)])  # many at once: still bounded
+    assert cache.get_many([key(1, 0), key(1, 1), key(1, 2), key(2, 0)]) == [body, None, body, body]
+    cache.put_many([(key(3, r), b"y" * r) for r in range(50)])  # many at once: still bounded
     assert cache.nbytes <= cache.max_bytes and len(cache) == 3
-    cache.put_many([((4, 0), b"z" * (4 * size))])  # larger than the whole cache: not kept
-    assert cache.get_many([(4, 0)]) == [None] and cache.nbytes <= cache.max_bytes
+    cache.put_many([(key(4, 0), b"z" * (4 * size))])  # larger than the whole cache: not kept
+    assert cache.get_many([key(4, 0)]) == [None] and cache.nbytes <= cache.max_bytes
     off = ItemCache(max_bytes=0)
-    off.put_many([((1, 0), body)])
-    assert len(off) == 0 and off.get_many([(1, 0)]) == [None]
+    off.put_many([(key(1, 0), body)])
+    assert len(off) == 0 and off.get_many([key(1, 0)]) == [None]
+    assert key(1, 0) != key(0, 1) and key(2 ** 20, 2 ** 31) >> 32 == 2 ** 20
 
 
 def test_discard_and_forget_segment_drop_exactly_their_rows() -> None:
     cache = ItemCache()
-    cache.put_many([((s, r), bytes([s, r])) for s in (1, 2) for r in range(4)])
+    cache.put_many([(key(s, r), bytes([s, r])) for s in (1, 2) for r in range(4)])
     cache.discard(1, [0, 2, 9])
-    assert cache.get_many([(1, r) for r in range(4)]) == [None, b"\x01\x01", None, b"\x01\x03"]
+    assert cache.get_many([key(1, r) for r in range(4)]) == [None, b"\x01\x01", None, b"\x01\x03"]
     cache.forget_segment(2)
-    assert cache.get_many([(2, r) for r in range(4)]) == [None] * 4
+    assert cache.get_many([key(2, r) for r in range(4)]) == [None] * 4
     cache.forget_segment(2)  # twice, or a segment never cached: nothing happens
     cache.discard(7, [0])
     assert len(cache) == 2 and cache.nbytes == 2 * (2 + ENTRY_OVERHEAD)
-    cache.put_many([((1, 1), b"other")])  # a row never changes: the first body stays
-    assert cache.get_many([(1, 1)]) == [b"\x01\x01"]
+    cache.put_many([(key(1, 1), b"other")])  # a row never changes: the first body stays
+    assert cache.get_many([key(1, 1)]) == [b"\x01\x01"]
 
 
 # -- the index against an oracle -------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_query_and_get_hydration_match_an_oracle(tmp_path, small_trees, cache_by
         if cache_bytes:
             assert cache.hits > 0
         # every cached row belongs to a live segment row
-        live = {(s.id, r) for s in index._core.segments for r in np.flatnonzero(~s.dead).tolist()}
+        live = {key(s.id, r) for s in index._core.segments for r in np.flatnonzero(~s.dead).tolist()}
         assert set(cache._entries) <= live
 
 
