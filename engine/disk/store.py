@@ -188,14 +188,13 @@ class Store:
         head = (bytes((0x90 | n,)) if n < 16 else
                 b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
         items = _unpack(head + b"".join(bodies), self._data)
-        try:  # the shape of every item, without a Python-level loop over them
-            if (type(items) is list and len(items) == n and set(map(type, items)) <= {list}
-                    and set(map(len, items)) <= {3}
-                    and set(map(type, map(itemgetter(0), items))) <= {str}):
-                return items
-        except (TypeError, IndexError, KeyError):  # an item of the wrong shape: corruption,
-            pass                                  # raised just below
-        raise CorruptionError("malformed store item", self._data)
+        # every item's shape, without a Python-level loop over them (in this order, each map()
+        # meets only what the checks before it let through: no TypeError / IndexError)
+        if not (type(items) is list and len(items) == n and set(map(type, items)) <= {list}
+                and set(map(len, items)) <= {3}
+                and set(map(type, map(itemgetter(0), items))) <= {str}):
+            raise CorruptionError("malformed store item", self._data)
+        return items
 
     def decode_body(self, body: bytes) -> list:
         """[id, contents, metadata] of a plaintext item body, as fresh objects (a private copy

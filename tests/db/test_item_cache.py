@@ -288,3 +288,31 @@ def test_concurrent_writers_never_make_a_query_see_older_metadata(tmp_path, smal
             assert {hit["metadata"]["v"] for hit in index.query(query, top_k=50,
                                                                   include=["metadata"])} == {rounds + 1}
         assert checked > 0
+
+
+def test_a_store_that_lost_or_moved_a_live_item_is_corruption_not_an_answer(tmp_path) -> None:
+    """The store and the segments must agree on a hit: a missing store value, or one placed
+    at another row, is a CorruptionError for a query that reads metadata (never silently
+    another version), also for a row cached before (its cached body is still right)."""
+    from lsmvec.errors import CorruptionError
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    with Client(tmp_path) as client:
+        index = client.create_index("c", generate_key(), dimension=DIM, metric="euclidean",
+                                    background_compaction=False)
+        index.upsert([{"id": str(i), "vector": v, "metadata": {"i": i}} for i, v in enumerate(vectors)])
+        index.flush()
+        core = index._core
+        (source,) = core.segments
+        hits = index.query(vectors[7], top_k=3, include=["metadata"])
+        assert hits[0] == {"id": "7", "metadata": {"i": 7}}
+        core.store.commit(lambda txn: txn.delete_item("7"))  # damage: the entry is gone
+        assert index.query(vectors[7], top_k=3, include=["metadata"]) == hits  # cached: right
+        core.item_cache.clear()
+        with pytest.raises(CorruptionError, match="has no item in the store"):
+            index.query(vectors[7], top_k=3, include=["metadata"])
+        assert index.query(vectors[7], top_k=3)[0]["id"] == "7"  # ids alone need no store read
+        row = source.ids.index("8")  # damage: "8"'s entry now says it lives at row 0
+        core.store.commit(lambda txn: txn.reseal_item("8", source.id, 0 if row else 1))
+        with pytest.raises(CorruptionError, match="places its item at"):
+            index.query(vectors[8], top_k=1, include=["metadata"])
