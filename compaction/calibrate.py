@@ -10,6 +10,12 @@ candidates): it is doubled, up to ``MAX_REORDER``, and the leaves searched again
 reaches the target, ``calibrate`` says so (``reached`` False) and the build stores the segment
 exact (kind "brute") instead.
 
+A tree that reaches the target only by searching at least half its leaves may still cost as much
+as the exact scan it replaces (tiny forced trees: ScaNN's per-query overhead dominates). Then
+``measure_query_costs`` times single queries of both, interleaved, and ``exact_fallback`` (a
+pure function of the measured numbers) stores the segment exact when the tree is not clearly
+cheaper; the reason lands in the stored params (``fallback``) and so in ``stats()``.
+
 The result lives in the segment's stored SearchParams (``leaves_to_search``, ``reorder``,
 ``calibrated_recall``), so a reopen searches the same way without recalibrating.
 """
@@ -19,16 +25,17 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from lsmvec.compaction.exact import direct_distances
+from lsmvec.compaction.exact import direct_distances, search_exact
 from lsmvec.compaction.scann_params import SearchParams
 from lsmvec.wal.errors import InvalidArgumentError
 
 __all__ = ["DEFAULT_TARGET_RECALL", "CALIBRATION_SAMPLE", "CALIBRATION_K", "MAX_REORDER",
-           "Calibration", "calibrate", "check_target_recall"]
+           "COST_CHECK_SHARE", "TREE_COST_LIMIT", "Calibration", "QueryCosts", "calibrate",
+           "check_target_recall", "exact_fallback", "measure_query_costs"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +60,112 @@ MAX_REORDER = 1_600
 exact scan anyway."""
 
 
+COST_CHECK_SHARE = 0.5
+"""The tree's query cost is measured against an exact scan only when the calibration searches at
+least this share of the leaves. Below it the check would only cost build time: at half the
+leaves (reorder 200) the tree cost <= 0.15x exact at 3k x 64 .. 100k x 128 Gaussian, and the
+forced 1k-3k-row trees, the closest calls, cost 0.46-0.72x exact even at (nearly) every leaf."""
+TREE_COST_LIMIT = 0.8
+"""The tree is kept only when its single query costs under 0.8x an exact scan of the segment:
+near parity the exact answer (recall 1.0, no AH codes in memory) is worth more, and repeated
+builds moved the measured ratio by up to +-0.03 (5 builds of 1.5k x 32: 0.53-0.55). Measured
+(``measure_query_costs``, us per query, tree at the calibrated setting vs exact, Gaussian,
+squared L2): 100k x 128 316/316 leaves 1067 vs 6732 (0.16x); 30k x 128 173/173 leaves 386 vs
+623 (0.62x); 8k x 64 89/89 leaves 95 vs 134 (0.71x); 3k x 64 55/55 leaves 63 vs 92 (0.68x);
+1.5k x 32 27/30 leaves 38 vs 71 (0.54x). So none of these trees crossed the limit, even at
+every leaf (by total time, which counts load spikes, 20k x 32 at 141 leaves + reorder 1600 read
+0.36x): the rule is a guard for shapes and machines where ScaNN's per-query overhead wins."""
+COST_QUERIES = 24
+COST_ROUNDS = 3
+"""``measure_query_costs`` times 24 sample queries per side in 2-3 rounds: at 100k x 128
+Gaussian (every leaf) the calibration took 2.7 s instead of 1.5 s, while ScaNN's assets
+serialize (17 s build); segments searching under COST_CHECK_SHARE of their leaves pay nothing."""
+_CLEAR_MARGIN = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryCosts:
+    """Microseconds per single query (``measure_query_costs``): the tree at the calibrated
+    setting, an exact scan (``search_exact``, as a brute segment searches), and tree / exact."""
+
+    tree_us: float
+    exact_us: float
+    ratio: float
+
+
+CostProbe = Callable[[int, int], QueryCosts]
+"""(leaves_to_search, reorder) -> QueryCosts; ``calibrate``'s ``probe`` (tests inject one)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """What ``calibrate`` measured: the params to store and whether they reach the target."""
+    """What ``calibrate`` measured: the params to store, whether they reach the target, the
+    query costs (None when not measured) and ``fallback``: why the segment should be stored
+    exact ("" to keep the tree; see ``exact_fallback``)."""
 
     params: SearchParams
     reached: bool
     seconds: float
+    costs: QueryCosts | None = None
+    fallback: str = ""
+
+    @property
+    def keep_tree(self) -> bool:
+        return self.reached and not self.fallback
+
+
+def exact_fallback(num_leaves: int, leaves: int, reorder: int, recall: float,
+                   target_recall: float, costs: QueryCosts | None) -> str:
+    """Why a calibrated tree should be stored exact instead, or "" to keep it. Pure: the
+    target missed at the best setting measured; or searching >= COST_CHECK_SHARE of the leaves
+    with a measured cost ratio tree / exact >= TREE_COST_LIMIT (no costs: keep the tree)."""
+    if recall < target_recall:
+        return (f"exact: recall@10 {recall:.3f} < target {target_recall:.2f} even at "
+                f"{leaves}/{num_leaves} leaves, reorder {reorder}")
+    if costs is None or leaves < COST_CHECK_SHARE * num_leaves:
+        return ""
+    if costs.ratio >= TREE_COST_LIMIT:
+        return (f"exact: tree needs {leaves}/{num_leaves} leaves (reorder {reorder}), "
+                f"{costs.ratio:.2f}x exact's cost ({costs.tree_us:.0f} vs "
+                f"{costs.exact_us:.0f} us per query)")
+    return ""
+
+
+def measure_query_costs(scann: Any, vectors: np.ndarray, queries: np.ndarray, metric: str,
+                        leaves: int, reorder: int, k: int = CALIBRATION_K) -> QueryCosts:
+    """Single-query cost of the tree (``scann.search``, the segment's hot path) at ``leaves``
+    and ``reorder`` vs ``search_exact`` over ``vectors`` (with precomputed norms, as a brute
+    Segment has), on the first COST_QUERIES ``queries``: each query timed both ways back to
+    back (which first alternates by round), up to COST_ROUNDS rounds; a query's cost is its
+    fastest round (the build's serializing child and other processes share the cores: 8k x 64
+    exact read 380 us in one build, 7.3 ms in the next by total time), a side's cost the
+    median over queries. Wall clock: only ``exact_fallback``'s coarse limit depends on it."""
+    queries = queries[:COST_QUERIES]
+    norms = np.einsum("nd,nd->n", vectors, vectors) if metric != "cosine" else None
+    fetch = max(1, min(k, vectors.shape[0]))
+    depth = max(reorder, fetch)
+    clock = time.perf_counter
+    tree_us = np.full(len(queries), np.inf)
+    exact_us = np.full(len(queries), np.inf)
+    scann.search(queries[0], fetch, depth, leaves)  # warm both paths
+    search_exact(vectors, queries[:1], fetch, metric, sqnorms=norms)
+    ratio = math.nan
+    for round_number in range(COST_ROUNDS):
+        for i, query in enumerate(queries):
+            for side in ((0, 1) if round_number % 2 == 0 else (1, 0)):
+                start = clock()
+                if side == 0:
+                    scann.search(query, fetch, depth, leaves)
+                else:
+                    search_exact(vectors, query[None, :], fetch, metric, sqnorms=norms)
+                spent = (clock() - start) * 1e6
+                costs = tree_us if side == 0 else exact_us
+                costs[i] = min(costs[i], spent)
+        ratio = float(np.median(tree_us)) / max(float(np.median(exact_us)), 1e-3)
+        if round_number and not (TREE_COST_LIMIT / _CLEAR_MARGIN < ratio
+                                 < TREE_COST_LIMIT * _CLEAR_MARGIN):
+            break  # two rounds 4x clear of the limit: a third cannot change the decision
+    return QueryCosts(float(np.median(tree_us)), float(np.median(exact_us)), ratio)
 
 
 def check_target_recall(value: Any) -> float:
@@ -130,13 +236,17 @@ def _others(rows: np.ndarray, own: int, k: int) -> set[int]:
 
 
 def calibrate(scann: Any, vectors: np.ndarray, params: SearchParams,
-              target_recall: float = DEFAULT_TARGET_RECALL) -> Calibration:
+              target_recall: float = DEFAULT_TARGET_RECALL,
+              probe: CostProbe | None = None) -> Calibration:
     """The smallest ``leaves_to_search`` (from the default up, x1.5 per step) -- and, if needed, the
     reorder depth -- at which a sample of ``vectors`` finds its exact top-10 with mean recall
     >= ``target_recall`` + SAMPLE_MARGIN through ``scann`` (the trained pybind searcher over ``vectors``).
     ``params`` is the trained segment's; the returned params differ only in leaves_to_search,
     reorder and calibrated_recall. ``reached`` False: not even every leaf at MAX_REORDER made
-    the target (the params then hold the best setting measured)."""
+    the target (the params then hold the best setting measured). ``fallback`` says whether
+    to store the segment exact (``exact_fallback``); the query costs it needs are measured by
+    ``probe`` (default: ``measure_query_costs`` on the sample) only when the setting searches
+    at least COST_CHECK_SHARE of the leaves."""
     started = time.monotonic()
     n = vectors.shape[0]
     k = max(1, min(CALIBRATION_K, n - 1))
@@ -190,12 +300,20 @@ def calibrate(scann: Any, vectors: np.ndarray, params: SearchParams,
             break
     leaves, reorder, got = best
     reached = got >= target_recall
+    costs = None
+    if reached and leaves >= COST_CHECK_SHARE * num_leaves:
+        costs = (probe(leaves, reorder) if probe is not None else measure_query_costs(
+            scann, vectors, queries, params.metric, leaves, reorder, k))
+    fallback = exact_fallback(num_leaves, leaves, reorder, got, target_recall, costs)
     seconds = time.monotonic() - started
     logger.info("calibrated %d x %d segment (%d leaves): leaves_to_search %d, reorder %d, "
-                "recall@%d %.3f (target %.2f%s) in %.3fs; measured %s", n, vectors.shape[1],
+                "recall@%d %.3f (target %.2f%s) in %.3fs; measured %s%s%s", n, vectors.shape[1],
                 num_leaves, leaves, reorder, k, got, target_recall,
                 "" if reached else ", NOT reached", seconds,
-                [(lv, ro, round(r, 3)) for lv, ro, r in measured])
+                [(lv, ro, round(r, 3)) for lv, ro, r in measured],
+                "" if costs is None else f"; tree {costs.tree_us:.0f} us vs exact "
+                f"{costs.exact_us:.0f} us per query ({costs.ratio:.2f}x)",
+                f"; {fallback}" if fallback else "")
     calibrated = dataclasses.replace(params, leaves_to_search=leaves, reorder=reorder,
                                      calibrated_recall=round(got, 4))
-    return Calibration(calibrated, reached, seconds)
+    return Calibration(calibrated, reached, seconds, costs, fallback)

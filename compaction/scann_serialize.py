@@ -51,7 +51,7 @@ import numpy as np
 
 from lsmvec.compaction.filenames import SCANN_DATASET_FILE
 
-__all__ = ["serialize_searcher", "fork_usable", "fork_child", "wait_child", "kill_child",
+__all__ = ["serialize_searcher", "trim_heap", "fork_usable", "fork_child", "wait_child", "kill_child",
            "EXIT_FAILED", "CHILD_TIMEOUT_S"]
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _serialize_in_child(searcher: Any, scratch: Path, vectors: np.ndarray, timeo
     """(wanted, done): ``during``'s answer, and whether the child serialized with a
     ``dataset.npy`` equal to ``vectors`` (False: it failed, timed out, or the dataset differs;
     the caller serializes itself)."""
-    _trim_heap()  # fewer resident pages: the fork copies their page tables holding the GIL
+    trim_heap()  # fewer resident pages: the fork copies their page tables holding the GIL
     if collapse:
         _collapse_to_huge_pages()  # and far fewer page-table entries for the rest
     dataset = scratch / SCANN_DATASET_FILE
@@ -316,9 +316,9 @@ def _libc(name: str, *argtypes: Any) -> Any:
     return function
 
 
-def _trim_heap() -> None:
-    """Return glibc's free heap pages (ScaNN training leaves tens of MB per arena) to the
-    system."""
+def trim_heap() -> None:
+    """Return glibc's free heap pages to the system (ScaNN training leaves tens of MB per
+    arena; an index open a few MB of freed read buffers). A no-op without glibc."""
     malloc_trim = _libc("malloc_trim")
     if malloc_trim is not None:
         malloc_trim(0)

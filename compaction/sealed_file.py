@@ -105,10 +105,13 @@ def _check_key(key: bytes) -> bytes:
     return key
 
 
+def _file_key(key: bytes, salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt,
+                info=FILE_KEY_INFO).derive(key)
+
+
 def _file_aead(key: bytes, salt: bytes) -> AESGCM:
-    file_key = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt,
-                    info=FILE_KEY_INFO).derive(key)
-    return AESGCM(file_key)
+    return AESGCM(_file_key(key, salt))
 
 
 def _ad_prefix(context: bytes, header: bytes) -> bytes:
@@ -194,12 +197,18 @@ def read_sealed(path: str | os.PathLike[str], key: bytes, context: bytes, *,
 
 def read_sealed_into(path: str | os.PathLike[str], key: bytes, context: bytes, out: Buffer, *,
                      expected_size: int | None = None,
-                     expected_sha256: str | None = None) -> None:
+                     expected_sha256: str | None = None, threads: int = 1) -> None:
     """``read_sealed`` into the writable buffer ``out``, which must hold exactly the plaintext
     (e.g. an uninitialised numpy array, or a memory file's mapping: no zero-filled bytearray and
     no copy). Every chunk is authenticated before it is decrypted into ``out``; on an error
-    ``out`` holds a prefix of the plaintext. Same errors as ``read_sealed``, and CorruptionError
-    when the plaintext is not ``len(out)`` bytes."""
+    ``out`` holds part of the plaintext. Same errors as ``read_sealed``, and CorruptionError
+    when the plaintext is not ``len(out)`` bytes. ``threads`` > 1: the checksum and the chunks
+    are checked on that many threads (sealed_batch), for a caller that waits."""
+    if threads > 1:
+        from lsmvec.compaction.sealed_batch import SealedRead, read_sealed_files
+        read_sealed_files([SealedRead(path, key, context, out, expected_size, expected_sha256)],
+                          threads)
+        return
     _read(path, key, context, expected_size, expected_sha256, memoryview(out).cast("B"))
 
 

@@ -54,7 +54,8 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
     ``tuning``: see ``scann_params.TUNING_KEYS`` (kind, leaves_to_search, reorder, ...).
     ``target_recall``: a trained segment's default search is calibrated to this mean recall@10
     on a sample of its rows (compaction/calibrate.py) unless ``leaves_to_search`` is given; a
-    tree that cannot reach it even searching every leaf is stored exact (kind "brute").
+    tree that cannot reach it even searching every leaf, or only at a query cost near an exact
+    scan's, is stored exact (kind "brute", the reason in its params' ``fallback``).
 
     Raises InvalidTypeError / InvalidVectorError / InvalidArgumentError for bad vectors, metric,
     tuning or a non-empty folder; InvalidKeyError for a bad key; StorageError on I/O failure
@@ -119,19 +120,30 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
                 if tuning.get("leaves_to_search") is not None:
                     return True  # explicit leaves are the caller's choice
                 calibration = calibrate(searcher.searcher, vectors, trained, target_recall)
-                return calibration.reached
+                if calibration.keep_tree:
+                    return True
+                if trained.reorder_precision != "float32":
+                    # An exact segment holds float32 rows in memory: 4x an int8 tier's re-scoring
+                    # data, the very memory the caller chose the precision to save. Keep the
+                    # tree at its best measured setting (calibrated_recall says what it reaches).
+                    logger.warning("segment of %d x %d (%s re-scoring) kept as a tree although %s",
+                                   n, dim, trained.reorder_precision, calibration.fallback or
+                                   f"target recall {target_recall:.2f} is not reached")
+                    return True
+                return False
 
             report("sealing")
             out = seal_searcher(searcher, vectors, directory, key, context,
                                 during=during_serialize, collapse=not budget.caller_waits)
             if calibration is not None:
                 params = calibration.params
-            if out is None:  # the calibration said: not even every leaf reaches the target
-                logger.warning("segment of %d x %d: recall@10 %.3f < target %.2f even at "
-                               "every leaf; storing it exact (brute)", n, dim,
-                               params.calibrated_recall, target_recall)
+            if out is None:  # the calibration said: target missed, or exact is as cheap
+                fallback = ((calibration.fallback if calibration is not None else "") or
+                            f"exact: target recall {target_recall:.2f} not reached")
+                logger.warning("segment of %d x %d stored exact (brute): %s", n, dim, fallback)
                 searcher = None
-                params = SearchParams(kind=KIND_BRUTE, metric=metric, distance=params.distance)
+                params = SearchParams(kind=KIND_BRUTE, metric=metric, distance=params.distance,
+                                      fallback=fallback)
                 if own_copy and not copied:
                     vectors = vectors.copy()
                     copied = True

@@ -18,10 +18,12 @@ Steps, all in this process unless said otherwise:
      at the default also include=["distance", "metadata"] with the item cache warm, and with it
      switched off (every hit read from LMDB and decrypted)
   e. batched QPS (one call with every query) against the separate build's search_batched_parallel
+  (--storage-precision float16 / int8: the index option; raw ScaNN's reorder uses the same
+   precision, so ratios stay like for like)
   f. resident memory: a FRESH process imports everything, reads its RSS, opens the index and runs
      a few queries, reads its RSS again; the difference over the raw float32 bytes (n * dim * 4).
      The same is done for raw ScaNN (load_searcher of its serialized folder) for comparison
-  g. reopen time: the fresh process's Client + load_index time (median of --reopens children)
+  g. reopen time: the fresh process's Client + load_index + first query (median of --reopens children)
   h. disk bytes of the index folder (and of raw ScaNN's serialized folder)
 The machine has 2 cores: other jobs skew absolute numbers; the interleaved ratios much less.
 """
@@ -58,6 +60,25 @@ META_INCLUDE = ["distance", "metadata"]
 
 
 # -- measurements -------------------------------------------------------------------------------
+
+def resident_split() -> dict[str, int]:
+    """This process's resident bytes by kind of mapping (/proc/self/smaps): "anon" (heap,
+    anonymous maps: ScaNN's arrays, Python objects), "store" (pages of LMDB's data.mdb the
+    process touched: page cache it shares, which the kernel may drop) and "files" (the rest:
+    libraries' code and other mapped files)."""
+    out = {"anon": 0, "store": 0, "files": 0}
+    kind = "anon"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                path = head[5].strip() if len(head) > 5 else ""
+                kind = ("anon" if not path or path.startswith("[") else
+                        "store" if path.endswith("data.mdb") else "files")
+            elif head and head[0] == "Rss:":
+                out[kind] += int(head[1]) * 1024
+    return out
+
 
 def rss_bytes(field: str = "VmRSS") -> int:
     """This process's resident set (or VmHWM, its peak) from /proc/self/status."""
@@ -134,7 +155,8 @@ def ingest(args: argparse.Namespace, folder: Path, key: bytes, data: np.ndarray,
     """Create the index and upsert every row durably; background compaction does what it does."""
     from lsmvec import Client
     client = Client(folder)
-    index = client.create_index(INDEX_NAME, key, dimension=data.shape[1], metric=metric)
+    index = client.create_index(INDEX_NAME, key, dimension=data.shape[1], metric=metric,
+                                storage_precision=args.storage_precision)
     n = data.shape[0]
     ids = np.arange(n, dtype=np.int64)
     t0 = time.perf_counter()
@@ -185,6 +207,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
 
     from lsmvec import Client
     queries = np.load(spec["queries"], allow_pickle=False)
+    base_split = resident_split()
     base = rss_bytes()
     t0 = time.perf_counter()
     if spec["what"] == "lsmvec":
@@ -199,6 +222,8 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
             with open(spec["profile"], "w") as f:
                 pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(40)
         after_open = rss_bytes()
+        index.query(queries[0], top_k=TOP_K)
+        first = time.perf_counter() - t0
         for q in queries:
             index.query(q, top_k=TOP_K)
         index.query(queries, top_k=TOP_K)
@@ -206,11 +231,16 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         searcher = scann_ops_pybind.load_searcher(spec["folder"])
         opened = time.perf_counter() - t0
         after_open = rss_bytes()
+        searcher.search(queries[0], TOP_K)
+        first = time.perf_counter() - t0
         for q in queries:
             searcher.search(q, TOP_K)
         searcher.search_batched_parallel(queries, TOP_K)
-    return {"open_seconds": opened, "base_rss": base, "rss_after_open": after_open,
-            "rss_after_queries": rss_bytes(), "peak_rss": rss_bytes("VmHWM")}
+    split = resident_split()
+    return {"open_seconds": opened, "first_query_seconds": first, "base_rss": base,
+            "rss_after_open": after_open,
+            "rss_after_queries": rss_bytes(), "peak_rss": rss_bytes("VmHWM"),
+            "split_after_queries": {k: split[k] - base_split[k] for k in split}}
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lsmvec.db.item_cache import ItemCache
     from lsmvec import generate_key
     from lsmvec.request.items import finish_vectors
+    from lsmvec.request.options import REORDER_PRECISION
 
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     result: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg()}
@@ -250,7 +281,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client, index, result["ingest"] = ingest(args, root / "lsm", key, data, metric)
         say(f"ingest {result['ingest']['rows_per_s']:,.0f} rows/s, train "
             f"{result['ingest']['train_seconds']:.1f}s -> {result['ingest']['segments_after_train']}")
-        params = choose_params(n, dim, metric)
+        params = choose_params(n, dim, metric,
+                               reorder_precision=REORDER_PRECISION[args.storage_precision])
         own = own_searcher(index)
         if own is not None:  # the segment's calibrated default search, not the initial guess
             params = dataclasses.replace(params, leaves_to_search=own[1]["leaves_to_search"],
@@ -370,7 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    result["reopen_seconds"] = statistics.median(c["open_seconds"] for c in children)
+    result["reopen_seconds"] = statistics.median(c["first_query_seconds"] for c in children)
     result["resident_bytes"] = statistics.median(c["rss_after_queries"] - c["base_rss"] for c in children)
     result["raw_resident_bytes"] = result["raw_child"]["rss_after_queries"] - result["raw_child"]["base_rss"]
     result["loadavg_end"] = os.getloadavg()
@@ -406,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
                         help="items carry metadata (~80 bytes); also measure include=metadata")
     parser.add_argument("--reopens", type=int, default=3, help="fresh processes for reopen/RSS")
+    parser.add_argument("--storage-precision", choices=("float32", "float16", "int8"),
+                        default="float32", help="the index option; raw ScaNN reorders at the "
+                        "same precision (bfloat16 for float16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="parent of the index folder (default: /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the index folder")
@@ -414,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-native-logs", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.reopens < 1:
+        parser.error("--reopens must be >= 1 (the reopen time and resident memory come from them)")
     if args.child:
         with NativeLogFilter():
             answer = child_main(json.loads(sys.stdin.read()))

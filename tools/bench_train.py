@@ -16,6 +16,16 @@ on odd ones, so a load from elsewhere hits both alike):
           nice +10 unless LSMVEC_BACKGROUND_NICE=0), so both compete alike with other jobs.
 Reported: the median over rounds of train / raw (and of (flush + train) / raw), and lsmvec's
 stages (``--breakdown`` wraps the build functions with timers; their overhead is nil).
+
+    python -m lsmvec.tools.bench_train --dataset clustered --n 1000000 --dim 128 \
+        --reopen /tmp/bench-reopen-1m --children 3
+
+``--reopen FOLDER``: time to a queryable index after a restart. The first run builds the index
+in FOLDER (ingest, train; raw ScaNN's searcher of the same rows is serialized beside it) and
+keeps it; every run then starts ``--children`` fresh interpreters per side, alternating, each
+timing ``Client(folder).load_index(...)`` + its first query (lsmvec) against ScaNN's
+``load_searcher`` + its first search (raw). Libraries are imported before the clock starts.
+``--breakdown`` times the open's stages in the lsmvec children.
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +63,21 @@ _STAGES = (  # (module, function): wrapped with a timer under --breakdown
     ("lsmvec.compaction.segment", "write_sealed"),
 )
 
+_OPEN_STAGES = (  # timed in a reopen child under --breakdown
+    ("lsmvec.compaction.segment", "Segment.open"),
+    ("lsmvec.compaction.segment", "load_sealed_searcher"),
+    ("lsmvec.compaction.segment", "_read_rows"),
+    ("lsmvec.compaction.scann_assets", "read_sealed"),
+    ("lsmvec.compaction.scann_assets", "read_sealed_files"),
+    ("lsmvec.compaction.scann_assets", "make_scratch_dir"),
+    ("lsmvec.compaction.scann_assets", "remove_scratch_dir"),
+    ("scann.scann_ops.py.scann_ops_pybind", "load_searcher"),
+)
 
-def _timed_stages(timings: dict[str, float]) -> None:
+
+def _timed_stages(timings: dict[str, float], stages: tuple = _STAGES) -> None:
     import importlib
-    for module_name, name in _STAGES:
+    for module_name, name in stages:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -75,6 +97,9 @@ def _timed_stages(timings: dict[str, float]) -> None:
             finally:
                 timings[_label] = timings.get(_label, 0.0) + time.perf_counter() - started
 
+        if isinstance(owner, type) and isinstance(owner.__dict__.get(name.rsplit(".", 1)[-1]),
+                                                  classmethod):
+            timed = classmethod(lambda cls, *a, _t=timed, **k: _t(*a, **k))  # type: ignore
         setattr(owner, name.rsplit(".", 1)[-1], timed)
 
 
@@ -152,6 +177,136 @@ def raw_round(data: np.ndarray, metric: str, threads: int) -> tuple[float, float
     return run_in_background_thread(build)
 
 
+# -- --reopen: a fresh process's time to its first answer --------------------------------------
+
+def build_reopen_folder(folder: Path, data: np.ndarray, metric: str, threads: int) -> None:
+    """The kept index (FOLDER/lsm, its key in FOLDER/key.hex: a benchmark's throwaway key) and
+    raw ScaNN's serialized searcher of the same rows (FOLDER/raw); skipped when present."""
+    from lsmvec import Client, generate_key
+    if not (folder / "key.hex").exists():
+        shutil.rmtree(folder / "lsm", ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = generate_key()
+        with Client(folder / "lsm", durability="os") as client:
+            index = client.create_index("bench", key, dimension=data.shape[1], metric=metric,
+                                        background_compaction=False)
+            ids = np.arange(len(data), dtype=np.int64)
+            for lo in range(0, len(data), 10_000):
+                index.upsert(ids=ids[lo:lo + 10_000], vectors=data[lo:lo + 10_000])
+            started = time.perf_counter()
+            index.train()
+            print(f"built the lsmvec index ({time.perf_counter() - started:.1f}s train)",
+                  file=sys.stderr, flush=True)
+            index.close()
+        (folder / "key.hex").write_text(key.hex())
+    if not (folder / "raw" / "scann_assets.pbtxt").exists():
+        from scann.scann_ops.py import scann_ops_pybind
+
+        from lsmvec.compaction.scann_params import choose_params
+        from lsmvec.request.items import finish_vectors
+        p = choose_params(*data.shape, metric)
+        rows = np.ascontiguousarray(finish_vectors(data, metric), np.float32)
+        searcher = (scann_ops_pybind.builder(rows, 10, p.distance)
+                    .tree(num_leaves=p.num_leaves, num_leaves_to_search=p.leaves_to_search,
+                          training_sample_size=p.training_sample_size,
+                          training_iterations=p.training_iterations)
+                    .score_ah(p.dims_per_block,
+                              anisotropic_quantization_threshold=p.anisotropic_threshold,
+                              training_sample_size=p.training_sample_size)
+                    .reorder(p.reorder).set_n_training_threads(threads).build())
+        shutil.rmtree(folder / "raw", ignore_errors=True)
+        (folder / "raw").mkdir()
+        searcher.serialize(str(folder / "raw"))
+
+
+def reopen_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter: the time from nothing open to the first answer."""
+    from scann.scann_ops.py import scann_ops_pybind
+
+    import lsmvec.compaction.segment  # noqa: F401  (imported before the clock, like ScaNN)
+    from lsmvec import Client
+    query = np.asarray(spec["query"], np.float32)
+    stages: dict[str, float] = {}
+    if spec.get("breakdown"):
+        _timed_stages(stages, _OPEN_STAGES)
+    if spec.get("old"):  # the open as it was before the deferred rows checksum (an A/B)
+        from lsmvec.compaction import scann_assets as old_assets
+        old_assets.DEFER_ROWS_SHA256 = False
+    if spec.get("unseal_threads"):  # an A/B of the unseal's threads (load default: one)
+        from lsmvec.compaction import scann_assets
+        real = scann_assets.read_sealed_files
+        scann_assets.read_sealed_files = lambda requests, _threads: real(requests,
+                                                                          spec["unseal_threads"])
+    cpu_started = cpu_seconds()
+    started = time.perf_counter()
+    if spec["what"] != "raw":
+        client = Client(spec["folder"])
+        index = client.load_index("bench", bytes.fromhex(spec["key"]))
+        opened = time.perf_counter()
+        index.query(query, top_k=10)
+    else:
+        searcher = scann_ops_pybind.load_searcher(spec["folder"])
+        opened = time.perf_counter()
+        searcher.search(query, 10)
+    done = time.perf_counter()
+    return {"open_s": opened - started, "first_query_s": done - opened,
+            "total_s": done - started, "cpu_s": cpu_seconds() - cpu_started, "stages": stages}
+
+
+def run_reopen_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` goes through stdin (it holds the key); the child answers one JSON line."""
+    proc = subprocess.run([sys.executable, "-m", "lsmvec.tools.bench_train", "--reopen-child"],
+                          input=json.dumps(spec), capture_output=True, text=True, check=False,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def reopen(args: argparse.Namespace, data: np.ndarray, metric: str) -> int:
+    folder = Path(args.reopen)
+    build_reopen_folder(folder, data, metric, args.threads)
+    from .datasets import clustered_queries
+    query = (clustered_queries(1, data.shape[1], seed=0)[0] if args.dataset == "clustered"
+             else data[0]).tolist()
+    key = (folder / "key.hex").read_text().strip()
+    extra = f"lsmvec-{args.unseal_threads}t"
+    sides = (["lsmvec", "raw"] + ([extra] if args.unseal_threads else [])
+             + (["lsmvec-old"] if args.reopen_old else []))
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for number in range(args.children):
+        for side in (sides if number % 2 == 0 else sides[::-1]):
+            got = run_reopen_child({"what": side, "key": key, "query": query,
+                                    "folder": str(folder / ("raw" if side == "raw" else "lsm")),
+                                    "old": side == "lsmvec-old",
+                                    "unseal_threads": (args.unseal_threads if side == extra
+                                                       else None),
+                                    "breakdown": args.breakdown and side != "raw"})
+            runs[side].append(got)
+            print(f"child {number} {side}: open {got['open_s']:.3f}s + first query "
+                  f"{got['first_query_s'] * 1000:.1f} ms = {got['total_s']:.3f}s "
+                  f"(cpu {got['cpu_s']:.2f}s)"
+                  + (" " + json.dumps({k: round(v, 3) for k, v in got["stages"].items()})
+                     if got["stages"] else ""), file=sys.stderr, flush=True)
+    ratios = [a["total_s"] / b["total_s"] for a, b in zip(runs["lsmvec"], runs["raw"])]
+    lsm = statistics.median(r["total_s"] for r in runs["lsmvec"])
+    raw = statistics.median(r["total_s"] for r in runs["raw"])
+    print(f"reopen + first query, {data.shape[0]:,} x {data.shape[1]}: lsmvec {lsm:.2f}s, raw "
+          f"ScaNN load_searcher {raw:.2f}s (medians of {args.children}); median ratio "
+          f"{statistics.median(ratios):.2f}; load {os.getloadavg()[0]:.1f}")
+    if args.reopen_old:
+        new_old = [a["total_s"] / b["total_s"] for a, b in zip(runs["lsmvec"], runs["lsmvec-old"])]
+        print(f"  old open (rows SHA-256 before the load): "
+              f"{statistics.median(r['total_s'] for r in runs['lsmvec-old']):.2f}s; median "
+              f"ratio new / old {statistics.median(new_old):.2f}")
+    if args.unseal_threads:
+        other = [a["total_s"] / b["total_s"] for a, b in zip(runs[extra], runs["raw"])]
+        print(f"  unsealing on {args.unseal_threads} thread(s): "
+              f"{statistics.median(r['total_s'] for r in runs[extra]):.2f}s, median ratio "
+              f"{statistics.median(other):.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("minilm", "gaussian", "clustered"), default="minilm")
@@ -164,8 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true", help="time lsmvec's build stages")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--reopen", metavar="FOLDER", default=None,
+                        help="time reopen + first query in fresh processes (the index is built "
+                             "into FOLDER once and kept)")
+    parser.add_argument("--children", type=int, default=3, help="--reopen: children per side")
+    parser.add_argument("--unseal-threads", type=int, default=0,
+                        help="--reopen: also children that unseal on this many threads")
+    parser.add_argument("--reopen-old", action="store_true",
+                        help="--reopen: also children that open the old way (rows SHA-256 "
+                             "checked before ScaNN's load), alternating with the others")
+    parser.add_argument("--reopen-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.reopen_child:
+        print(json.dumps(reopen_child(json.loads(sys.stdin.read()))))
+        return 0
     data, metric = load(args)
+    if args.reopen:
+        return reopen(args, data, metric)
     if metric == "cosine":  # the engine stores unit rows: raw ScaNN gets the same bytes
         from lsmvec.request.items import finish_vectors
         raw_data = np.ascontiguousarray(finish_vectors(data, metric), np.float32)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lsmvec.compaction.compactor import BuildBudget, run_in_background_thread
+from lsmvec.compaction.scann_serialize import trim_heap
 from lsmvec.db import info as reports
 from lsmvec.db.maintenance import Maintenance
 from lsmvec.db.memtable import Memtable
@@ -93,6 +94,9 @@ class IndexCore:
             self.wal.remove_below(self.manifest.checkpoint_lsn)
             if removed := collect_orphans(self.folder, {s.id for s in self.manifest.segments}):
                 log.info("index %s: removed unreferenced segment folders %s", self.folder.name, removed)
+            # The open's transient buffers (decrypted term indexes and id lists, ScaNN's read
+            # buffers) are freed but kept by malloc: 6 MB of a 60k x 384 trained index's 116 MB
+            trim_heap()
             self.maintenance = Maintenance(self)  # starts the flusher and merger threads
         except BaseException:
             if getattr(self, "wal", None) is not None:

@@ -40,12 +40,14 @@ def stats(core: "IndexCore") -> dict[str, Any]:
             "training_state": training_state(core),
             "background_error": repr(error) if error else None,
             "write_pressure": core.maintenance.report(),
+            "storage_precision": core.config.options.storage_precision,
         }
 
 
 def _segment_stats(source: Any) -> dict[str, Any]:
     """One segment's entry; a trained one adds its calibrated default search (leaves searched,
-    reorder depth and the recall@10 measured at build time; None if it was not calibrated)."""
+    reorder depth and the recall@10 measured at build time; None if it was not calibrated); an
+    exact one that was trained and then stored exact adds why ("fallback", calibrate.py)."""
     entry = {"id": source.id, "rows": source.n_rows, "kind": source.info.kind,
              "n_lists": source.info.n_lists,
              "dead_rows": int(np.count_nonzero(source.persisted))}
@@ -53,7 +55,10 @@ def _segment_stats(source: Any) -> dict[str, Any]:
         params = source.segment.params
         recall = params.calibrated_recall
         entry.update(leaves_to_search=params.leaves_to_search, reorder=params.reorder,
+                     reorder_precision=params.reorder_precision,
                      calibrated_recall=None if math.isnan(recall) else recall)
+    elif source.segment.params.fallback:
+        entry["fallback"] = source.segment.params.fallback
     return entry
 
 

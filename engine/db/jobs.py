@@ -26,6 +26,7 @@ from lsmvec.wal.errors import storage_error_from
 from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
 from lsmvec.db.term_index import TermIndex
 from lsmvec.db.version import CarryItems, FlushItems, SegmentInfo, VersionEdit, install
+from lsmvec.request.options import REORDER_PRECISION
 
 if TYPE_CHECKING:
     from lsmvec.db.core import IndexCore
@@ -47,7 +48,8 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, *,
         files, segment = build_and_open_segment(
             tmp, vectors, metric=core.config.metric, key=core.cipher.segment_key,
             context=core.cipher.segment_context(seg_id, ""), kind=kind, n_lists=n_lists,
-            budget=budget, target_recall=core.config.options.target_recall)
+            budget=budget, target_recall=core.config.options.target_recall,
+            reorder_precision=REORDER_PRECISION[core.config.options.storage_precision])
         failpoints.hit("segment.before_rename")
         final = segment_folder(core.folder, seg_id)
         fsio.rename(tmp, final)
@@ -130,7 +132,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
             # garbage collection that holds the GIL (a loop stall) for tens of milliseconds.
             ids: list[str] = []
             for src, rows in picked:
-                ids.extend(np.asarray(src.ids, object)[rows].tolist())
+                ids.extend(src.ids.take(rows))
             origin_seg = np.concatenate([np.full(len(rows), src.id, np.int64)
                                          for src, rows in picked])
             origin_row = np.concatenate([rows for _src, rows in picked]).astype(np.int64)

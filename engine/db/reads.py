@@ -63,10 +63,9 @@ def one_segment(source: SegmentSource, query: np.ndarray, k: int, n_probes: int 
             else segment.search_one(query, k, n_probes))
     if fast is None:
         return None
-    ids = source.ids
     rows, dists = fast[0].tolist(), fast[1].tolist()
     if include == ("distance",):
-        return [{"id": ids[r], "distance": d} for r, d in zip(rows, dists)]
+        return [{"id": i, "distance": d} for i, d in zip(source.ids.take(rows), dists)]
     if include == ("distance", "metadata"):  # the usual ask with metadata, without field loops
         base = cache_key(source.id, 0)
         items = segment_items(store, cache, [(source, r) for r in rows], [base | r for r in rows])
@@ -158,9 +157,7 @@ def live_ids(tables: list, segments: list) -> list[str]:
                 out.append(item_id)
         seen.update(table.tombstones)
     for source in segments:
-        ids = source.ids
-        for row in source.live_rows():
-            item_id = ids[row]
+        for item_id in source.ids.take(source.live_rows()):
             if item_id not in seen:
                 out.append(item_id)
     return out

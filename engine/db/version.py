@@ -302,8 +302,11 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
        (c) the flushed memtable leaves core.frozen, (d) the added segment gets its born-dead
        rows, loses rows that newer memtable writes shadow, and is appended, (e) core.manifest
        becomes the new manifest.
-    6. Release the write lock, then the commit lock; core.after_install() (writers waiting for
-       room re-check).
+    6. Release the write lock. An edit with items (a flush, a merge) then commits one tiny
+       transaction that changes nothing (Store.settle): the pages its commit freed become
+       reusable by the next one (back-to-back flushes and merges grew data.mdb to 3x its pages
+       in use). Then release the commit lock; core.after_install() (writers waiting for room
+       re-check).
 
     A failure before the commit (steps 2-4: a failpoint, an error inside the transaction, a
     failed commit) changes neither the store nor the memory. Returns the new manifest."""
@@ -371,6 +374,8 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
             core.manifest = manifest  # (e)
 
         core.store.commit(write, guard=core.rw.write, then=switch)
+        if edit.items is not None:  # step 6: see Store.settle
+            core.store.settle(MANIFEST_KEY)
     finally:
         core.commit_lock.release()
     core.after_install()  # the space account is read again; writers waiting for room re-check

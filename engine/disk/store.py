@@ -1,7 +1,8 @@
 """The LMDB store of one index: bytes and transactions. Two tables: items (id map + contents +
 metadata) and meta (sealed msgpack values by name: b"manifest", b"dead/<seg>", b"rows/<seg>",
 b"terms/<seg>"). What those values mean -- the manifest, dead-row sets, term indexes -- is the
-database's business (engine/db/version.py); this module only seals, opens and stores them.
+database's business (engine/db/version.py); this module only seals, opens and stores them
+(a big meta value in leaf-sized pieces: engine/disk/meta_values.py).
 
 Keys never reveal ids: an item's key is a keyed hash of its id. A value is
 ``segment u32 | row u32 | sealed msgpack [id, contents, metadata]``; the location is left in the
@@ -35,6 +36,7 @@ from lsmvec.wal import failpoints, fsio
 
 from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.filenames import DATA_FILE, STORE_DIR
+from lsmvec.disk.meta_values import MetaValues, unpack as _unpack
 from lsmvec.errors import CorruptionError, StorageError, StorageFullError, storage_error_from
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,6 @@ class StoredItem:
     metadata: dict | None
 
 
-def _unpack(data: bytes, path: str) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        raise CorruptionError("undecodable store value", path) from None
-
-
 class Store:
     """Thread-safe: LMDB serialises write transactions; reads are short read transactions."""
 
@@ -88,6 +83,7 @@ class Store:
         self.path = folder / STORE_DIR
         self._data = str(self.path / DATA_FILE)
         self._cipher = cipher
+        self._metas = MetaValues(cipher, self._data)
         try:
             if create:
                 self.path.mkdir(mode=0o700)
@@ -203,14 +199,6 @@ class Store:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
             raise CorruptionError("malformed store item", self._data)
         return item
-
-    def _seal_meta(self, name: bytes, obj: Any) -> bytes:
-        return self._cipher.store.seal(msgpack.packb(obj, use_bin_type=True),
-                                       b"%s|meta|%s" % (self._cipher.uuid, name))
-
-    def _open_meta(self, name: bytes, value: bytes) -> Any:
-        return _unpack(self._cipher.store.open(value, b"%s|meta|%s" % (self._cipher.uuid, name),
-                                               self._data), self._data)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -348,10 +336,9 @@ class Store:
         transaction. A value that fails to open or decode is a CorruptionError."""
         try:
             with self.env.begin(db=self._meta) as txn:
-                raw = txn.get(name)
+                return self._metas.read(txn.get, name)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
-        return None if raw is None else self._open_meta(name, raw)
 
     # -- the one write path -------------------------------------------------------------------
 
@@ -392,6 +379,28 @@ class Store:
                 if txn is not None:
                     txn.abort()
 
+    def settle(self, name: bytes) -> None:
+        """Commit one tiny write transaction -- the meta value `name` (the manifest) put back
+        byte for byte, so the store's content does not change -- after a commit that rewrote
+        many pages.
+
+        LMDB gives a write transaction only the pages freed two or more commits before it (the
+        previous commit's pages stay for its other meta page); until then it takes new pages
+        at the end of the file, which never shrinks. A flush or merge rewrites nearly every
+        leaf page of the items table (item keys are hashes: 2,000 puts touch most of 1,100
+        leaves), so two of them back to back need three copies of the table; with this commit
+        between them, the next one reuses the pages the last one freed. Measured on 50,000
+        items, 30 rewrites of half of them: data.mdb 3.01x its used pages, 2.01x with this.
+        Costs one small commit (two fsyncs). No failpoint: it changes nothing a crash could
+        expose. A failure is logged and left: the big commit before it stands."""
+        try:
+            with self.env.begin(write=True, db=self._meta) as txn:
+                raw = txn.get(name)
+                if raw is not None:
+                    txn.put(name, raw)
+        except (lmdb.Error, OSError) as exc:
+            log.warning("store settle commit failed (%s); the file may grow", exc)
+
     def close(self) -> None:
         self.env.close()
 
@@ -415,14 +424,18 @@ class StoreTxn:
 
     def get_meta(self, name: bytes) -> Any:
         """A meta value as this transaction sees it (None when there is none)."""
-        raw = self.txn.get(name, db=self._s._meta)
-        return None if raw is None else self._s._open_meta(name, raw)
+        meta = self._s._meta
+        return self._s._metas.read(lambda key: self.txn.get(key, db=meta), name)
 
     def put_meta(self, name: bytes, obj: Any) -> None:
-        """Seal `obj` (msgpack) under `name`, bound to it and to the index."""
-        self.txn.put(name, self._s._seal_meta(name, obj), db=self._s._meta)
+        """Seal `obj` (msgpack) under `name`, bound to it and to the index (cut in pieces
+        when it is big: meta_values.CHUNK)."""
+        MetaValues.drop_pieces(self.txn, self._s._meta, name)
+        for key, value in self._s._metas.items(name, obj):
+            self.txn.put(key, value, db=self._s._meta)
 
     def delete_meta(self, name: bytes) -> None:
+        MetaValues.drop_pieces(self.txn, self._s._meta, name)
         self.txn.delete(name, db=self._s._meta)
 
     def carry_item(self, item_id: str, old: tuple[int, int], new: tuple[int, int]) -> bool:

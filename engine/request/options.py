@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lsmvec.errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["IndexOptions", "DEFAULT_MEMTABLE_BYTES", "DEFAULT_WAL_ROLL_BYTES", "MAX_BYTES"]
+__all__ = ["IndexOptions", "STORAGE_PRECISIONS", "REORDER_PRECISION", "DEFAULT_MEMTABLE_BYTES", "DEFAULT_WAL_ROLL_BYTES", "MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ DEFAULT_TARGET_RECALL = 0.95
 """api.md's promise for ``n_probes=None`` (compaction/calibrate.py holds the same default)."""
 DEFAULT_SPACE_AMPLIFICATION = 3.0
 """The folder bound issue 17 asks for: <= 3x the live data, the log included."""
+STORAGE_PRECISIONS = ("float32", "float16", "int8")
+"""``storage_precision`` values (the reference's tq12/tq8/tq6/tq4 are not offered: api.md)."""
+REORDER_PRECISION = {"float32": "float32", "float16": "bfloat16", "int8": "int8"}
+"""storage_precision -> the segment's ScaNN reorder precision (compaction/scann_params.py):
+ScaNN 1.4.2 re-scores in bfloat16, not IEEE float16 -- same 2 bytes, float32's range."""
 MAX_BYTES = 1 << 40
 """Upper bound of the byte-size options (1 TiB): anything larger is a mistake, not a tuning."""
 
@@ -72,6 +79,14 @@ class IndexOptions:
         "away to stay under it; writes slow down from 70% and wait at 90% of (A - 1) x the live "
         "data + 2 MiB, the last live data's worth kept for a merge (docs/tuning.md)",
         low=1.0, high=1000.0, open_low=True)
+
+    storage_precision: str = field(default="float32", metadata={
+        "doc": "what a trained segment's searcher holds in memory for its exact re-scoring: "
+               "float32 (4 bytes a dimension, exact distances), float16 (2: held as bfloat16, "
+               "distances to ~3 significant digits) or int8 (1: per-dimension scaled); the "
+               "sealed rows on disk stay float32, so get() returns vectors as written and "
+               "merges re-quantise from them. Also numpy.float32 / numpy.float16 / numpy.int8",
+        "range": (None, None), "choices": STORAGE_PRECISIONS})
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -146,6 +161,8 @@ def _type_name(f: dataclasses.Field) -> str:
 def _checked(f: dataclasses.Field, value: Any) -> Any:
     """``value`` as field ``f``'s type; raises InvalidTypeError / InvalidArgumentError."""
     kind = _type_name(f)
+    if kind == "str":
+        return _choice(f, value)
     if kind == "bool":
         if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy.bool_ too
             raise InvalidTypeError(f"option {f.name} must be a bool, got "
@@ -181,3 +198,22 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
                                        f"got {number}")
         return number
     raise AssertionError(f"option {f.name} has an unsupported type {kind}")  # pragma: no cover
+
+
+def _choice(f: dataclasses.Field, value: Any) -> str:
+    """``value`` as one of the field's choices: the name itself, or (storage_precision) a numpy
+    dtype or scalar type of that name; None is the default. Raises InvalidTypeError for another
+    type, InvalidArgumentError for another name, each listing the choices."""
+    choices = f.metadata["choices"]
+    if value is None:
+        return f.default
+    name = value
+    if not isinstance(value, str):
+        try:  # numpy.float16, numpy.dtype("float16")
+            name = np.dtype(value).name
+        except TypeError:
+            raise InvalidTypeError(f"option {f.name} must be one of {choices} (a str), got "
+                                   f"{type(value).__name__} {value!r}") from None
+    if name not in choices:
+        raise InvalidArgumentError(f"option {f.name} must be one of {choices}, got {value!r}")
+    return name

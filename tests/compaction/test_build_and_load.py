@@ -180,10 +180,11 @@ def test_the_rows_are_decrypted_straight_into_scanns_dataset_and_results_match(
     uninitialised mapping, no plaintext buffer of its own), and keeps no rows itself."""
     folder, files, rows = built
     reads: list[str] = []
-    real_into = scann_assets.read_sealed_into
-    monkeypatch.setattr(scann_assets, "read_sealed_into",
-                        lambda path, *a, **k: reads.append(Path(path).name) or
-                        real_into(path, *a, **k))
+    real_files = scann_assets.read_sealed_files
+    monkeypatch.setattr(scann_assets, "read_sealed_files",
+                        lambda requests, threads: reads.extend(Path(r.path).name
+                                                               for r in requests) or
+                        real_files(requests, threads))
     seen = _spy_loads(monkeypatch)
     segment = Segment.open(folder, files, key=KEY, context=CONTEXT, metric="euclidean")
     assert VECTORS_FILE in reads  # decrypted by the load, into ScaNN's dataset file

@@ -106,7 +106,7 @@ def test_index_options_are_frozen_and_documented() -> None:
     assert [row[0] for row in described] == list(IndexOptions.names())
     docs = DOCS.read_text()
     for name, kind, default, (low, high), doc in described:
-        assert kind in ("int", "bool", "float") and doc, name
+        assert kind in ("int", "bool", "float", "str") and doc, name
         assert default == getattr(options, name)
         assert f"`{name}`" in docs, f"docs/tuning.md does not document {name}"
     assert IndexOptions(memtable_bytes=np.int64(4096)).memtable_bytes == 4096
@@ -118,7 +118,7 @@ def test_index_options_are_frozen_and_documented() -> None:
 def test_valid_options_round_trip_through_config_and_reopen(client: Client) -> None:
     key = generate_key()
     given = {"memtable_bytes": 5000, "background_compaction": False, "wal_roll_bytes": 4096,
-             "target_recall": 0.9, "space_amplification": 2.5}
+             "target_recall": 0.9, "space_amplification": 2.5, "storage_precision": "float16"}
     index = client.create_index("d", key, dimension=DIM, **given)
     expected = IndexOptions(**given)
     assert index._core.config.options == expected
