@@ -308,9 +308,12 @@ class _ScratchAssets:
 
 # ----------------------------------------------------------------------------- searchers
 
-DEFER_ROWS_SHA256 = True
-"""The sealed rows' SHA-256 is checked beside the load, not before it (SealedSha256): 0.5 s
-less reopen at 1M x 128. False: checked in the unseal's pass (bench_train --reopen A/B)."""
+DEFER_ROWS_SHA256 = False
+"""True: the sealed rows' SHA-256 is checked beside ScaNN's load, not before it (SealedSha256;
+the rows are GCM-authenticated before it either way). It saves CPU time on the critical path
+only when a core is idle: on the busy shared 2-core machine (load 2.6-4.6) the median
+deferred/default ratio of a 1M x 128 reopen was 0.93-1.07 over four interleaved runs (bench_train
+--reopen ... --reopen-defer): no gain shown. Off until measured with an idle core."""
 
 _REORDER_TYPES = {"float32": scann_builder.ReorderType.FLOAT32,
                   "bfloat16": scann_builder.ReorderType.BFLOAT16,
@@ -411,9 +414,9 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
     the folder and free the memory files before returning (also on error). Every file is
     wholly checked (AES-GCM, size, SHA-256) before ScaNN reads a byte of the folder
     (sealed_batch: the plaintext is written into the memory files with pwrite, 1.25 s -> 1.0 s
-    of unsealing at 1M x 128) -- except the SHA-256 of the sealed rows, authenticated chunk by
-    chunk before the load like every file but hashed beside it (``SealedSha256``: why that is
-    safe) and checked before the searcher is returned. ``threads`` > 1 spreads the checks; on
+    of unsealing at 1M x 128) -- with ``DEFER_ROWS_SHA256``, all but the SHA-256 of the sealed
+    rows, hashed beside the load (``SealedSha256``: why that is safe) and checked before the
+    searcher is returned. ``threads`` > 1 spreads the checks; on
     the shared 2-core reference machine two were slower (1.3-1.8 s vs 1.0 s at 1M x 128: the
     checksum then reads each file a second time, and no core was idle), hence one by default.
 

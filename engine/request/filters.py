@@ -21,6 +21,18 @@ Semantics (decisions that differ from, or sharpen, MongoDB's are marked *):
   ``$ne``/``$nin`` are the exact negations; ``$gt``.. match if any element satisfies them.
 - Ordering comparisons exist only number-vs-number and str-vs-str (code-point order); any other
   pairing is simply no match. Their operand must be a number or a str* (else ``FilterError``).
+- ``$nor: [f, ..]`` (filter level, non-empty list) matches when none of the filters does.
+- ``$contains`` (case-sensitive): on a str value, the operand is a substring (a str operand
+  only); on a list value, some element equals the operand under the equality rules above
+  (elements are not searched for substrings*); any other value, or a missing field, never
+  matches*. The operand must be a scalar* (str, number, bool, None), else ``FilterError``.
+- ``$regex``: an unanchored RE2 search (linear time in the value: no backtracking, so no
+  lookaround or backreferences; ``(?i)`` works, ``$options`` does not) on a str value, or on
+  any str element of a list value*; other values never match*. A non-str operand or a
+  pattern RE2 cannot compile is a ``FilterError`` naming the field and the pattern.
+- Neither ``$nor``, ``$contains`` nor ``$regex`` is decided by the term index: a filter using
+  them is checked against each candidate's metadata (``plan`` and ``equality_terms`` are None
+  for that branch).
 """
 from __future__ import annotations
 
@@ -30,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
+import re2
 
 from lsmvec.errors import FilterError, InvalidMetadataError
 from lsmvec.request.plan import plan_terms
@@ -46,7 +59,13 @@ _MISSING: Any = object()  # a path that does not resolve (distinct from a stored
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le,
 }
-_FIELD_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$exists", "$not", *_COMPARISONS})
+_FIELD_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$exists", "$not", "$contains",
+                              "$regex", *_COMPARISONS})
+_LOGICAL_OPERATORS = ("$and", "$or", "$nor")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is a FilterError, not a line on stderr
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: no submatch bookkeeping
+_UNANCHORED = getattr(getattr(getattr(re2, "_re2", None), "RE2", None), "Anchor", None)
 
 
 # ---------------------------------------------------------------- value equality and encoding
@@ -192,6 +211,63 @@ def _comparison(compare: Callable[[Any, Any], bool], operand: int | float | str
     return _or_any_element(lambda value: same_kind(value) and compare(value, operand))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _contains(needle: JsonValue, at: str) -> ValuePredicate:
+    key = _scalar_key(needle)
+    if key is None:
+        raise FilterError(f"{at} needs a str, number, bool or null, got "
+                          f"{type(needle).__name__} {_short(needle)} (for several elements "
+                          f"use $and of one $contains each)")
+    substring = needle if isinstance(needle, str) else None
+
+    def hit(value: Any) -> bool:
+        if isinstance(value, str):
+            return substring is not None and substring in value
+        if isinstance(value, list):
+            return any(_scalar_key(element) == key for element in value)
+        return False
+
+    return hit
+
+
+def _regex(pattern: Any, at: str) -> ValuePredicate:
+    if not isinstance(pattern, str):
+        raise FilterError(f"{at} needs a str pattern, got {type(pattern).__name__} "
+                          f"{_short(pattern)}")
+    try:
+        compiled = re2.compile(pattern, _RE2_OPTIONS)
+    except (re2.error, UnicodeEncodeError) as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise FilterError(f"{at}: {_short(pattern)} is not a valid RE2 pattern ({reason}; RE2 "
+                          f"has no lookaround or backreferences)") from None
+    search = _searcher(compiled)
+    return _or_any_element(lambda value: isinstance(value, str) and search(value))
+
+
+def _searcher(compiled: Any) -> Callable[[str], bool]:
+    """``text -> bool``: an unanchored search. Straight through the compiled RE2 object when
+    the binding exposes it: re2's public ``search`` builds a generator and a Match object per
+    call, 11 us against 2 us on a 15-char value (Python's ``re``: 0.35 us, but exponential on
+    ``(a+)+$``); a $regex filter then costs 1.9 us per item over 20k metadata dicts, against
+    1.0 us for an equality filter."""
+    raw = getattr(getattr(compiled, "_regexp", None), "Match", None)
+    if raw is None or _UNANCHORED is None:
+        return lambda text: compiled.search(text) is not None
+    anchor = _UNANCHORED.UNANCHORED
+
+    def search(text: str) -> bool:
+        data = text.encode("utf-8", "surrogatepass")
+        return raw(anchor, data, 0, len(data))[0][0] >= 0
+
+    return search
+
+
 def _negate(predicate: ValuePredicate) -> ValuePredicate:
     return lambda value: not predicate(value)
 
@@ -236,7 +312,11 @@ def _compile_operators(operators: Mapping[Any, Any], path: str, where: str, dept
                                   f"{{'$gt': 2}}, got {operand!r}")
             inner, _ = _compile_operators(operand, path, at, depth + 1)
             predicate = _negate(inner)
-        elif op in ("$and", "$or"):
+        elif op == "$contains":
+            predicate = _contains(_freeze(operand, at, depth + 1), at)
+        elif op == "$regex":
+            predicate = _regex(operand, at)
+        elif op in _LOGICAL_OPERATORS:
             raise FilterError(f"{at}: {op} belongs at filter level, not inside a field")
         else:
             raise FilterError(f"{at}: unknown operator {op}")
@@ -295,13 +375,18 @@ def _compile(spec: Any, where: str, depth: int) -> _Node:
             raise FilterError(f"{where}: key {key!r} is not a str")
         if not key.startswith("$"):
             nodes.append(_compile_field(key, value, where, depth))
-        elif key in ("$and", "$or"):
+        elif key in _LOGICAL_OPERATORS:
             if not isinstance(value, list) or not value:
                 raise FilterError(f"{where}: {key} needs a non-empty list of filter dicts, "
                                   f"got {value!r}")
             children = [_compile(child, f"{where}.{key}[{i}]", depth + 1)
                         for i, child in enumerate(value)]
-            nodes.append(_all_of(children) if key == "$and" else _any_of(children))
+            if key == "$and":
+                nodes.append(_all_of(children))
+            elif key == "$or":
+                nodes.append(_any_of(children))
+            else:  # $nor: none of them
+                nodes.append(_negation(_any_of(children)))
         elif key == "$not":
             nodes.append(_negation(_compile(value, f"{where}.$not", depth + 1)))
         elif key in _FIELD_OPERATORS:

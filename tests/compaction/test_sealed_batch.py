@@ -209,6 +209,7 @@ def test_the_rows_checksum_runs_beside_the_load_and_refuses_an_authentic_stale_f
     manifest's SHA-256 tells it apart. The open refuses it, its hash thread joined, no fd left;
     the rows were hashed by that thread alone, not again in the unseal pass."""
     rows, files = _trained(tmp_path)
+    monkeypatch.setattr(scann_assets, "DEFER_ROWS_SHA256", True)
     target = tmp_path / "seg" / VECTORS_FILE
     target.unlink()
     write_sealed(target, rows[::-1].copy(), KEY, scann_assets.file_context(b"c", VECTORS_FILE))
@@ -249,10 +250,10 @@ def test_a_damaged_rows_chunk_stops_the_open_before_the_load_either_way(
 
 
 @pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork")
-def test_the_old_path_checks_the_rows_checksum_in_the_unseal_pass(
+def test_by_default_the_rows_checksum_is_checked_before_the_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows, files = _trained(tmp_path)
-    monkeypatch.setattr(scann_assets, "DEFER_ROWS_SHA256", False)
+    assert scann_assets.DEFER_ROWS_SHA256 is False
     target = tmp_path / "seg" / VECTORS_FILE
     target.unlink()
     write_sealed(target, rows, KEY, scann_assets.file_context(b"c", VECTORS_FILE))
