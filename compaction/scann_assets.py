@@ -152,7 +152,9 @@ def sweep_stale_scratch(parents: Iterable[Path], now: float | None = None) -> li
                 path = Path(entry.path)
                 remove_scratch_dir(path)
                 if not os.path.lexists(path):
-                    logger.warning("removed ScaNN scratch folder %s left by a dead process",
+                    # housekeeping, nothing for a user to act on: info, not a line on a CLI's
+                    # stderr (a killed process's folder swept by the next build or load)
+                    logger.info("removed ScaNN scratch folder %s left by a dead process",
                                    path)
                     removed.append(path)
     return removed

@@ -17,6 +17,7 @@ from lsmvec.request.filters import compile_filter
 from lsmvec.request.items import (Batch, normalize_ids, normalize_query, normalize_upsert,
                                    single_query)
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
+from lsmvec.db.matching import FilterDelete
 from lsmvec.db.reads import check_include
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
@@ -62,9 +63,17 @@ class Index:
         """
         self._live().upsert(self._upsert_batch(items, vectors, ids=ids, index_key=index_key))
 
-    def delete(self, ids: Any, *, index_key: bytes | None = None) -> None:
-        """Remove items; unknown ids are ignored. Durable when it returns."""
-        self._live().delete(self._delete_ids(ids, index_key=index_key))
+    def delete(self, ids: Any = None, *, filters: dict | None = None,
+               index_key: bytes | None = None) -> None:
+        """Remove items; unknown ids are ignored. Durable when it returns.
+
+        `filters`: delete every live item matching it (with `ids` too: those of `ids` that
+        match) -- one log record, all or nothing across a crash. Which items match is decided
+        at that record's place in the log: writes logged before it are judged, later ones
+        survive (db/matching.py). An empty filter without ids is refused (it would delete
+        everything); neither ids nor filters is an InvalidArgumentError; a bad filter a
+        FilterError -- each before anything is written."""
+        self._live().delete(self._delete_ids(ids, filters=filters, index_key=index_key))
 
     def _upsert_batch(self, items: Any = None, vectors: Any = None, *, ids: Any = None,
                       index_key: bytes | None = None) -> Batch:
@@ -79,10 +88,19 @@ class Index:
             batch = core.embed_batch(batch)
         return batch
 
-    def _delete_ids(self, ids: Any, *, index_key: bytes | None = None) -> list[str]:
+    def _delete_ids(self, ids: Any = None, *, filters: dict | None = None,
+                    index_key: bytes | None = None) -> list[str] | FilterDelete:
         self._live()
         self._check_call_key(index_key)
-        return normalize_ids(ids)
+        if filters is None:
+            if ids is None:
+                raise InvalidArgumentError("delete needs ids or filters (or both)")
+            return normalize_ids(ids)
+        flt = compile_filter(filters)
+        if ids is None and flt.is_match_all:
+            raise InvalidArgumentError(f"delete(filters={filters!r}) matches every item; pass a "
+                                       f"filter that selects, or ids")
+        return FilterDelete(flt, None if ids is None else normalize_ids(ids))
 
     def write_many(self, calls: Sequence[tuple[str, tuple, dict]]) -> list[BaseException | None]:
         """Run several independent upsert / delete calls, given as (method name, args, kwargs),
@@ -157,13 +175,20 @@ class Index:
         results = core.query(queries, int(top_k), n_probes=n_probes, flt=flt, include=fields)
         return results[0] if single else results
 
-    def get(self, ids: Any, include: Sequence[str] | None = _DEFAULT_GET_INCLUDE, *,
-            index_key: bytes | None = None) -> list[dict]:
-        """Items in the order of `ids`, each with "id"; unknown ids are omitted."""
+    def get(self, ids: Any = None, include: Sequence[str] | None = _DEFAULT_GET_INCLUDE, *,
+            filters: dict | None = None, index_key: bytes | None = None) -> list[dict]:
+        """Items in the order of `ids`, each with "id"; unknown ids are omitted.
+
+        `filters`: only the items matching it; without ids, every live item matching it (in
+        no promised order; found from the term index where the filter has an exact plan).
+        Neither ids nor filters: InvalidArgumentError."""
         core = self._live()
         self._check_call_key(index_key)
         fields = check_include(include, ("vector", "contents", "metadata"))
-        return core.get(normalize_ids(ids), fields)
+        if ids is None and filters is None:
+            raise InvalidArgumentError("get needs ids or filters (or both)")
+        flt = None if filters is None else compile_filter(filters)
+        return core.get(None if ids is None else normalize_ids(ids), fields, flt)
 
     def list_ids(self, *, index_key: bytes | None = None) -> list[str]:
         self._check_call_key(index_key)

@@ -19,6 +19,7 @@ from lsmvec.compaction.compactor import BuildBudget, run_in_background_thread
 from lsmvec.compaction.scann_serialize import trim_heap
 from lsmvec.db import info as reports
 from lsmvec.db.maintenance import Maintenance
+from lsmvec.db.matching import FilterDelete, filter_delete_record, filter_found, matching_live
 from lsmvec.db.memtable import Memtable
 from lsmvec.db.item_cache import ItemCache
 from lsmvec.db.reads import find_live, hits_of, live_ids, one_segment, run_query
@@ -300,7 +301,7 @@ class IndexCore:
     def upsert(self, batch: Batch) -> None:
         self._raise_first(self.write_many([(records.KIND_UPSERT, batch)]))
 
-    def delete(self, ids: list[str]) -> None:
+    def delete(self, ids: list[str] | FilterDelete) -> None:
         self._raise_first(self.write_many([(records.KIND_DELETE, ids)]))
 
     @staticmethod
@@ -347,7 +348,9 @@ class IndexCore:
                 lambda lsn: self.apply_upsert(lsn, ids, vectors, contents, metadata, staged),
                 lambda: staged.append(self.memtable.stage(vectors, ids)))
 
-    def _delete_record(self, ids: list[str]) -> tuple | None:
+    def _delete_record(self, ids: list[str] | FilterDelete) -> tuple | None:
+        if isinstance(ids, FilterDelete):  # ids decided at the record's LSN (matching.py)
+            return filter_delete_record(self, ids)
         if not ids:
             return None
         ids = list(dict.fromkeys(ids))
@@ -406,11 +409,17 @@ class IndexCore:
         finally:
             rw.release_read()
 
-    def get(self, ids: list[str], include: tuple[str, ...]) -> list[dict[str, Any]]:
+    def get(self, ids: list[str] | None, include: tuple[str, ...], flt=None) -> list[dict[str, Any]]:
+        """Items of `ids` (in order) that match `flt`; `ids` None: all matching (matching.py)."""
         with self.read_lock():
-            found = [self.lookup(item_id) for item_id in ids]
-            return hits_of([(at[0], at[1], 0.0) for at in found if at is not None], include,
-                           self.store, self.item_cache)
+            if ids is None:
+                found = matching_live([self.memtable, *reversed(self.frozen)], self.segments,
+                                      flt, self.store, self.item_cache)
+            else:
+                found = [at for at in map(self.lookup, ids) if at is not None]
+                if flt is not None:
+                    found = filter_found(found, flt, self.store, self.item_cache)
+            return hits_of([(s, r, 0.0) for s, r in found], include, self.store, self.item_cache)
 
     def live_ids(self) -> list[str]:
         with self.read_lock():

@@ -18,6 +18,11 @@ first pages fault) hidden behind 0.45 ms of sealing, 0.45 ms of writev and 1.1-1
 fdatasync. Nothing a prepare does is visible before apply, so a record that fails to seal or
 to be written leaves nothing behind; a prepare that raises is ignored (apply does the work).
 
+Late payloads: a record may instead come with a `resolve` callable that computes its payload
+at its LSN position (delete(filters=): which ids match is decided there). Such a record always
+heads its group, so when its leader calls resolve every earlier record is applied and no later
+one is; resolve raising fails that record alone, like a seal failure.
+
 Failures:
 - a record whose seal fails (or whose sealed payload is too large) fails alone; its LSN goes to
   the next record of the group, so the log has no gap.
@@ -56,7 +61,8 @@ Payload = Buffer | Sequence[Buffer]
 Seal = Callable[[int, int, list], Any]  # (lsn, kind, payload parts) -> sealed bytes-like
 Apply = Callable[[int], None]
 Prepare = Callable[[], None]
-Record = tuple  # (kind, payload, apply) or (kind, payload, apply, prepare)
+Resolve = Callable[[], Payload]
+Record = tuple  # (kind, payload, apply[, prepare[, resolve]])
 
 
 def wal_aad(uuid: bytes, lsn: int, kind: int) -> bytes:
@@ -75,12 +81,13 @@ def sealer(cipher: Any) -> Seal:
 class _Entry:
     """One queued record and, once its group is done, its outcome."""
 
-    __slots__ = ("kind", "parts", "size", "apply", "prepare", "lsn", "done", "error", "wake")
+    __slots__ = ("kind", "parts", "size", "apply", "prepare", "resolve", "lsn", "done", "error",
+                 "wake")
 
     def __init__(self, kind: int, parts: list[Buffer], size: int, apply: Apply | None,
-                 prepare: Prepare | None = None):
+                 prepare: Prepare | None = None, resolve: Resolve | None = None):
         self.kind, self.parts, self.size, self.apply = kind, parts, size, apply
-        self.prepare = prepare
+        self.prepare, self.resolve = prepare, resolve
         self.lsn = 0
         self.done = False
         self.error: BaseException | None = None
@@ -146,8 +153,8 @@ class WriteQueue:
         return entry.lsn
 
     def write_many(self, records: Sequence[Record]) -> list[int | BaseException]:
-        """Log several records -- (kind, payload, apply[, prepare]) -- queued back to back,
-        from one thread: they share groups (one write, one sync) without a thread per
+        """Log several records -- (kind, payload, apply[, prepare[, resolve]]) -- queued back
+        to back, from one thread: they share groups (one write, one sync) without a thread per
         record. Returns, per record, its LSN or the error
         that `write` would have raised for it (each record stands alone: one failing to seal
         or to be written does not undo another). Raises, before queueing anything, what `write`
@@ -167,9 +174,9 @@ class WriteQueue:
 
     @staticmethod
     def _entry(kind: int, payload: Payload, apply: Apply | None,
-               prepare: Prepare | None = None) -> _Entry:
+               prepare: Prepare | None = None, resolve: Resolve | None = None) -> _Entry:
         parts, size = record_parts(kind, payload)
-        return _Entry(kind, parts, size, apply, prepare)
+        return _Entry(kind, parts, size, apply, prepare, resolve)
 
     def _await(self, entry: _Entry, head: bool) -> None:
         """Wait until `entry`'s group is done, leading it when `entry` reaches the head."""
@@ -186,8 +193,8 @@ class WriteQueue:
         group: list[_Entry] = []
         total = 0
         for entry in self._queue:
-            if group and total + entry.size > MAX_GROUP_BYTES:
-                break
+            if group and (total + entry.size > MAX_GROUP_BYTES or entry.resolve is not None):
+                break  # a record resolved at its LSN leads its group: see _seal_group
             group.append(entry)
             total += entry.size + HEADER_SIZE
         return group
@@ -233,6 +240,12 @@ class WriteQueue:
         lsn = self.log.next_lsn  # only the leader appends, so this is the group's first LSN
         written: list[_Entry] = []
         for entry in group:
+            if entry.resolve is not None:  # only ever a group's head (_take_group)
+                try:  # every earlier LSN is applied, no later one is: decide the payload now
+                    entry.parts, entry.size = record_parts(entry.kind, entry.resolve())
+                except Exception as exc:  # this caller's problem only
+                    entry.error = exc
+                    continue
             if self._seal is not None:
                 try:
                     sealed = self._seal(lsn, entry.kind, entry.parts)

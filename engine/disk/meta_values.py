@@ -100,11 +100,11 @@ class MetaValues:
 
     @staticmethod
     def drop_pieces(txn: lmdb.Transaction, db: Any, name: bytes) -> None:
-        """Delete the pieces stored for `name` (a key range: nothing is opened)."""
-        prefix = piece_key(name, None)
-        with txn.cursor(db=db) as cursor:
-            if not cursor.set_range(prefix):
-                return
-            while cursor.key().startswith(prefix):
-                if not cursor.delete():  # it moves to the next key; False past the end
-                    break
+        """Delete the pieces stored for `name` (nothing is opened). Pieces are numbered from 0
+        without gaps (a value and its pieces change in one transaction), so each is deleted by
+        its exact key until one is missing. Not with a cursor: LMDB asserts (SIGABRT) in
+        mdb_cursor_next on some damaged B-tree pages, and this runs at every open's manifest
+        write -- the corruption fuzz planted a zeroed page that killed the interpreter here."""
+        index = 0
+        while txn.delete(piece_key(name, index), db=db):
+            index += 1
