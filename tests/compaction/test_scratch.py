@@ -35,6 +35,10 @@ from lsmvec.compaction.filenames import (  # noqa: E402
 
 INDEX_NAME = "scratchy"
 KEY_ENV = "LSMVEC_SCRATCH_KEY"
+PARENT_ENV = "LSMVEC_TEST_SCRATCH_PARENT"
+"""A child given this makes its scratch folders there instead of /dev/shm: a folder no other
+test process sweeps (every build or load sweeps the dead pids' folders of /dev/shm, and under
+pytest -n 2 one swept a killed child's folder before the test could look at it)."""
 ROWS, DIM = 20_000, 32  # 20k rows: above the brute-force limit, so train() makes a ScaNN tree
 EXTRA_ROWS = 500  # upserted by the train child, so train() has a new segment to build
 SHM = Path("/dev/shm")
@@ -67,6 +71,8 @@ def _mark(marker: Path, line: str) -> None:
 def child_main(argv: list[str]) -> int:
     """create FOLDER SEED | load FOLDER SEED MARKER block|go|exit | train FOLDER SEED MARKER"""
     mode, folder, seed = argv[0], Path(argv[1]), int(argv[2])
+    if os.environ.get(PARENT_ENV):
+        scann_assets.SHM_DIR = Path(os.environ[PARENT_ENV])
     from lsmvec import Client
     from scann.scann_ops.py import scann_ops_pybind
     key = bytes.fromhex(os.environ[KEY_ENV])
@@ -235,7 +241,7 @@ def _check_after_kill(folder: Path, seed: int, pid: int,
                       before: dict[Path, set[str]]) -> list[Path]:
     """No plaintext anywhere, no data in the scratch the killed child left. Returns the
     leftover scratch folders of that child."""
-    roots = [SHM, folder] if SHM.is_dir() else [folder]
+    roots = [p for p in (_private_parent(), SHM) if p is not None and p.is_dir()] + [folder]
     leaked = files_with_plaintext(roots, needles(seed))
     assert not leaked, f"plaintext vectors left after kill -9 of {pid}: {leaked}"
     leftovers = []
@@ -250,8 +256,13 @@ def _check_after_kill(folder: Path, seed: int, pid: int,
     return leftovers
 
 
+def _private_parent() -> Path | None:
+    return Path(os.environ[PARENT_ENV]) if os.environ.get(PARENT_ENV) else None
+
+
 def _scratch_parents(folder: Path) -> list[Path]:
-    return [p for p in (SHM, folder / INDEX_NAME / "segments") if p.is_dir()]
+    return [p for p in (_private_parent(), SHM, folder / INDEX_NAME / "segments")
+            if p is not None and p.is_dir()]
 
 
 # ----------------------------------------------------------------------------- 1. crash tests
@@ -261,8 +272,11 @@ LOAD_PLAN = ["block", "scratch", "loader", "opening", "block", "scratch", "loade
 
 @pytest.mark.slow
 def test_kill9_during_load_leaves_no_plaintext_scratch(trained_index: tuple[Path, bytes, int],
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, monkeypatch) -> None:
     folder, key, seed = trained_index
+    private = tmp_path / "scratch-parent"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv(PARENT_ENV, str(private))  # the children's scratch: swept by no one else
     rng = np.random.default_rng(seed)
     started = time.monotonic()
     killed: list[int] = []
