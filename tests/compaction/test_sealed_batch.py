@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lsmvec.compaction import scann_assets, scann_serialize, sealed_batch
+from lsmvec.compaction import scann_assets, sealed_batch
 from lsmvec.compaction.filenames import SCANN_DATASET_FILE, VECTORS_FILE
 from lsmvec.compaction.sealed_batch import MemoryFileRange, SealedRead, read_sealed_files
 from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, read_sealed,
@@ -156,7 +156,6 @@ def test_a_chunk_failure_outranks_a_checksum_mismatch(tmp_path: Path) -> None:
         read_sealed_files(_requests(files), 2)
 
 
-@pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork")
 def test_a_segment_load_checks_every_file_at_once_before_scann_loads(tmp_path: Path,
                                                                      monkeypatch) -> None:
     """One call with every sealed file ScaNN will read (one thread: measured fastest on the
@@ -201,7 +200,6 @@ def _trained(tmp_path: Path) -> tuple[np.ndarray, Any]:
                                context=b"c", kind="tree_ah")
 
 
-@pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork")
 def test_the_rows_checksum_runs_beside_the_load_and_refuses_an_authentic_stale_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """vectors.bin re-sealed under its own key and context (what a crashed build of a reused
@@ -231,7 +229,6 @@ def test_the_rows_checksum_runs_beside_the_load_and_refuses_an_authentic_stale_f
     assert _unseal_threads() == [] and _open_fds() == before
 
 
-@pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork")
 @pytest.mark.parametrize("defer", [True, False])
 def test_a_damaged_rows_chunk_stops_the_open_before_the_load_either_way(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defer: bool) -> None:
@@ -249,7 +246,6 @@ def test_a_damaged_rows_chunk_stops_the_open_before_the_load_either_way(
     assert loads == [] and _unseal_threads() == [] and _open_fds() == before
 
 
-@pytest.mark.skipif(not scann_serialize.fork_usable(), reason="needs os.fork")
 def test_by_default_the_rows_checksum_is_checked_before_the_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows, files = _trained(tmp_path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import lsmvec.db.maintenance as maintenance
 from lsmvec import Client, generate_key
 from lsmvec.compaction.policy import MERGE_WIDTH, tier
 from lsmvec.db import space
+from lsmvec.tools._report import folder_bytes
 from lsmvec.db.space import (FLUSH_AT, GO, MAX_DELAY, SEGMENTS_SLOWDOWN, SEGMENTS_STOP, SLACK,
                              SLOWDOWN_AT, SLOWDOWN_RATE, STOP_AT, Pressure, PressureCounters,
                              Space, assess, measure)
@@ -39,18 +39,6 @@ WAIT_S = 20.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def folder_bytes(folder: Path) -> int:
-    """Sum of the sizes of every file under `folder` (symlinks not followed)."""
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:  # removed by a background merge during the walk
-                continue
-    return total
-
 
 def breakdown(folder: Path) -> dict[str, int]:
     return {entry.name: folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
