@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	# torch first, pinned to the CPU build this machine has on disk (else pip pulls CUDA builds)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,embed]'
+	$(BIN)/pip install --quiet -e '.[test,embed,images]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -54,8 +54,7 @@ from lsmvec.compaction.filenames import (SCANN_ASSET_FILES, SCANN_ASSETS_INDEX_F
 from lsmvec.compaction.scann_logging import set_scann_log_level
 from lsmvec.compaction.scann_params import SearchParams
 from lsmvec.compaction.scann_serialize import serialize_searcher
-from lsmvec.compaction.sealed_batch import (MemoryFileRange, SealedRead, SealedSha256,
-                                            read_sealed_files)
+from lsmvec.compaction.sealed_batch import MemoryFileRange, SealedRead, read_sealed_files
 from lsmvec.compaction.sealed_file import (SealedFileInfo, read_sealed, sealed_plaintext_size,
                                            write_sealed)
 from lsmvec.wal.errors import CorruptionError, LsmvecError, storage_error_from
@@ -310,13 +309,6 @@ class _ScratchAssets:
 
 # ----------------------------------------------------------------------------- searchers
 
-DEFER_ROWS_SHA256 = False
-"""True: the sealed rows' SHA-256 is checked beside ScaNN's load, not before it (SealedSha256;
-the rows are GCM-authenticated before it either way). It saves CPU time on the critical path
-only when a core is idle: on the busy shared 2-core machine (load 2.6-4.6) the median
-deferred/default ratio of a 1M x 128 reopen was 0.93-1.07 over four interleaved runs (bench_train
---reopen ... --reopen-defer): no gain shown. Off until measured with an idle core."""
-
 _REORDER_TYPES = {"float32": scann_builder.ReorderType.FLOAT32,
                   "bfloat16": scann_builder.ReorderType.BFLOAT16,
                   "int8": scann_builder.ReorderType.INT8}
@@ -416,10 +408,8 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
     the folder and free the memory files before returning (also on error). Every file is
     wholly checked (AES-GCM, size, SHA-256) before ScaNN reads a byte of the folder
     (sealed_batch: the plaintext is written into the memory files with pwrite, 1.25 s -> 1.0 s
-    of unsealing at 1M x 128) -- with ``DEFER_ROWS_SHA256``, all but the SHA-256 of the sealed
-    rows, hashed beside the load (``SealedSha256``: why that is safe) and checked before the
-    searcher is returned. ``threads`` > 1 spreads the checks; on
-    the shared 2-core reference machine two were slower (1.3-1.8 s vs 1.0 s at 1M x 128: the
+    of unsealing at 1M x 128). ``threads`` > 1 spreads the checks; on the shared 2-core
+    reference machine two were slower (1.3-1.8 s vs 1.0 s at 1M x 128: the
     checksum then reads each file a second time, and no core was idle), hence one by default.
 
     The caller has already checked that the folder holds exactly the expected names. Raises
@@ -428,7 +418,6 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
     """
     scratch = make_scratch_dir(directory.parent)
     assets = _ScratchAssets(scratch)
-    rows_sha: SealedSha256 | None = None
     try:
         listed: set[str] = set()
         unseal: list[SealedRead] = []  # every other file, checked together below
@@ -457,11 +446,9 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
                 plain = rows.shape[0] * rows.shape[1] * 4
                 fd = assets.sized(SCANN_DATASET_FILE, len(head) + plain)
                 os.pwrite(fd, head, 0)  # 128 bytes: one write
-                if DEFER_ROWS_SHA256:  # hashed beside the unseal and ScaNN's load (see
-                    rows_sha = SealedSha256(rows.path, rows.size, rows.sha256)  # SealedSha256)
                 unseal.append(SealedRead(rows.path, key, rows.context,
                                          MemoryFileRange(fd, len(head), plain), rows.size,
-                                         None if rows_sha is not None else rows.sha256))
+                                         rows.sha256))
             else:
                 assets.write_array(SCANN_DATASET_FILE, rows)
         read_sealed_files(unseal, threads)
@@ -473,14 +460,10 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
         except (RuntimeError, ValueError) as exc:
             raise CorruptionError(f"ScaNN rejected the segment's assets: {exc}",
                                   str(directory)) from exc
-        if rows_sha is not None:
-            rows_sha.check()  # a mismatch: the loaded searcher is dropped
         return searcher
     except OSError as exc:
         raise storage_error_from(exc, f"unseal ScaNN assets of {directory}") from exc
     finally:
-        if rows_sha is not None:
-            rows_sha.join()
         remove_scratch_dir(scratch)
         assets.close_files()
 

@@ -34,7 +34,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lsmvec.wal import fsio
-from lsmvec.wal.errors import CorruptionError, InvalidKeyError, storage_error_from
+from lsmvec.wal.errors import (CorruptionError, InvalidKeyError, StorageError,
+                               storage_error_from)
 
 __all__ = [
     "MAGIC",
@@ -59,6 +60,8 @@ __all__ = [
     "read_sealed_range",
     "sealed_plaintext_size",
     "file_sha256",
+    "MemoryFileRange",
+    "SealedReader",
 ]
 
 MAGIC = b"LSMVSEAL"
@@ -77,6 +80,8 @@ _CONTEXT_LEN = struct.Struct(">I")
 _SALT_SIZE = 16
 _NONCE_TAIL = struct.Struct(">4xQ")  # 12-byte big-endian chunk number
 _HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+_HASH_READ = 4 << 20
+"""Bytes per read of ``SealedReader.hash_all`` (fewer system calls than one per chunk)."""
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -195,21 +200,22 @@ def read_sealed(path: str | os.PathLike[str], key: bytes, context: bytes, *,
     return _read(path, key, context, expected_size, expected_sha256, None)
 
 
-def read_sealed_into(path: str | os.PathLike[str], key: bytes, context: bytes, out: Buffer, *,
-                     expected_size: int | None = None,
+def read_sealed_into(path: str | os.PathLike[str], key: bytes, context: bytes,
+                     out: Buffer | MemoryFileRange, *, expected_size: int | None = None,
                      expected_sha256: str | None = None, threads: int = 1) -> None:
     """``read_sealed`` into the writable buffer ``out``, which must hold exactly the plaintext
     (e.g. an uninitialised numpy array, or a memory file's mapping: no zero-filled bytearray and
-    no copy). Every chunk is authenticated before it is decrypted into ``out``; on an error
-    ``out`` holds part of the plaintext. Same errors as ``read_sealed``, and CorruptionError
-    when the plaintext is not ``len(out)`` bytes. ``threads`` > 1: the checksum and the chunks
+    no copy), or into a MemoryFileRange (each chunk pwritten into the file). Every chunk is
+    authenticated before it is decrypted into ``out``; on an error ``out`` holds part of the
+    plaintext. Same errors as ``read_sealed``, and CorruptionError when the plaintext is not
+    ``len(out)`` bytes. ``threads`` > 1: the checksum and the chunks
     are checked on that many threads (sealed_batch), for a caller that waits."""
     if threads > 1:
         from lsmvec.compaction.sealed_batch import SealedRead, read_sealed_files
         read_sealed_files([SealedRead(path, key, context, out, expected_size, expected_sha256)],
                           threads)
         return
-    _read(path, key, context, expected_size, expected_sha256, memoryview(out).cast("B"))
+    _read(path, key, context, expected_size, expected_sha256, out)
 
 
 def sealed_plaintext_size(path: str | os.PathLike[str], expected_size: int | None = None) -> int:
@@ -220,15 +226,7 @@ def sealed_plaintext_size(path: str | os.PathLike[str], expected_size: int | Non
     path = os.fspath(path)
     fd = _open_readonly(path)
     try:
-        size = os.fstat(fd).st_size
-        if expected_size is not None and size != expected_size:
-            raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
-        _magic, _version, _flags, chunk_size, _salt, total = _parse_header(
-            os.pread(fd, HEADER_SIZE, 0), path)
-        if size != sealed_size(total, chunk_size):
-            raise CorruptionError(f"sealed file is {size} bytes but its header describes "
-                                  f"{sealed_size(total, chunk_size)}", path)
-        return total
+        return _checked_header(fd, path, expected_size)[4]
     except OSError as exc:
         raise storage_error_from(exc, f"read {path}") from exc
     finally:
@@ -249,68 +247,162 @@ def _parse_header(header: bytes, path: str) -> tuple:
     return magic, version, flags, chunk_size, salt, total
 
 
-def _read(path: str | os.PathLike[str], key: bytes, context: bytes, expected_size: int | None,
-          expected_sha256: str | None, out: memoryview | None) -> bytearray | None:
-    key = _check_key(key)
-    path = os.fspath(path)
-    fd = _open_readonly(path)
-    try:
-        return _read_open_file(fd, path, key, context, expected_size, expected_sha256, out)
-    except OSError as exc:
-        raise storage_error_from(exc, f"read {path}") from exc
-    finally:
-        os.close(fd)
-
-
-def _read_open_file(fd: int, path: str, key: bytes, context: bytes,
-                    expected_size: int | None, expected_sha256: str | None,
-                    out: memoryview | None) -> bytearray | None:
+def _checked_header(fd: int, path: str, expected_size: int | None
+                    ) -> tuple[int, bytes, int, bytes, int]:
+    """(file size, header, chunk size, salt, plaintext length) of an open sealed file: its size
+    checked against ``expected_size`` and against what its header describes -- before anything
+    of the header's claimed length is allocated. CorruptionError otherwise."""
     size = os.fstat(fd).st_size
     if expected_size is not None and size != expected_size:
         raise CorruptionError(f"sealed file is {size} bytes, expected {expected_size}", path)
-    header = _read_exact(fd, HEADER_SIZE)
+    header = os.pread(fd, HEADER_SIZE, 0)
     _magic, _version, _flags, chunk_size, salt, total = _parse_header(header, path)
-    # Checked before allocating anything of the header's claimed length.
     if size != sealed_size(total, chunk_size):
         raise CorruptionError(
             f"sealed file is {size} bytes but its header describes "
             f"{sealed_size(total, chunk_size)} (truncated or extended)", path,
             min(size, sealed_size(total, chunk_size)))
-    if out is not None and out.nbytes != total:
-        raise CorruptionError(f"sealed file holds {total} bytes, expected {out.nbytes}", path)
-    aead = _file_aead(key, salt)
-    prefix = _ad_prefix(context, header)
-    digest = hashlib.sha256(header) if expected_sha256 is not None else None
-    plaintext = bytearray(total) if out is None else None
-    plain_view = memoryview(plaintext) if out is None else out
-    count = _chunk_count(total, chunk_size)
-    buffer = bytearray(min(total, chunk_size) + TAG_SIZE)
-    buffer_view = memoryview(buffer)
-    offset = HEADER_SIZE
-    for index in range(count):
-        start = index * chunk_size
-        length = min(chunk_size, total - start)
-        sealed = buffer_view[:length + TAG_SIZE]
-        got = _readinto_exact(fd, sealed)
-        if got != len(sealed):  # the file shrank under us
-            raise CorruptionError("sealed file truncated while reading", path, offset + got)
-        if digest is not None:
-            digest.update(sealed)
-        nonce = _NONCE_TAIL.pack(index)
-        ad = prefix + _CHUNK_AD.pack(index, index == count - 1)
+    return size, header, chunk_size, salt, total
+
+
+def _read(path: str | os.PathLike[str], key: bytes, context: bytes, expected_size: int | None,
+          expected_sha256: str | None, out: Buffer | MemoryFileRange | None
+          ) -> bytearray | None:
+    path = os.fspath(path)
+    try:
+        reader = SealedReader(path, key, context, out, expected_size, expected_sha256)
+    except StorageError:
+        raise  # opening it (_open_readonly says what failed)
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {path}") from exc
+    try:
+        reader.read_one_pass()
+    except OSError as exc:
+        raise storage_error_from(exc, f"read {path}") from exc
+    finally:
+        reader.close()
+    return reader.plaintext
+
+
+class MemoryFileRange(NamedTuple):
+    """Bytes [offset, offset + size) of an open file (a memory file) to write the plaintext
+    to, chunk by chunk with ``pwrite``: at 1M x 128 that took 0.23 s where decrypting into a
+    fresh mapping of the file took 0.5 s (131k page faults), and it releases the GIL."""
+
+    fd: int
+    offset: int
+    size: int
+
+
+class SealedReader:
+    """A sealed file opened and its header checked (sizes, format, the plaintext length against
+    ``out``), to be read into ``out``: a writable buffer, a MemoryFileRange, or None (a fresh
+    bytearray, ``plaintext``, allocated only after the checks). ``read_one_pass`` reads every
+    chunk once -- hashed, authenticated, decrypted: ``read_sealed`` --; sealed_batch splits the
+    same work into tasks for several threads (``decrypt`` of a chunk range, ``hash_all``).
+    Always ``close()`` it. Raises CorruptionError / InvalidKeyError like ``read_sealed``, and
+    OSError for the caller to report."""
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes, context: bytes,
+                 out: Buffer | MemoryFileRange | None, expected_size: int | None = None,
+                 expected_sha256: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self.target = out if isinstance(out, MemoryFileRange) else None
+        self.out = (None if out is None or self.target is not None
+                    else memoryview(out).cast("B"))
+        self.plaintext: bytearray | None = None
+        self.expected_sha256 = expected_sha256
         try:
-            if _HAS_INTO:
-                aead.decrypt_into(nonce, sealed, ad, plain_view[start:start + length])
-            else:
-                plain_view[start:start + length] = aead.decrypt(nonce, bytes(sealed), ad)
-        except InvalidTag:
-            raise CorruptionError(
-                f"chunk {index} failed authentication (damaged, moved, or wrong key)",
-                path, offset) from None
-        offset += len(sealed)
-    if digest is not None and digest.hexdigest() != expected_sha256:
-        raise CorruptionError("sealed file does not match its recorded SHA-256", path)
-    return plaintext
+            key = _check_key(key)
+            self.fd = _open_readonly(self.path)
+        except BaseException:
+            self._release()
+            raise
+        try:
+            self.size, self.header, self.chunk_size, salt, self.total = _checked_header(
+                self.fd, self.path, expected_size)
+            want = (self.target.size if self.target is not None
+                    else self.out.nbytes if self.out is not None else self.total)
+            if want != self.total:
+                raise CorruptionError(f"sealed file holds {self.total} bytes, expected {want}",
+                                      self.path)
+        except BaseException:
+            self.close()
+            raise
+        if out is None:
+            self.plaintext = bytearray(self.total)
+            self.out = memoryview(self.plaintext)
+        self.count = _chunk_count(self.total, self.chunk_size)
+        self.file_key = _file_key(key, salt)
+        self.prefix = _ad_prefix(context, self.header)
+
+    def _release(self) -> None:
+        if self.out is not None:
+            self.out.release()
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self._release()
+
+    def hash_all(self) -> None:
+        """The SHA-256 of the whole sealed file, read on its own (CorruptionError on a
+        mismatch)."""
+        digest = hashlib.sha256()
+        buffer = bytearray(min(_HASH_READ, self.size))
+        view = memoryview(buffer)
+        offset = 0
+        while offset < self.size:
+            got = os.preadv(self.fd, [view[:min(_HASH_READ, self.size - offset)]], offset)
+            if got == 0:
+                raise CorruptionError("sealed file truncated while reading", self.path, offset)
+            digest.update(view[:got])
+            offset += got
+        if digest.hexdigest() != self.expected_sha256:
+            raise CorruptionError("sealed file does not match its recorded SHA-256", self.path)
+
+    def decrypt(self, first: int, last: int, digest: Any = None) -> None:
+        """Authenticate and decrypt chunks [first, last) into ``out`` (``digest``: also hash
+        the sealed bytes read, the header first -- the one-pass read of one thread)."""
+        aead = AESGCM(self.file_key)
+        buffer = bytearray(min(self.total, self.chunk_size) + TAG_SIZE)
+        buffer_view = memoryview(buffer)
+        plain = bytearray(min(self.total, self.chunk_size)) if self.out is None else None
+        chunk_size, total = self.chunk_size, self.total
+        if digest is not None:
+            digest.update(self.header)
+        for index in range(first, last):
+            start = index * chunk_size
+            length = min(chunk_size, total - start)
+            offset = HEADER_SIZE + index * (chunk_size + TAG_SIZE)
+            sealed = buffer_view[:length + TAG_SIZE]
+            got = _pread_exact(self.fd, sealed, offset)
+            if got != len(sealed):  # the file shrank under us
+                raise CorruptionError("sealed file truncated while reading", self.path,
+                                      offset + got)
+            if digest is not None:
+                digest.update(sealed)
+            nonce = _NONCE_TAIL.pack(index)
+            ad = self.prefix + _CHUNK_AD.pack(index, index == self.count - 1)
+            into = (memoryview(plain)[:length] if self.out is None  # type: ignore[arg-type]
+                    else self.out[start:start + length])
+            try:
+                if _HAS_INTO:
+                    aead.decrypt_into(nonce, sealed, ad, into)
+                else:  # cryptography < 44: one extra copy per chunk
+                    into[:] = aead.decrypt(nonce, bytes(sealed), ad)
+            except InvalidTag:
+                raise CorruptionError(
+                    f"chunk {index} failed authentication (damaged, moved, or wrong key)",
+                    self.path, offset) from None
+            if self.target is not None:
+                _pwrite_all(self.target.fd, into, self.target.offset + start)
+
+    def read_one_pass(self) -> None:
+        """Every chunk read once, hashed, authenticated and decrypted (``read_sealed_into``)."""
+        digest = hashlib.sha256() if self.expected_sha256 is not None else None
+        self.decrypt(0, self.count, digest)
+        if digest is not None and digest.hexdigest() != self.expected_sha256:
+            raise CorruptionError("sealed file does not match its recorded SHA-256", self.path)
 
 
 def read_sealed_range(path: str | os.PathLike[str], key: bytes, context: bytes, start: int,
@@ -324,11 +416,7 @@ def read_sealed_range(path: str | os.PathLike[str], key: bytes, context: bytes, 
     fd = _open_readonly(path)
     try:
         header = os.pread(fd, HEADER_SIZE, 0)
-        if len(header) < HEADER_SIZE:
-            raise CorruptionError("sealed file header truncated", path, 0)
-        magic, version, flags, chunk_size, salt, total = _HEADER.unpack(header)
-        if magic != MAGIC or version != VERSION or flags != 0 or not 1 <= chunk_size <= CHUNK_SIZE:
-            raise CorruptionError("bad sealed file header", path, 0)
+        _magic, _version, _flags, chunk_size, salt, total = _parse_header(header, path)
         if start < 0 or length < 0 or start + length > total:
             raise ValueError(f"range {start}+{length} outside {total} plaintext bytes")
         aead = _file_aead(key, salt)
@@ -365,27 +453,22 @@ def _open_readonly(path: str) -> int:
         raise storage_error_from(exc, f"open {path}") from exc
 
 
-def _read_exact(fd: int, size: int) -> bytes:
-    parts = []
-    remaining = size
-    while remaining:
-        part = os.read(fd, remaining)
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
-
-
-def _readinto_exact(fd: int, view: memoryview) -> int:
+def _pread_exact(fd: int, view: memoryview, offset: int) -> int:
     done = 0
-    total = len(view)
-    while done < total:
-        got = os.readv(fd, [view[done:]])
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
             break
         done += got
     return done
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        done = os.pwrite(fd, data, offset)
+        if done <= 0:  # cannot happen for a regular or memory file; never spin on it
+            raise OSError(f"pwrite wrote nothing at offset {offset}")
+        data, offset = data[done:], offset + done
 
 
 def _unlink_quietly(path: str) -> None:

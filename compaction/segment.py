@@ -135,20 +135,17 @@ class Segment:
         rows_file = expected[VECTORS_FILE]
         rows = SealedRows(directory / VECTORS_FILE, rows_file.size, rows_file.sha256,
                           file_context(context, VECTORS_FILE), (n, dim))
-        searcher = None
         if assets and not dataset_stored:
             # A trained segment keeps no rows (ScaNN holds them): vectors.bin is authenticated
             # and decrypted straight into the memory file ScaNN loads as its dataset.
             vectors = np.broadcast_to(np.float32(0), (n, dim))  # the shape, no memory
-            searcher = load_sealed_searcher(
-                directory, {name: (e.size, e.sha256) for name, e in assets.items()},
-                rows, key, context)
+            dataset: np.ndarray | SealedRows = rows
         else:
             vectors = _read_rows(rows, key)  # every byte authenticated, even if ScaNN has its own
-            if assets:
-                searcher = load_sealed_searcher(
-                    directory, {name: (e.size, e.sha256) for name, e in assets.items()},
-                    vectors, key, context)
+            dataset = vectors
+        searcher = load_sealed_searcher(
+            directory, {name: (e.size, e.sha256) for name, e in assets.items()},
+            dataset, key, context) if assets else None
         logger.debug("opened %s segment %s (%d x %d) in %.3fs", params.kind, directory, n, dim,
                      time.monotonic() - started)
         return cls(params, vectors, searcher,

@@ -2,6 +2,7 @@
 from lsmvec.aio import AsyncClient, AsyncIndex
 from lsmvec.client import Client
 from lsmvec.disk.crypto import generate_key
+from lsmvec.db.iteration import ItemBatch
 from lsmvec.index import Index
 from lsmvec import errors
 from lsmvec.errors import (ClosedError, CorruptionError, DimensionMismatchError, IndexExistsError,
@@ -9,7 +10,7 @@ from lsmvec.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                      LsmvecError, StorageError, StorageFullError, WrongKeyError)
 
 __all__ = [
-    "Client", "AsyncClient", "Index", "AsyncIndex", "generate_key", "errors",
+    "Client", "AsyncClient", "Index", "AsyncIndex", "ItemBatch", "generate_key", "errors",
     "LsmvecError", "InvalidArgumentError", "InvalidTypeError", "DimensionMismatchError",
     "IndexExistsError", "IndexNotFoundError", "IndexLockedError", "WrongKeyError",
     "ClosedError", "CorruptionError", "StorageError", "StorageFullError",

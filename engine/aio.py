@@ -3,7 +3,7 @@
 Every blocking call (file I/O, fsync, LMDB, ScaNN, embedding) runs in a worker thread under one
 CapacityLimiter per client, so the event loop never blocks; works under asyncio and trio.
 
-Concurrent upsert / delete calls on one AsyncIndex are batched before the thread hop
+Concurrent upsert / delete / update calls on one AsyncIndex are batched before the thread hop
 (aio_writes.WriteBatcher): one worker thread, one log write and one fsync serve them all.
 
 Cancellation: a call cancelled before its worker thread started never happens. Once the thread
@@ -22,6 +22,7 @@ from typing import Any, Callable
 import anyio
 
 from lsmvec.client import Client
+from lsmvec.aio_iteration import AsyncItems
 from lsmvec.aio_threads import ThreadCall
 from lsmvec.aio_writes import WriteBatcher
 from lsmvec.index import Index
@@ -97,14 +98,22 @@ def _batched_write(name: str) -> Callable:
     return _like(getattr(Index, name), method)
 
 
-_INDEX_METHODS = ("query", "get", "list_ids", "get_num_vectors", "train",
+_INDEX_METHODS = ("query", "query_metadata", "get", "list_ids", "get_num_vectors", "train",
                   "is_trained", "training_state", "flush", "compact", "stats", "verify",
                   "index_name", "index_type", "index_config", "delete_index", "close")
 AsyncIndex._target = lambda self: self._index  # type: ignore[attr-defined]
 for _name in _INDEX_METHODS:
     setattr(AsyncIndex, _name, _coroutine_of(Index, _name))
-for _name in ("upsert", "delete"):  # concurrent calls share one thread hop (see aio_writes)
+for _name in ("upsert", "delete", "update"):  # concurrent calls share one thread hop (aio_writes)
     setattr(AsyncIndex, _name, _batched_write(_name))
+
+
+def _iter_items(self, *args: Any, **kwargs: Any) -> AsyncItems:
+    """An async iterator; each step in a worker thread (aio_iteration.py)."""
+    return AsyncItems(functools.partial(self._index.iter_items, *args, **kwargs), self._limiter)
+
+
+AsyncIndex.iter_items = _like(Index.iter_items, _iter_items)  # type: ignore[attr-defined]
 
 
 class AsyncClient(_InThreads):

@@ -10,6 +10,13 @@ Face cache (loaded with ``local_files_only``). Only a model in none of them is f
 Hub, after one quick question to it (``HUB_TIMEOUT_S``, no retries): a name the Hub does not
 know, an unreachable Hub or ``HF_HUB_OFFLINE=1`` raise EmbeddingModelUnavailable at once, naming
 the model, what was tried and what to install or pass -- instead of the download retries.
+
+Images (``contents`` or ``query_contents`` a PIL image, request/images.py) are embedded by a model
+that embeds images: a CLIP model, e.g. ``clip-ViT-B-32``. Which models do is asked of the model:
+sentence-transformers >= 5 answers ``model.supports("image")`` (its CLIP models load as a
+multimodal Transformer module); before that, the one module that embedded images was
+``models.CLIPModel``, so a model holding one does. A text-only model given an image to embed
+raises InvalidContentsError naming the item, before anything is written.
 """
 from __future__ import annotations
 
@@ -18,12 +25,15 @@ import inspect
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lsmvec.errors import DimensionMismatchError, EmbeddingModelUnavailable, InvalidTypeError
+from lsmvec.errors import (DimensionMismatchError, EmbeddingModelUnavailable,
+                           InvalidContentsError, InvalidTypeError)
+from lsmvec.request.images import is_image
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +150,52 @@ class Embedder:
         if not dim:
             dim = int(np.asarray(model.encode(["x"])).shape[1])
         self.dimension = int(dim)
+        self.embeds_images = _embeds_images(model)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
+    def embed(self, inputs: list[Any]) -> np.ndarray:
+        """str and/or PIL images -> (n, d) float32, one row per input, in order. One encode call
+        per kind: a sentence-transformers model encodes one modality per batch (6.x refuses a
+        mixed one)."""
+        images = [j for j, x in enumerate(inputs) if is_image(x)]
+        if not images:
+            return self._encode(list(inputs))
+        taken = set(images)
+        texts = [j for j in range(len(inputs)) if j not in taken]
+        out = np.empty((len(inputs), self.dimension), np.float32)
+        for rows in (texts, images):
+            if rows:
+                out[rows] = self._encode([inputs[j] for j in rows])
+        return out
+
+    def check_images(self, inputs: list[Any], where: Callable[[int], str]) -> None:
+        """InvalidContentsError naming `where(j)` for the first image, unless the model embeds
+        images."""
+        if self.embeds_images:
+            return
+        for j, x in enumerate(inputs):
+            if is_image(x):
+                raise InvalidContentsError(
+                    f"{where(j)}: an image, but embedding model {self.name!r} embeds text only; "
+                    f"pass a vector with it, or use an index whose model embeds images (CLIP)")
+
+    def _encode(self, inputs: list[Any]) -> np.ndarray:
+        if not inputs:
             return np.zeros((0, self.dimension), np.float32)
-        out = self._model.encode(list(texts), batch_size=BATCH_SIZE, convert_to_numpy=True,
+        out = self._model.encode(inputs, batch_size=BATCH_SIZE, convert_to_numpy=True,
                                  show_progress_bar=False, normalize_embeddings=False)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"<Embedder {self.name!r} dim={self.dimension}>"
+
+
+def _embeds_images(model: Any) -> bool:
+    """Whether a loaded sentence-transformers model embeds PIL images (module docstring)."""
+    supports = getattr(model, "supports", None)
+    if callable(supports):
+        return bool(supports("image"))
+    modules = model if isinstance(model, Iterable) else ()
+    return any(type(module).__name__ == "CLIPModel" for module in modules)
 
 
 def load_model(name: str) -> Embedder:
@@ -198,23 +244,30 @@ def model_dimension(name: str, dimension: int | None) -> int:
 
 
 def embed_batch(embedder: "Embedder | None", batch: Any, metric: str) -> Any:
-    """The batch with the vectors of its text-only items computed (outside every lock)."""
+    """The batch with the vectors of its items without one computed from their str or image
+    contents (outside every lock)."""
     from lsmvec.errors import MissingVectorError
     from lsmvec.request.items import attach_embeddings
     if embedder is None:
         raise MissingVectorError("items without a vector need an index with an embedding_model")
+    rows = batch.embed_rows
+    embedder.check_images(batch.texts, lambda j: f"item (id {batch.ids[rows[j]]!r}): contents")
     return attach_embeddings(batch, embedder.embed(batch.texts), metric=metric)
 
 
 def embed_queries(embedder: "Embedder | None", contents: Any, config: Any
                   ) -> tuple[np.ndarray, bool]:
-    """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
+    """Text or image queries -> unit/finite (q, d) vectors; a single str or image ->
+    single=True (one result list), a list of them (mixed freely) -> single=False."""
     from lsmvec.request.items import finish_vectors
     if embedder is None:
         raise EmbeddingModelUnavailable(
             f"index {config.name!r} has no embedding_model: query with vectors")
-    single = isinstance(contents, str)
-    texts = [contents] if single else contents
-    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidTypeError("query_contents must be a str or a non-empty list of str")
-    return finish_vectors(embedder.embed(list(texts)), config.metric), single
+    single = isinstance(contents, str) or is_image(contents)
+    queries = [contents] if single else contents
+    if not isinstance(queries, (list, tuple)) or not queries \
+            or not all(isinstance(q, str) or is_image(q) for q in queries):
+        raise InvalidTypeError("query_contents must be a str or a PIL image, or a non-empty list "
+                               "of them")
+    embedder.check_images(queries, lambda j: "query_contents" + ("" if single else f"[{j}]"))
+    return finish_vectors(embedder.embed(list(queries)), config.metric), single

@@ -5,7 +5,7 @@ user switches by changing an import.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -14,14 +14,24 @@ from lsmvec.disk.config import read_config
 from lsmvec.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
                      WrongKeyError)
 from lsmvec.request.filters import compile_filter
-from lsmvec.request.items import (Batch, normalize_ids, normalize_query, normalize_upsert,
-                                   single_query)
+from lsmvec.request.images import is_image
+from lsmvec.request.items import Batch, normalize_ids, normalize_upsert
+from lsmvec.request.vectors import normalize_query, single_query
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
 from lsmvec.db.matching import FilterDelete
+from lsmvec.db.metadata_select import select_ids
+from lsmvec.request.metadata_query import check_index_only, limit_of, order_of
+from lsmvec.db.updating import UpdateRequest, check_live
+from lsmvec.request.updates import normalize_update
 from lsmvec.db.reads import check_include
+from lsmvec.db.iteration import ItemBatch, check_batch_size, iterate, open_cursor
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
 _DEFAULT_GET_INCLUDE = ("vector", "contents", "metadata")
+
+
+def _embeddable(value: Any) -> bool:
+    return isinstance(value, str) or is_image(value)
 
 
 class Index:
@@ -75,6 +85,33 @@ class Index:
         FilterError -- each before anything is written."""
         self._live().delete(self._delete_ids(ids, filters=filters, index_key=index_key))
 
+    def update(self, items: Any, *, index_key: bytes | None = None) -> None:
+        """Change some fields of existing items, keeping the others; durable when it returns.
+
+        `items`: dicts with "id" and any of "vector", "contents", "metadata" (a field left out,
+        or None, keeps its stored value; "metadata" replaces the whole metadata dict, as upsert
+        does -- pass {} to clear it). With an embedding model, new str contents without a
+        vector are embedded again; a metadata-only update keeps the stored vector bit for bit
+        and never calls the model. Items of one id apply in order (a later item's fields win).
+        Every id must be live: else ItemNotFoundError (a KeyError and a ValueError) naming it,
+        and nothing is updated. Raises, before anything is written, what upsert raises for a
+        bad field. One log record: all or nothing, merged at its place in the log, so racing
+        updates never lose each other's fields and an update never revives a deleted item
+        (db/updating.py)."""
+        self._live().upsert(self._update_request(items, index_key=index_key))
+
+    def _update_request(self, items: Any, *, index_key: bytes | None = None) -> UpdateRequest:
+        """update's arguments -> a validated (and embedded) request; raises what update raises."""
+        core = self._live()
+        self._check_call_key(index_key)
+        update = normalize_update(items, dimension=core.dimension, metric=core.config.metric,
+                                  embeds=core.embedder is not None)
+        if len(update):
+            check_live(core, update.batch.ids)  # before the model runs: a clear, early error
+            if len(update.batch.embed_rows):
+                update = update.embedded(core.embed_batch(update.batch))
+        return UpdateRequest(update)
+
     def _upsert_batch(self, items: Any = None, vectors: Any = None, *, ids: Any = None,
                       index_key: bytes | None = None) -> Batch:
         """upsert's arguments -> a validated (and embedded) Batch; raises what upsert raises."""
@@ -103,9 +140,10 @@ class Index:
         return FilterDelete(flt, None if ids is None else normalize_ids(ids))
 
     def write_many(self, calls: Sequence[tuple[str, tuple, dict]]) -> list[BaseException | None]:
-        """Run several independent upsert / delete calls, given as (method name, args, kwargs),
-        as one group of log records (AsyncIndex batches concurrent callers this way). Each call
-        is validated on its own and is all or nothing; returns each one's error, or None."""
+        """Run several independent upsert / delete / update calls, given as (method name, args,
+        kwargs), as one group of log records (AsyncIndex batches concurrent callers this way).
+        Each call is validated on its own and is all or nothing; returns each one's error, or
+        None."""
         core = self._live()
         outcomes: list[BaseException | None] = [None] * len(calls)
         writes: list[tuple[int, Any]] = []
@@ -116,8 +154,11 @@ class Index:
                     writes.append((KIND_UPSERT, self._upsert_batch(*args, **kwargs)))
                 elif method == "delete":
                     writes.append((KIND_DELETE, self._delete_ids(*args, **kwargs)))
+                elif method == "update":
+                    writes.append((KIND_UPSERT, self._update_request(*args, **kwargs)))
                 else:
-                    raise InvalidArgumentError(f"write_many runs upsert and delete, not {method!r}")
+                    raise InvalidArgumentError(f"write_many runs upsert, delete and update, not "
+                                               f"{method!r}")
             except Exception as exc:
                 outcomes[i] = exc
                 continue
@@ -166,8 +207,9 @@ class Index:
         if query_contents is not None:
             queries, single = core.embed_queries(query_contents)
         else:
-            if isinstance(query_vectors, str) or (isinstance(query_vectors, list) and query_vectors
-                                                  and all(isinstance(q, str) for q in query_vectors)):
+            # str or PIL image (never read as an array of pixels): contents to embed
+            if _embeddable(query_vectors) or (isinstance(query_vectors, list) and query_vectors
+                                              and all(_embeddable(q) for q in query_vectors)):
                 queries, single = core.embed_queries(query_vectors)
             else:
                 queries, single = normalize_query(query_vectors, dimension=core.dimension,
@@ -189,6 +231,43 @@ class Index:
             raise InvalidArgumentError("get needs ids or filters (or both)")
         flt = None if filters is None else compile_filter(filters)
         return core.get(None if ids is None else normalize_ids(ids), fields, flt)
+
+    def iter_items(self, batch_size: int = 1000,
+                   include: Sequence[str] | None = _DEFAULT_GET_INCLUDE, filters: dict | None = None,
+                   *, cursor: str | None = None, index_key: bytes | None = None
+                   ) -> Iterator[ItemBatch]:
+        """Every live item (matching `filters`) once, as ItemBatch(items, cursor) in ascending
+        id order, while writes go on (db/iteration.py): an item live throughout is yielded
+        exactly once, a deleted one vanishes, an inserted one appears iff its id sorts after
+        the batch being read. `cursor`: a batch's cursor, to resume after that batch (another
+        index's or an altered one: InvalidCursorError). Arguments are checked here, before
+        the first batch; a batch is never empty (with a filter it may hold fewer items)."""
+        core = self._live()
+        self._check_call_key(index_key)
+        size = check_batch_size(batch_size)
+        fields = check_include(include, ("vector", "contents", "metadata"))
+        flt = None if filters is None else compile_filter(filters)
+        after = None if cursor is None else open_cursor(core.cipher, cursor)
+        return iterate(core, self._live, size, fields, flt, after)
+
+    def query_metadata(self, filters: dict | None = None, top_k: int | None = None,
+                       order_by: str | dict | None = None, ascending: bool = True, *,
+                       index_key: bytes | None = None) -> list[dict]:
+        """Ids of the live items matching `filters` (None / {}: every item), as [{"id"}],
+        answered from the segments' term indexes and the memtables, not by reading items.
+
+        `top_k` None or 0: every match. `order_by`: a field name or {field: 1 | -1} (the
+        dict's direction wins over `ascending`): numbers, then strings, then booleans; items
+        whose value is missing, null, a list or a dict last; ties by id. Stricter than query(),
+        as the reference: a field metadata_schema marks filterable False, and $contains /
+        $regex on a field that is not a pattern field, are a FilterError."""
+        core = self._live()
+        self._check_call_key(index_key)
+        schema = core.config.options.metadata_schema
+        flt = compile_filter(filters)
+        check_index_only(flt.spec, schema)
+        order = order_of(order_by, ascending, schema)
+        return select_ids(core, flt, order, limit_of(top_k))
 
     def list_ids(self, *, index_key: bytes | None = None) -> list[str]:
         self._check_call_key(index_key)
@@ -240,7 +319,8 @@ class Index:
     def index_config(self) -> dict[str, Any]:
         cfg = self._core.config
         return {"dimension": cfg.dimension, "metric": cfg.metric, "index_type": self.index_type(),
-                "n_lists": self.n_lists, "embedding_model": cfg.embedding_model}
+                "n_lists": self.n_lists, "embedding_model": cfg.embedding_model,
+                "metadata_schema": cfg.options.metadata_schema.to_stored()}
 
     @property
     def dimension(self) -> int | None:

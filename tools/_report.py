@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from lsmvec.db.info import folder_bytes  # noqa: F401  (one walk: stats()["disk_bytes"]'s)
+
 
 def seconds(value: float) -> str:
     """A duration with a unit that keeps 3 significant figures: 850 us, 12.3 ms, 4.56 s."""
@@ -30,16 +32,11 @@ def mbytes(nbytes: float) -> str:
     return f"{nbytes / 1e6:,.1f} MB"
 
 
-def folder_bytes(path: str | os.PathLike[str]) -> int:
-    """Total size of the regular files under `path` (0 when it does not exist)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(root) / name).stat().st_size
-            except FileNotFoundError:  # removed while we walked (a compaction): not counted
-                continue
-    return total
+def folder_breakdown(folder: str | os.PathLike[str]) -> dict[str, int]:
+    """{entry name: bytes} of each entry of `folder` (a sub-folder: its folder_bytes), e.g.
+    an index's wal / store / segments, for a report or an assertion's message."""
+    return {entry.name: folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
+            for entry in Path(folder).iterdir()}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

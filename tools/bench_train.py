@@ -72,7 +72,6 @@ _OPEN_STAGES = (  # timed in a reopen child under --breakdown
     ("lsmvec.compaction.scann_assets", "make_scratch_dir"),
     ("lsmvec.compaction.scann_assets", "remove_scratch_dir"),
     ("scann.scann_ops.py.scann_ops_pybind", "load_searcher"),
-    ("lsmvec.compaction.sealed_batch", "SealedSha256.check"),
     ("lsmvec.db.segments", "read_row_ids"),
     ("lsmvec.db.segments", "read_terms"),
     ("lsmvec.db.segments", "SegmentSource"),
@@ -156,24 +155,37 @@ def lsmvec_round(data: np.ndarray, metric: str, workdir: str | None,
         shutil.rmtree(root, ignore_errors=True)
 
 
-def raw_round(data: np.ndarray, metric: str, threads: int) -> tuple[float, float]:
+def raw_rows(data: np.ndarray, metric: str) -> np.ndarray:
+    """The rows as the engine stores them (unit rows under cosine): raw ScaNN gets the same
+    bytes (no copy of float32 rows under other metrics)."""
+    if metric != "cosine":
+        return np.ascontiguousarray(data, np.float32)
+    from lsmvec.request.items import finish_vectors
+    return np.ascontiguousarray(finish_vectors(data, metric), np.float32)
+
+
+def raw_build(rows: np.ndarray, metric: str, threads: int) -> Any:
+    """Raw ScaNN's searcher of ``rows`` with ``choose_params``' parameters (what lsmvec's
+    trained segment uses), trained on ``threads`` threads."""
     from scann.scann_ops.py import scann_ops_pybind
 
-    from lsmvec.compaction.compactor import run_in_background_thread
     from lsmvec.compaction.scann_params import choose_params
-    p = choose_params(*data.shape, metric)
+    p = choose_params(*rows.shape, metric)
+    return (scann_ops_pybind.builder(rows, 10, p.distance)
+            .tree(num_leaves=p.num_leaves, num_leaves_to_search=p.leaves_to_search,
+                  training_sample_size=p.training_sample_size,
+                  training_iterations=p.training_iterations)
+            .score_ah(p.dims_per_block, anisotropic_quantization_threshold=p.anisotropic_threshold,
+                      training_sample_size=p.training_sample_size)
+            .reorder(p.reorder).set_n_training_threads(threads).build())
+
+
+def raw_round(data: np.ndarray, metric: str, threads: int) -> tuple[float, float]:
+    from lsmvec.compaction.compactor import run_in_background_thread
 
     def build() -> tuple[float, float]:
         started, cpu = time.perf_counter(), cpu_seconds()
-        builder = (scann_ops_pybind.builder(data, 10, p.distance)
-                   .tree(num_leaves=p.num_leaves, num_leaves_to_search=p.leaves_to_search,
-                         training_sample_size=p.training_sample_size,
-                         training_iterations=p.training_iterations)
-                   .score_ah(p.dims_per_block,
-                             anisotropic_quantization_threshold=p.anisotropic_threshold,
-                             training_sample_size=p.training_sample_size)
-                   .reorder(p.reorder).set_n_training_threads(threads))
-        searcher = builder.build()
+        searcher = raw_build(data, metric, threads)
         elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
         del searcher
         return elapsed, cpu
@@ -204,20 +216,7 @@ def build_reopen_folder(folder: Path, data: np.ndarray, metric: str, threads: in
             index.close()
         (folder / "key.hex").write_text(key.hex())
     if not (folder / "raw" / "scann_assets.pbtxt").exists():
-        from scann.scann_ops.py import scann_ops_pybind
-
-        from lsmvec.compaction.scann_params import choose_params
-        from lsmvec.request.items import finish_vectors
-        p = choose_params(*data.shape, metric)
-        rows = np.ascontiguousarray(finish_vectors(data, metric), np.float32)
-        searcher = (scann_ops_pybind.builder(rows, 10, p.distance)
-                    .tree(num_leaves=p.num_leaves, num_leaves_to_search=p.leaves_to_search,
-                          training_sample_size=p.training_sample_size,
-                          training_iterations=p.training_iterations)
-                    .score_ah(p.dims_per_block,
-                              anisotropic_quantization_threshold=p.anisotropic_threshold,
-                              training_sample_size=p.training_sample_size)
-                    .reorder(p.reorder).set_n_training_threads(threads).build())
+        searcher = raw_build(raw_rows(data, metric), metric, threads)
         shutil.rmtree(folder / "raw", ignore_errors=True)
         (folder / "raw").mkdir()
         searcher.serialize(str(folder / "raw"))
@@ -233,9 +232,6 @@ def reopen_child(spec: dict[str, Any]) -> dict[str, Any]:
     stages: dict[str, float] = {}
     if spec.get("breakdown"):
         _timed_stages(stages, _OPEN_STAGES)
-    if spec.get("defer"):  # an A/B of the rows checksum beside ScaNN's load (default: before)
-        from lsmvec.compaction import scann_assets as defer_assets
-        defer_assets.DEFER_ROWS_SHA256 = True
     if spec.get("unseal_threads"):  # an A/B of the unseal's threads (load default: one)
         from lsmvec.compaction import scann_assets
         real = scann_assets.read_sealed_files
@@ -275,14 +271,12 @@ def reopen(args: argparse.Namespace, data: np.ndarray, metric: str) -> int:
              else data[0]).tolist()
     key = (folder / "key.hex").read_text().strip()
     extra = f"lsmvec-{args.unseal_threads}t"
-    sides = (["lsmvec", "raw"] + ([extra] if args.unseal_threads else [])
-             + (["lsmvec-defer"] if args.reopen_defer else []))
+    sides = ["lsmvec", "raw"] + ([extra] if args.unseal_threads else [])
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for number in range(args.children):
         for side in (sides if number % 2 == 0 else sides[::-1]):
             got = run_reopen_child({"what": side, "key": key, "query": query,
                                     "folder": str(folder / ("raw" if side == "raw" else "lsm")),
-                                    "defer": side == "lsmvec-defer",
                                     "unseal_threads": (args.unseal_threads if side == extra
                                                        else None),
                                     "breakdown": args.breakdown and side != "raw"})
@@ -298,11 +292,6 @@ def reopen(args: argparse.Namespace, data: np.ndarray, metric: str) -> int:
     print(f"reopen + first query, {data.shape[0]:,} x {data.shape[1]}: lsmvec {lsm:.2f}s, raw "
           f"ScaNN load_searcher {raw:.2f}s (medians of {args.children}); median ratio "
           f"{statistics.median(ratios):.2f}; load {os.getloadavg()[0]:.1f}")
-    if args.reopen_defer:
-        pairs = [a["total_s"] / b["total_s"] for a, b in zip(runs["lsmvec-defer"], runs["lsmvec"])]
-        print(f"  rows SHA-256 beside ScaNN's load: "
-              f"{statistics.median(r['total_s'] for r in runs['lsmvec-defer']):.2f}s; median "
-              f"ratio deferred / default {statistics.median(pairs):.2f}")
     if args.unseal_threads:
         other = [a["total_s"] / b["total_s"] for a, b in zip(runs[extra], runs["raw"])]
         print(f"  unsealing on {args.unseal_threads} thread(s): "
@@ -329,9 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=3, help="--reopen: children per side")
     parser.add_argument("--unseal-threads", type=int, default=0,
                         help="--reopen: also children that unseal on this many threads")
-    parser.add_argument("--reopen-defer", action="store_true",
-                        help="--reopen: also children that check the rows' SHA-256 beside "
-                             "ScaNN's load (scann_assets.DEFER_ROWS_SHA256), alternating")
     parser.add_argument("--reopen-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reopen_child:
@@ -340,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     data, metric = load(args)
     if args.reopen:
         return reopen(args, data, metric)
-    if metric == "cosine":  # the engine stores unit rows: raw ScaNN gets the same bytes
-        from lsmvec.request.items import finish_vectors
-        raw_data = np.ascontiguousarray(finish_vectors(data, metric), np.float32)
-    else:
-        raw_data = np.ascontiguousarray(data, np.float32)
+    raw_data = raw_rows(data, metric)
     timings: dict[str, float] = {}
     if args.breakdown:
         _timed_stages(timings)

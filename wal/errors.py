@@ -13,7 +13,9 @@ importing upward; ``engine.errors`` re-exports it as the public path.
     │   ├── InvalidIndexNameError              unsafe or malformed index name
     │   ├── InvalidKeyError                    index_key is not 32 bytes
     │   ├── FilterError                        malformed filter or unknown operator
-    │   └── MissingVectorError                 no vector and nothing to embed it from
+    │   ├── MissingVectorError                 no vector and nothing to embed it from
+    │   ├── ItemNotFoundError (KeyError)       update() names an id the index does not hold
+    │   └── InvalidCursorError                 iter_items cursor damaged or from another index
     ├── InvalidTypeError (TypeError)           a caller's value has the wrong type
     ├── IndexNotFoundError (ValueError)        load / delete of an unknown index
     ├── IndexExistsError (ValueError)          create of an existing index
@@ -44,6 +46,8 @@ __all__ = [
     "InvalidKeyError",
     "FilterError",
     "MissingVectorError",
+    "ItemNotFoundError",
+    "InvalidCursorError",
     "InvalidTypeError",
     "IndexNotFoundError",
     "IndexExistsError",
@@ -102,6 +106,16 @@ class FilterError(InvalidArgumentError):
 
 class MissingVectorError(InvalidArgumentError):
     pass
+
+
+class ItemNotFoundError(InvalidArgumentError, KeyError):
+    """update() named an id that is not live in the index (never written, or deleted)."""
+
+    __str__ = Exception.__str__  # the message as given, not KeyError's repr of it
+
+
+class InvalidCursorError(InvalidArgumentError):
+    """An iter_items cursor that this index did not issue (damaged, forged, or another index's)."""
 
 
 class InvalidTypeError(LsmvecError, TypeError):

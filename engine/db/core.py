@@ -27,7 +27,7 @@ from lsmvec.db.recovery import check_store_is_current, opened_edit, replay_log
 from lsmvec.db.rwlock import RWLock
 from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
 from lsmvec.db.version import Manifest, VersionEdit, install, read_manifest
-from lsmvec.db.write import WriteQueue, sealer, wal_aad
+from lsmvec.db.write import WriteQueue, payload_bytes, sealer, wal_aad
 from lsmvec.disk import records
 from lsmvec.disk.config import read_config, stored_dimension, write_config
 from lsmvec.disk.filenames import WAL_DIR
@@ -326,7 +326,7 @@ class IndexCore:
             if record is not None:
                 queued.append((i, record))
         if queued:
-            self.maintenance.make_room(sum(_nbytes(record[1]) for _i, record in queued))
+            self.maintenance.make_room(sum(payload_bytes(record[1]) for _i, record in queued))
             results = self.writes.write_many([record for _i, record in queued])
             if self.wal.active_first_lsn != self.manifest.log_head:  # the log rolled
                 self._record_log_head()
@@ -337,6 +337,8 @@ class IndexCore:
 
     def _upsert_record(self, batch: Batch) -> tuple | None:
         """The log record (kind, payload, apply) of a validated batch; None when empty."""
+        if type(batch) is not Batch:  # a request that builds its own (update: db/updating.py)
+            return batch.record(self)
         if not batch.ids:
             return None
         if self.config.dimension is None or batch.vectors.shape[1] != self.config.dimension:
@@ -390,7 +392,7 @@ class IndexCore:
 
     def query_one(self, query: np.ndarray, k: int, n_probes: int | None,
                   include: tuple[str, ...]) -> list[dict[str, Any]]:
-        """One unfiltered query, a checked (d,) vector (request.items.single_query): its hits.
+        """One unfiltered query, a checked (d,) vector (request.vectors.single_query): its hits.
         (Not without the lock: a merge closes the segments it replaces, and Segment.close
         releases their rows and searcher, which a lock-free reader could still be using.)"""
         if self._closed:
@@ -489,10 +491,3 @@ class IndexCore:
         except StorageFullError as exc:
             log.warning("index %s: cannot record the clean close (%s); the next open treats "
                         "this as a crash", self.folder.name, exc)
-
-
-def _nbytes(payload) -> int:
-    """Bytes of a record payload: bytes-like, or a list of bytes-like parts."""
-    if isinstance(payload, (list, tuple)):
-        return sum(memoryview(part).nbytes for part in payload)
-    return memoryview(payload).nbytes

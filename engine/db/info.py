@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,10 +17,11 @@ from lsmvec.db.verify import verify_index
 if TYPE_CHECKING:
     from lsmvec.db.core import IndexCore
 
-__all__ = ["stats", "verify", "n_lists", "training_state"]
+__all__ = ["stats", "verify", "n_lists", "training_state", "folder_bytes"]
 
 
 def stats(core: "IndexCore") -> dict[str, Any]:
+    disk_bytes = folder_bytes(core.folder)  # a directory walk: not under the lock writers wait on
     with core.read_lock():
         error = core.background_error
         return {
@@ -36,7 +36,7 @@ def stats(core: "IndexCore") -> dict[str, Any]:
             "last_lsn": core.wal.next_lsn - 1,
             "wal_bytes": core.wal.bytes_on_disk,
             "wal_files": core.wal.file_count,
-            "disk_bytes": _folder_bytes(core.folder),
+            "disk_bytes": disk_bytes,
             "training_state": training_state(core),
             "background_error": repr(error) if error else None,
             "write_pressure": core.maintenance.report(),
@@ -85,12 +85,16 @@ def training_state(core: "IndexCore") -> str:
     return "untrained"
 
 
-def _folder_bytes(folder: Path) -> int:
+def folder_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes of the files under `folder` (0 when it does not exist): stats()["disk_bytes"],
+    and the tools' disk figures. Links are not followed: a build's scratch folder inside the
+    index links to memory files (scann_assets), RAM that the disk figure must not count. A
+    file removed during the walk (a merge's) is not counted."""
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
             try:
-                total += (Path(root) / name).stat().st_size
+                total += os.lstat(os.path.join(root, name)).st_size
             except OSError:
                 continue
     return total

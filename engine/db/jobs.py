@@ -97,7 +97,7 @@ def flush_oldest(core: "IndexCore") -> bool:
         # Flushes are written exact (no training: seconds saved on the write path); the
         # merger trains segments as they grow.
         built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
-        terms = TermIndex.build(metadata, len(ids))
+        terms = TermIndex.build(metadata, len(ids), core.config.options.metadata_schema)
         # Hash and seal every item before the transaction: in it, a flush only reads locations
         # and puts.
         keys, values = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else ([], [])
@@ -142,7 +142,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
                 mapping[rows] = np.arange(offset, offset + len(rows))
                 parts.append(src.terms.remap(mapping, len(ids)))
                 offset += len(rows)
-            terms = TermIndex.merge(parts, len(ids))
+            terms = TermIndex.merge(parts, len(ids), core.config.options.metadata_schema.patterns)
         started = time.monotonic()
         # Outside the lock: a trained segment reads its rows back from its sealed file. Its
         # folder stays: only merges remove segments, and this one holds the merge lock.

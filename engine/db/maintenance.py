@@ -17,8 +17,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from lsmvec.compaction.compactor import Compactor
 from lsmvec.compaction.policy import pick, tier
 from lsmvec.db import space
@@ -230,7 +228,9 @@ class Maintenance:
                 return False
             if table.tombstones or table.n_live < table.n_rows:
                 return True
-            return any(np.count_nonzero(s.dead) > s.info.dead for s in core.segments)
+            # n_dead: kept up to date by the source (a count over every row here cost ~140 us
+            # per million rows, on every write once the folder is past FLUSH_AT)
+            return any(s.n_dead > s.info.dead for s in core.segments)
 
     def _can_free_space(self) -> bool:
         core = self.core

@@ -1,9 +1,10 @@
 """Which live items match a filter: get(filters=) and delete(filters=).
 
 Memtable rows are checked against their metadata in memory. Segment rows come from the
-segment's term index when the filter has an exact plan (a bitmap: no item is decrypted); a
-segment that cannot decide the plan, or a filter without one, falls back to opening the live
-rows' store bodies (through the item cache) and checking their metadata.
+segment's term index (a bitmap: no item is decrypted) -- through the cached plan mask when the
+filter has an exact plan, else through filter_masks.py, which decides every operator there is
+and names the candidates of any part it cannot decide; only those candidates' store bodies
+are opened (through the item cache) and checked against their metadata.
 
 Callers hold the index's read lock (get) or are the write queue's leader at the record's LSN
 position (delete: see IndexCore._filter_delete_record), so the sources do not change under us.
@@ -14,41 +15,58 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsmvec.db.filter_masks import segment_mask
 from lsmvec.db.segments import SegmentSource, segment_items
 from lsmvec.disk import records
 
 
 def _segment_verdicts(source: SegmentSource, rows: np.ndarray, flt, store: Any, cache: Any
                       ) -> np.ndarray:
-    """Whether each of `rows` (live rows of `source`) matches `flt`."""
+    """Whether each of `rows` (live rows of `source`) matches `flt`: from the term index
+    (filter_masks.py), reading only the candidates of a part it cannot decide."""
     if flt.is_match_all or not len(rows):
         return np.ones(len(rows), bool)
     if flt.plan is not None:
         mask = source.terms.mask(flt.plan)
         if mask is not None:
             return mask[rows]
-    items = segment_items(store, cache, [(source, int(r)) for r in rows])
-    return flt.match_many([item[2] for item in items])
+    mask, exact = segment_mask(flt.spec, source.terms)
+    verdicts = mask[rows]
+    if exact:
+        return verdicts
+    at = np.flatnonzero(verdicts)
+    items = segment_items(store, cache, [(source, int(r)) for r in rows[at]])
+    verdicts[at] = flt.match_many([item[2] for item in items])
+    return verdicts
+
+
+def matching_rows(tables: Sequence[Any], segments: Sequence[SegmentSource], flt, store: Any,
+                  cache: Any) -> list[tuple[Any, np.ndarray]]:
+    """(source, its live rows matching `flt`) of every source with a match, each id once over
+    them all: memtables newest first, then segments (a shadowed or deleted row is already
+    dead in its source)."""
+    out: list[tuple[Any, np.ndarray]] = []
+    for table in tables:
+        if not table.row_of:
+            continue
+        rows = table.live_rows()
+        if len(rows) and not flt.is_match_all:
+            rows = rows[flt.match_many([table.metadata[r] for r in rows.tolist()])]
+        if len(rows):
+            out.append((table, rows))
+    for source in segments:
+        rows = np.flatnonzero(~source.dead)
+        rows = rows[_segment_verdicts(source, rows, flt, store, cache)]
+        if len(rows):
+            out.append((source, rows))
+    return out
 
 
 def matching_live(tables: Sequence[Any], segments: Sequence[SegmentSource], flt, store: Any,
                   cache: Any) -> list[tuple[Any, int]]:
-    """(source, row) of every live item matching `flt`, each id once: memtables newest first,
-    then segments (a shadowed or deleted row is already dead in its source)."""
-    out: list[tuple[Any, int]] = []
-    for table in tables:
-        if not table.row_of:
-            continue
-        rows = np.fromiter(table.row_of.values(), np.int64, len(table.row_of))
-        rows = rows[~table._dead[rows]]
-        if len(rows) and not flt.is_match_all:
-            rows = rows[flt.match_many([table.metadata[r] for r in rows.tolist()])]
-        out.extend((table, r) for r in rows.tolist())
-    for source in segments:
-        rows = np.flatnonzero(~source.dead)
-        rows = rows[_segment_verdicts(source, rows, flt, store, cache)]
-        out.extend((source, r) for r in rows.tolist())
-    return out
+    """(source, row) of every live item matching `flt`, each id once (matching_rows)."""
+    return [(source, row) for source, rows in matching_rows(tables, segments, flt, store, cache)
+            for row in rows.tolist()]
 
 
 def filter_found(found: list[tuple[Any, int]], flt, store: Any, cache: Any

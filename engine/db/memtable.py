@@ -205,6 +205,11 @@ class Memtable:
     def n_live(self) -> int:
         return len(self.row_of)
 
+    def live_rows(self) -> np.ndarray:
+        """Rows of the ids this table holds live (not shadowed by a newer table's version)."""
+        rows = np.fromiter(self.row_of.values(), np.int64, len(self.row_of))
+        return rows[~self._dead[rows]]
+
     def live_items(self) -> Iterator[tuple[str, int]]:
         return iter(self.row_of.items())
 

@@ -201,9 +201,9 @@ class SegmentSource:
                 rows, dists = rows[valid], dists[valid]
                 unknown = [int(r) for r in rows if int(r) not in verdict]
                 if unknown:  # through the cache: the hits' metadata is then not opened again
-                    bodies = segment_bodies(self.store, self.cache, [(self, r) for r in unknown])
-                    for r, body in zip(unknown, bodies):
-                        verdict[r] = flt.matches(self.decode(r, body)[2])
+                    items = segment_items(self.store, self.cache, [(self, r) for r in unknown])
+                    for r, item in zip(unknown, items):
+                        verdict[r] = flt.matches(item[2])
                 keep = [j for j, r in enumerate(rows) if verdict[int(r)]][:k]
                 if len(keep) >= k or fetch >= live or len(rows) < fetch:
                     out_rows[qi, :len(keep)] = rows[keep]
@@ -212,28 +212,14 @@ class SegmentSource:
                 fetch = min(live, fetch * _FILTER_FETCH_FACTOR)
         return out_rows, out_dist
 
-    def decode(self, row: int, body: bytes) -> list:
-        """[id, contents, metadata] of `row` from its store body (segment_bodies), as objects
-        of the caller's own; CorruptionError when the body is not this row's item."""
-        item = self.store.decode_body(body)
-        if item[0] != self.ids[row]:
-            raise CorruptionError(f"segment {self.id} row {row}: its store value holds another "
-                                  f"id", self.store.path)
-        return item
-
-
-def segment_bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]]
-                   ) -> list[bytes]:
-    """The plaintext store body ([id, contents, metadata], Store.decode_body) of each (segment
-    source, live row): from the cache, the rest in one store read transaction (one AES-GCM
-    open each), then cached. Raises CorruptionError when the store has no value for the row's
-    item or places it elsewhere (store and segments disagree: a damaged store)."""
-    return _bodies(store, cache, wanted, [cache_key(source.id, row) for source, row in wanted])[0]
-
 
 def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
             keys: list[int]) -> tuple[list[bytes], list[int]]:
-    """segment_bodies, and where the store was read (the rest came from the cache)."""
+    """The plaintext store body ([id, contents, metadata], Store.decode_body) of each (segment
+    source, live row): from the cache, the rest in one store read transaction (one AES-GCM
+    open each); and the positions read from the store, which the caller checks and then
+    caches. Raises CorruptionError when the store has no value for the row's item
+    or places it elsewhere (store and segments disagree: a damaged store)."""
     bodies = cache.get_many(keys) if cache is not None else [None] * len(keys)
     if None not in bodies:
         return bodies, []  # type: ignore[return-value]
@@ -243,7 +229,6 @@ def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSou
         first.setdefault(keys[i], i)
     unique = list(first.values())
     read = store.get_bodies([wanted[i][0].ids[wanted[i][1]] for i in unique])
-    fresh = []
     for i, got in zip(unique, read):
         source, row = wanted[i]
         if got is None:
@@ -253,21 +238,18 @@ def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSou
             raise CorruptionError(f"segment {source.id} row {row}: the store places its item "
                                   f"at segment {got[0]} row {got[1]}", store.path)
         bodies[i] = got[2]
-        fresh.append((keys[i], got[2]))
     if len(unique) < len(missing):
         for i in missing:
             bodies[i] = bodies[first[keys[i]]]
-    if cache is not None:
-        cache.put_many(fresh)
     return bodies, unique  # type: ignore[return-value]
 
 
 def segment_items(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
                   keys: list[int] | None = None) -> list[list]:
-    """[id, contents, metadata] of each (segment source, live row) -- segment_bodies (`keys`:
-    their cache keys when the caller has them), decoded by one msgpack call into objects of
-    the caller's own. A body read from the store now must hold its row's id (CorruptionError
-    otherwise); a cached one did when it was read."""
+    """[id, contents, metadata] of each (segment source, live row) -- their store bodies
+    (``_bodies``; `keys`: their cache keys when the caller has them), decoded by one msgpack
+    call into objects of the caller's own. A body read from the store now must hold its row's
+    id (CorruptionError otherwise) before it is cached: a cached one did when it was read."""
     if keys is None:
         keys = [cache_key(source.id, row) for source, row in wanted]
     bodies, read = _bodies(store, cache, wanted, keys)
@@ -277,6 +259,8 @@ def segment_items(store: Store, cache: ItemCache | None, wanted: list[tuple[Segm
         if items[i][0] != source.ids[row]:
             raise CorruptionError(f"segment {source.id} row {row}: its store value holds "
                                   f"another id", store.path)
+    if read and cache is not None:
+        cache.put_many([(keys[i], bodies[i]) for i in read])
     return items
 
 

@@ -71,6 +71,13 @@ def wal_aad(uuid: bytes, lsn: int, kind: int) -> bytes:
     return b"%s|wal|%d|%d" % (uuid, kind, lsn)
 
 
+def payload_bytes(payload: Payload) -> int:
+    """Bytes of a record payload: bytes-like, or a list of bytes-like parts."""
+    if isinstance(payload, (list, tuple)):
+        return sum(memoryview(part).nbytes for part in payload)
+    return memoryview(payload).nbytes
+
+
 def sealer(cipher: Any) -> Seal:
     """The engine's seal: AES-256-GCM (random nonce) over the payload parts, bound by wal_aad."""
     def seal(lsn: int, kind: int, parts: list) -> bytearray:

@@ -35,12 +35,14 @@ class IndexConfig:
     options: Any = field(default_factory=dict)
     """The index options, opaque to this layer: as read_config returns them, the JSON object
     CONFIG holds (authenticated, not interpreted); above, the engine's typed, validated
-    ``lsmvec.request.options.IndexOptions`` (a dataclass: ``asdict`` writes every option)."""
+    ``lsmvec.request.options.IndexOptions`` (its ``to_stored()`` is what CONFIG holds)."""
     format: int = FORMAT_VERSION
     key_check: str = ""
 
     def canonical(self) -> bytes:
-        body = asdict(self)  # typed options (a dataclass) -> a dict of every option
+        body = asdict(self)
+        if hasattr(self.options, "to_stored"):  # typed options -> the JSON object of every option
+            body["options"] = self.options.to_stored()
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @property

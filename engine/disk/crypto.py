@@ -130,6 +130,8 @@ class IndexCipher:
         # keyed once; each id hash copies the keyed state (half the cost of hmac.new per id)
         self._id_mac = hmac.new(_hkdf(index_key, uuid, "id-hash"), digestmod=hashlib.sha256)
         self._config_key = _hkdf(index_key, uuid, "config-mac")
+        # iter_items cursors (db/iteration.py): handed to callers, so a subkey of their own
+        self.cursor = Aead(_hkdf(index_key, uuid, "cursor"), "iteration cursor")
 
     def id_hash(self, item_id: str) -> bytes:
         """Keyed hash of an id: the LMDB key, so ids never appear in plain text on disk."""

@@ -313,15 +313,12 @@ class Store:
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
-    def used_bytes(self) -> int:
-        """Bytes of the pages the store's tables use now (not its free pages, which LMDB
-        reuses). One read transaction, ~10 us."""
-        return self.used_bytes_split()[0]
-
     def used_bytes_split(self) -> tuple[int, int]:
-        """(used_bytes, of those the meta table's): the meta table holds each segment's row
-        ids, dead set and term index, which grow with its rows dead or alive (~16 B a row for
-        11-character ids) -- only the items table grows with the live items alone."""
+        """(bytes of the pages the store's tables use now -- not its free pages, which LMDB
+        reuses --, of those the meta table's): one read transaction, ~10 us. The meta table
+        holds each segment's row ids, dead set and term index, which grow with its rows dead
+        or alive (~16 B a row for 11-character ids) -- only the items table grows with the
+        live items alone."""
         try:
             with self.env.begin() as txn:
                 stats = [txn.stat(self._items), txn.stat(self._meta), txn.stat()]
@@ -448,7 +445,8 @@ class StoreTxn:
         points it at ``old``, re-seal its body -- the same plaintext bytes, bound to the new
         place -- and return True; else (superseded or deleted meanwhile) False, changing
         nothing. One id hash, one get, one AES-GCM open and seal, no msgpack round trip: 10 us
-        of CPU an item instead of 16 (location() then reseal_item()), 100k-row merge."""
+        of CPU an item instead of 16 (a location lookup, then an open, decode, encode and
+        seal of the item), 100k-row merge."""
         store = self._s
         key = store._cipher.id_hash(item_id)
         value = self.txn.get(key, db=store._items)
@@ -457,15 +455,4 @@ class StoreTxn:
         _segment, _row, body = store._open_body(key, value)
         self.txn.put(key, _LOC.pack(*new) + store._cipher.store.seal(body, store._aad(key, *new)),
                      db=store._items)
-        return True
-
-    def reseal_item(self, item_id: str, segment: int, row: int) -> bool:
-        """Point an item at its new place (re-sealed: the location is bound into the seal)."""
-        key = self._s._cipher.id_hash(item_id)
-        value = self.txn.get(key, db=self._s._items)
-        if value is None:
-            return False
-        item = self._s._open_item(key, value)
-        self.txn.put(key, self._s._seal_item(key, item_id, segment, row, item.contents, item.metadata),
-                     db=self._s._items)
         return True

@@ -20,7 +20,7 @@ MAX_METADATA_BYTES = 1 << 20     # msgpack-encoded size of one item's metadata
 _INT_RANGE = (-(1 << 63), (1 << 64) - 1)   # what msgpack can encode
 
 
-def _contents(value: Any, where: str) -> bytes | None:
+def check_contents(value: Any, where: str) -> bytes | None:
     """Contents as bytes (str -> UTF-8). Raises InvalidContentsError on another type, or on a
     str that is not valid Unicode."""
     if value is None or isinstance(value, bytes):
@@ -36,7 +36,7 @@ def _contents(value: Any, where: str) -> bytes | None:
                                    f"{exc.start})") from None
 
 
-def _metadata(value: Any, where: str) -> dict | None:
+def check_metadata(value: Any, where: str) -> dict | None:
     """A validated deep copy of one item's metadata. Raises InvalidMetadataError naming the path
     of the fault (``metadata.owner.tags[2]``)."""
     if value is None:

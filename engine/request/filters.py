@@ -48,7 +48,7 @@ from lsmvec.errors import FilterError, InvalidMetadataError
 from lsmvec.request.plan import plan_terms
 from lsmvec.request.terms import MAX_FILTER_DEPTH, Term, scalar_key as _scalar_key, term_for
 
-__all__ = ["Filter", "compile_filter", "MAX_FILTER_DEPTH"]
+__all__ = ["Filter", "compile_filter", "regex_searcher", "MAX_FILTER_DEPTH"]
 
 ValuePredicate = Callable[[Any], bool]
 ItemPredicate = Callable[[Mapping[str, Any]], bool]
@@ -250,6 +250,12 @@ def _regex(pattern: Any, at: str) -> ValuePredicate:
     return _or_any_element(lambda value: isinstance(value, str) and search(value))
 
 
+def regex_searcher(pattern: str) -> Callable[[str], bool]:
+    """``text -> bool`` for a pattern a compiled filter already accepted: the same RE2
+    options and search as a ``$regex`` filter (db/filter_masks.py tests index values with it)."""
+    return _searcher(re2.compile(pattern, _RE2_OPTIONS))
+
+
 def _searcher(compiled: Any) -> Callable[[str], bool]:
     """``text -> bool``: an unanchored search. Straight through the compiled RE2 object when
     the binding exposes it: re2's public ``search`` builds a generator and a Match object per
@@ -402,7 +408,7 @@ def _compile(spec: Any, where: str, depth: int) -> _Node:
 class Filter:
     """A compiled, immutable filter. Build it with ``compile_filter``."""
 
-    __slots__ = ("_predicate", "_terms", "_constant", "_description", "plan")
+    __slots__ = ("_predicate", "_terms", "_constant", "_description", "plan", "spec")
 
     def __init__(self, node: _Node, description: str) -> None:
         self._predicate = node.predicate
@@ -410,6 +416,7 @@ class Filter:
         self._constant = node.constant
         self._description = description
         self.plan = None  # exact term plan (engine.filter_plan), set by compile_filter
+        self.spec: Mapping[str, Any] | None = None  # the validated dict (db/filter_masks.py)
 
     @property
     def is_match_all(self) -> bool:
@@ -457,4 +464,5 @@ def compile_filter(spec: Mapping[str, Any] | Filter | None) -> Filter:
         description = description[:197] + "..."
     compiled = Filter(_compile(spec, "filter", 0), description)
     compiled.plan = plan_terms(spec)
+    compiled.spec = spec
     return compiled

@@ -21,32 +21,26 @@ Decisions (strict where the reference product is loose):
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from lsmvec.wal.errors import (DimensionMismatchError, InvalidArgumentError, InvalidContentsError,
+from lsmvec.wal.errors import (InvalidArgumentError, InvalidContentsError,
                         InvalidIdError, InvalidTypeError, InvalidVectorError, MissingVectorError)
 
-from lsmvec.request.fields import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, _contents, _metadata
+from lsmvec.request.fields import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, check_contents, check_metadata
+from lsmvec.request.images import image_contents
+from lsmvec.request.vectors import (Describe, check_metric, finish_inplace, looks_2d,
+                                    stack_vectors, unit_copy)
 
-__all__ = ["Batch", "normalize_upsert", "normalize_ids", "normalize_query", "finish_vectors",
+__all__ = ["Batch", "normalize_upsert", "normalize_ids", "finish_vectors",
            "attach_embeddings", "MAX_ID_BYTES", "MAX_METADATA_DEPTH", "MAX_METADATA_BYTES"]
 
 MAX_ID_BYTES = 1024
-METRICS = frozenset({"euclidean", "squared_euclidean", "cosine"})
 ITEM_FIELDS = ("id", "vector", "contents", "metadata")
-_MIN_SAFE_SQUARED_NORM = 1e-30   # below this a float32 sum of squares has lost bits to underflow
-_FLOAT32 = np.dtype(np.float32)  # `dtype is _FLOAT32`: no dtype conversion per query
-_MAX_SAFE_SQUARED_NORM = 1e37  # above this (or NaN / inf) the fast query check defers to the careful one
 _NOT_A_SEQUENCE = (str, bytes, bytearray, Mapping)
-_REAL_SCALARS = (int, float, np.integer, np.floating)
-_NON_FINITE = "contains NaN or infinity (after conversion to float32)"
-
-Describe = Callable[[int], str]  # row -> "item 3 (id 'x'): vector", the prefix of an error
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +54,7 @@ class Batch:
     contents: list[bytes | None]
     metadata: list[dict | None]
     embed_rows: np.ndarray
-    texts: list[str]
+    texts: list[Any]   # str, or PIL images (request/images.py)
     dimension: int | None
 
     def __len__(self) -> int:
@@ -89,7 +83,7 @@ def normalize_upsert(items: Any = None, ids: Any = None, vectors: Any = None, *,
     DimensionMismatchError, InvalidContentsError, InvalidMetadataError, MissingVectorError)
     naming the first bad item and field.
     """
-    _check_metric(metric)
+    check_metric(metric)
     if dimension is not None:
         if isinstance(dimension, (bool, np.bool_)) or not isinstance(dimension, (int, np.integer)) \
                 or dimension <= 0:
@@ -101,12 +95,12 @@ def normalize_upsert(items: Any = None, ids: Any = None, vectors: Any = None, *,
             raise InvalidArgumentError("vectors= is for the NumPy overload (ids, vectors); dict "
                                        "and tuple items carry their own vectors")
         items, ids = None, items
-    elif items is not None and ids is not None and vectors is None and _looks_2d(ids):
+    elif items is not None and ids is not None and vectors is None and looks_2d(ids):
         items, ids, vectors = None, items, ids
     if items is not None:
         if ids is not None or vectors is not None:
             raise InvalidArgumentError("pass either items, or ids with vectors, not both")
-        return _from_items(_check_items(items), dimension, metric, embeds)
+        return _from_items(check_items(items), dimension, metric, embeds)
     if ids is None or vectors is None:
         raise InvalidArgumentError("nothing to upsert: pass items, or ids together with vectors")
     return _from_arrays(ids, vectors, dimension, metric)
@@ -119,67 +113,26 @@ def normalize_ids(ids: Any) -> list[str]:
     if isinstance(ids, np.ndarray) and ids.ndim == 0:
         ids = ids.item()
     if isinstance(ids, (str, int, np.integer, np.bool_)):
-        return [_check_id(ids, "ids")]
+        return [check_id(ids, "ids")]
     return _id_column(ids)
 
-
-def single_query(query_vectors: Any, dimension: int | None, metric: str) -> np.ndarray | None:
-    """The hot path of a single-query loop: a 1-D float32 ndarray of the right length, with a
-    finite, safe sum of squares (one dot product: then every value is finite) -> the (d,)
-    query itself (read, never written) or, under "cosine", its unit copy -- the row
-    normalize_query gives, byte for byte. None for anything else (normalize_query decides).
-    Two numpy calls, no reshape: a few us of a ~150 us query."""
-    if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
-            and query_vectors.dtype is _FLOAT32 and query_vectors.shape[0] == dimension):
-        squared = query_vectors.dot(query_vectors)
-        if squared >= _MIN_SAFE_SQUARED_NORM and squared < _MAX_SAFE_SQUARED_NORM:
-            # math.sqrt of a float32 rounds back to np.sqrt's float32; numpy divides by it
-            # in float32, as by np.sqrt(squared)
-            return query_vectors / math.sqrt(squared) if metric == "cosine" else query_vectors
-    return None
-
-
-def normalize_query(query_vectors: Any, *, dimension: int | None,
-                    metric: str) -> tuple[np.ndarray, bool]:
-    """Query vectors as a (q, d) float32 array (unit rows under cosine), and whether a single
-    1-D vector was given. Raises InvalidTypeError (not numbers), InvalidVectorError (bad shape,
-    NaN/inf, zero under cosine) or DimensionMismatchError."""
-    _check_metric(metric)
-    if (type(query_vectors) is np.ndarray and query_vectors.ndim == 1
-            and query_vectors.dtype == np.float32 and query_vectors.shape[0] == dimension):
-        single = single_query(query_vectors, dimension, metric)
-        if single is not None:
-            return (single if metric == "cosine" else single.copy()).reshape(1, -1), True
-        out = query_vectors.reshape(1, -1).copy()  # zero, tiny, huge or not finite: look closer
-        return _finish_inplace(out, metric, lambda _: "query vector"), True
-    if query_vectors is None or isinstance(query_vectors, _NOT_A_SEQUENCE):
-        raise InvalidTypeError(f"query_vectors: expected a vector or a batch of vectors, got "
-                               f"{type(query_vectors).__name__}")
-    arr = _numeric_array(query_vectors)
-    if arr.ndim == 1 if arr is not None else _looks_flat(query_vectors):
-        row = _vector_row(query_vectors if arr is None else arr, "query vector", dimension, "")
-        out = np.array(row[None, :], dtype=np.float32, order="C")
-        return _finish_inplace(out, metric, lambda _: "query vector"), True
-    describe: Describe = lambda j: f"query {j}"  # noqa: E731
-    out = _stack_vectors(arr if arr is not None else list(query_vectors), describe, dimension)
-    return _finish_inplace(out, metric, describe), False
 
 
 def finish_vectors(vectors: Batch | np.ndarray, metric: str) -> Batch | np.ndarray:
     """A validated copy: every row finite, and of unit length under cosine. For a Batch, rows
     still waiting for an embedding are left alone. Raises InvalidVectorError naming the first
     bad row (NaN/inf, or a zero vector under cosine)."""
-    _check_metric(metric)
+    check_metric(metric)
     if not isinstance(vectors, Batch):
-        out = _stack_vectors(vectors, lambda j: f"row {j}", None)
-        return _finish_inplace(out, metric, lambda j: f"row {j}")
+        out = stack_vectors(vectors, lambda j: f"row {j}", None)
+        return finish_inplace(out, metric, lambda j: f"row {j}")
     batch = vectors
     arr = np.array(batch.vectors, dtype=np.float32, order="C")
     keep = np.ones(arr.shape[0], dtype=bool)
     keep[batch.embed_rows] = False
     rows = np.flatnonzero(keep)
-    describe: Describe = lambda j: _who(int(rows[j]), batch.ids[rows[j]], "vector")  # noqa: E731
-    arr[rows] = _finish_inplace(np.ascontiguousarray(arr[rows]), metric, describe)
+    describe: Describe = lambda j: who(int(rows[j]), batch.ids[rows[j]], "vector")  # noqa: E731
+    arr[rows] = finish_inplace(np.ascontiguousarray(arr[rows]), metric, describe)
     return replace(batch, vectors=arr)
 
 
@@ -187,14 +140,14 @@ def attach_embeddings(batch: Batch, embeddings: Any, *, metric: str) -> Batch:
     """The batch with ``embeddings`` (one row per entry of ``texts``) placed at ``embed_rows``,
     validated like any vector. Raises InvalidArgumentError on a row-count mismatch and
     DimensionMismatchError when the model's width differs from the batch's dimension."""
-    _check_metric(metric)
+    check_metric(metric)
     rows = batch.embed_rows
     if len(embeddings) != rows.size:
         raise InvalidArgumentError(f"{len(embeddings)} embeddings for {rows.size} texts")
     if rows.size == 0:
         return batch
-    describe: Describe = lambda j: _who(int(rows[j]), batch.ids[rows[j]], "embedding")  # noqa
-    emb = _finish_inplace(_stack_vectors(embeddings, describe, batch.dimension), metric, describe)
+    describe: Describe = lambda j: who(int(rows[j]), batch.ids[rows[j]], "embedding")  # noqa
+    emb = finish_inplace(stack_vectors(embeddings, describe, batch.dimension), metric, describe)
     if batch.dimension is None:      # nothing else fixed the width: every row was embedded
         full = emb
     else:
@@ -214,34 +167,31 @@ def _from_items(items: Sequence, dimension: int | None, metric: str, embeds: boo
     metadata: list[dict | None] = []
     raw_vectors: list[Any] = []
     vector_items: list[int] = []
-    text_of: dict[int, str] = {}
+    text_of: dict[int, Any] = {}   # row -> str or PIL image to embed
     for i, item in enumerate(items):
         item_id, vector, content, meta = _unpack_item(item, i)
         ids.append(item_id)
-        contents.append(_contents(content, _who(i, item_id, "contents")))
-        metadata.append(_metadata(meta, _who(i, item_id, "metadata")))
+        stored, meta, embed = item_fields(i, item_id, vector, content, meta, embeds)
+        contents.append(stored)
+        metadata.append(meta)
         if vector is not None:
             raw_vectors.append(vector)
             vector_items.append(i)
-        elif embeds and isinstance(content, str):
-            text_of[i] = content
-        elif embeds and content is not None:
-            raise InvalidContentsError(f"{_who(i, item_id, 'contents')}: must be str to compute "
-                                       f"the missing vector from, got {type(content).__name__} "
-                                       f"(bytes are refused even if valid UTF-8)")
+        elif embed is not None:
+            text_of[i] = embed
         else:
             why = ("there are no str contents to compute it from" if embeds
                    else "the index has no embedding_model to compute it")
-            raise MissingVectorError(f"{_who(i, item_id, 'vector')}: missing, and {why}")
+            raise MissingVectorError(f"{who(i, item_id, 'vector')}: missing, and {why}")
     n = len(ids)
     if n == 0:
         return _empty_batch(dimension)
     if not raw_vectors:
         full = np.zeros((n, dimension or 0), dtype=np.float32)
     else:
-        describe: Describe = lambda j: _who(vector_items[j], ids[vector_items[j]], "vector")
-        stacked = _stack_vectors(raw_vectors, describe, dimension)
-        full = _finish_inplace(stacked, metric, describe)
+        describe: Describe = lambda j: who(vector_items[j], ids[vector_items[j]], "vector")
+        stacked = stack_vectors(raw_vectors, describe, dimension)
+        full = finish_inplace(stacked, metric, describe)
         if len(vector_items) < n:
             full = np.zeros((n, stacked.shape[1]), dtype=np.float32)
             full[vector_items] = stacked
@@ -254,6 +204,23 @@ def _from_items(items: Sequence, dimension: int | None, metric: str, embeds: boo
     width = int(full.shape[1]) if raw_vectors else dimension
     return Batch(ids, full, contents, metadata, np.asarray([r for r, _ in embedded], np.int64),
                  [text_of[k] for _, k in embedded], width)
+
+
+def item_fields(i: int, item_id: str, vector: Any, content: Any, meta: Any, embeds: bool
+                ) -> tuple[bytes | None, dict | None, Any]:
+    """(stored contents, metadata, what to embed -- the str or image, or None) of item `i`
+    (upsert's and update's). Raises what check_contents / check_metadata raise, and
+    InvalidContentsError when a model would have to embed contents that are neither."""
+    stored, image = image_contents(content, who(i, item_id, "contents"))  # PNG bytes
+    stored = check_contents(stored, who(i, item_id, "contents"))
+    meta = check_metadata(meta, who(i, item_id, "metadata"))
+    if vector is not None or not embeds or content is None:
+        return stored, meta, None
+    if isinstance(content, str) or image is not None:
+        return stored, meta, content
+    raise InvalidContentsError(f"{who(i, item_id, 'contents')}: must be str or an image to "
+                               f"compute the vector from, got {type(content).__name__} (bytes are "
+                               f"refused even if valid UTF-8: pass a vector with them)")
 
 
 def _from_arrays(ids: Any, vectors: Any, dimension: int | None, metric: str) -> Batch:
@@ -273,9 +240,9 @@ def _from_arrays(ids: Any, vectors: Any, dimension: int | None, metric: str) -> 
     if n == 0:
         return _empty_batch(dimension)
     describe: Describe = lambda j: f"vectors row {j} (id {id_list[j]!r})"  # noqa: E731
-    arr = _unit_copy(vectors, dimension) if metric == "cosine" else None
+    arr = unit_copy(vectors, dimension) if metric == "cosine" else None
     if arr is None:
-        arr = _finish_inplace(_stack_vectors(vectors, describe, dimension), metric, describe)
+        arr = finish_inplace(stack_vectors(vectors, describe, dimension), metric, describe)
     keep = _last_occurrences(id_list)
     if keep is not None:
         id_list, arr = [id_list[k] for k in keep], arr[keep]
@@ -285,7 +252,7 @@ def _from_arrays(ids: Any, vectors: Any, dimension: int | None, metric: str) -> 
 
 # ----------------------------------------------------------------------------- items and ids
 
-def _check_items(items: Any) -> Sequence:
+def check_items(items: Any) -> Sequence:
     if isinstance(items, np.ndarray):
         raise InvalidTypeError("items: a NumPy array is the overload's ids; pass ids= and vectors=")
     if isinstance(items, _NOT_A_SEQUENCE) or not isinstance(items, Sequence):
@@ -300,10 +267,10 @@ def _unpack_item(item: Any, i: int) -> tuple[str, Any, Any, Any]:
     if isinstance(item, Mapping):
         if "id" not in item:
             raise InvalidIdError(f"item {i}: id: missing (every item needs an 'id')")
-        item_id = _check_id(item["id"], f"item {i}: id")
+        item_id = check_id(item["id"], f"item {i}: id")
         unknown = [key for key in item if key not in ITEM_FIELDS]
         if unknown:
-            raise InvalidArgumentError(f"{_who(i, item_id, 'key')}: unknown key {unknown[0]!r}; "
+            raise InvalidArgumentError(f"{who(i, item_id, 'key')}: unknown key {unknown[0]!r}; "
                                        f"an item has {', '.join(ITEM_FIELDS)}")
         return item_id, item.get("vector"), item.get("contents"), item.get("metadata")
     if not isinstance(item, (tuple, list)):
@@ -312,10 +279,10 @@ def _unpack_item(item: Any, i: int) -> tuple[str, Any, Any, Any]:
     if not 2 <= len(item) <= 4:
         raise InvalidArgumentError(f"item {i}: {form}, got {len(item)} fields")
     raw_id, vector, content, meta = (*item, None, None)[:4]
-    return _check_id(raw_id, f"item {i}: id"), vector, content, meta
+    return check_id(raw_id, f"item {i}: id"), vector, content, meta
 
 
-def _check_id(value: Any, where: str) -> str:
+def check_id(value: Any, where: str) -> str:
     """One id as str. Raises InvalidIdError unless it is a non-empty, UTF-8-encodable str of at
     most MAX_ID_BYTES bytes, or an int (not a bool), which becomes its decimal string."""
     if isinstance(value, (bool, np.bool_)):
@@ -351,9 +318,9 @@ def _id_column(ids: Any) -> list[str]:
         raise InvalidTypeError(f"ids: expected an id or a list/array of ids, got "
                                f"{type(ids).__name__}")
     # Fast path: a non-empty ASCII str within the byte limit is valid as it is (isascii is a
-    # flag check); anything else goes through _check_id, which names the fault.
+    # flag check); anything else goes through check_id, which names the fault.
     return [v if type(v) is str and v.isascii() and 0 < len(v) <= MAX_ID_BYTES
-            else _check_id(v, f"ids[{j}]") for j, v in enumerate(ids)]
+            else check_id(v, f"ids[{j}]") for j, v in enumerate(ids)]
 
 
 def _last_occurrences(ids: list[str]) -> list[int] | None:
@@ -363,137 +330,7 @@ def _last_occurrences(ids: list[str]) -> list[int] | None:
     return sorted({item_id: row for row, item_id in enumerate(ids)}.values())
 
 
-def _who(index: int, item_id: str, field: str) -> str:
+def who(index: int, item_id: str, field: str) -> str:
     return f"item {index} (id {item_id!r}): {field}"
 
 
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise InvalidArgumentError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-
-
-# ----------------------------------------------------------------------------- vectors
-
-def _numeric_array(value: Any) -> np.ndarray | None:
-    """``value`` as an int/float ndarray in one vectorised step, or None when it is ragged or
-    not plain numbers (the caller then goes row by row to name the fault). No dtype is forced:
-    ``np.asarray(["1.5"], dtype=float)`` would silently parse strings. An all-bool vector is
-    refused (bool dtype), but bools among numbers count as 0/1, as in Python arithmetic."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError, OverflowError):
-        return None
-    return arr if arr.dtype.kind in "fiu" else None
-
-
-def _looks_2d(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.ndim == 2
-    return (isinstance(value, (list, tuple)) and len(value) > 0
-            and isinstance(value[0], (list, tuple, np.ndarray, memoryview)))
-
-
-def _looks_flat(value: Any) -> bool:
-    return isinstance(value, Sequence) and not any(
-        isinstance(x, (Sequence, np.ndarray, memoryview)) and not isinstance(x, str) for x in value)
-
-
-def _stack_vectors(rows: Any, describe: Describe, dimension: int | None) -> np.ndarray:
-    """Rows of numbers as a new (n, d) float32 C-contiguous array. Fast path: one np.asarray
-    of everything; otherwise row by row, so that the error names the row. The first row fixes
-    d when dimension is None."""
-    if len(rows) == 0:
-        return np.zeros((0, dimension or 0), dtype=np.float32)
-    arr = _numeric_array(rows)
-    if (arr is None or arr.ndim != 2 or arr.shape[1] == 0
-            or (dimension is not None and arr.shape[1] != dimension)):
-        checked, origin = [], " (the index dimension)" if dimension is not None else ""
-        for j, value in enumerate(rows):
-            checked.append(_vector_row(value, describe(j), dimension, origin))
-            if dimension is None:
-                dimension, origin = checked[0].shape[0], f" (fixed by {describe(0)})"
-        arr = np.stack(checked)
-    with np.errstate(over="ignore"):     # too large for float32 -> inf, refused by the finish
-        return np.array(arr, dtype=np.float32, order="C")   # always a copy the batch owns
-
-
-def _vector_row(value: Any, where: str, dimension: int | None, origin: str) -> np.ndarray:
-    """One vector as a 1-D int/float array. Raises InvalidTypeError (not numbers),
-    InvalidVectorError (empty, ragged or nested) or DimensionMismatchError (wrong length)."""
-    if isinstance(value, _NOT_A_SEQUENCE + (set, frozenset)):
-        raise InvalidTypeError(f"{where}: must be a sequence of numbers, not "
-                               f"{type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidVectorError(f"{where}: not a flat sequence of numbers ({exc})") from None
-    if arr.ndim != 1:
-        raise InvalidVectorError(f"{where}: must be 1-D, got shape {arr.shape}")
-    if arr.dtype.kind == "O":
-        for j, x in enumerate(arr):
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, _REAL_SCALARS):
-                raise InvalidTypeError(f"{where}: element {j} is {type(x).__name__}, not a number")
-        try:
-            arr = arr.astype(np.float64)
-        except OverflowError:
-            raise InvalidVectorError(f"{where}: an element is too large for a float") from None
-    if arr.dtype.kind not in "fiu":
-        raise InvalidTypeError(f"{where}: elements must be numbers, got dtype {arr.dtype}")
-    if arr.size == 0:
-        raise InvalidVectorError(f"{where}: is empty")
-    if dimension is not None and arr.shape[0] != dimension:
-        raise DimensionMismatchError(f"{where}: expected {dimension} values{origin}, got "
-                                     f"{arr.shape[0]}")
-    return arr
-
-
-def _unit_copy(vectors: Any, dimension: int | None) -> np.ndarray | None:
-    """Cosine, C-contiguous float32, every row's squared norm safe: unit rows in ONE pass, byte
-    for byte the general path's copy-then-divide (370 -> 310 us per 1000 x 384 here); else None."""
-    if (type(vectors) is not np.ndarray or vectors.dtype != np.float32 or vectors.ndim != 2
-            or not vectors.flags.c_contiguous or vectors.shape[1] != (dimension or vectors.shape[1] or -1)):
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        squared = np.einsum("ij,ij->i", vectors, vectors)
-        if not (squared.min() >= _MIN_SAFE_SQUARED_NORM and np.isfinite(squared.max())):
-            return None
-    return np.divide(vectors, np.sqrt(squared)[:, None], out=np.empty(vectors.shape, np.float32))
-
-
-def _finish_inplace(arr: np.ndarray, metric: str, describe: Describe) -> np.ndarray:
-    """Check that every value is finite and, under cosine, scale rows to unit length, in place
-    and without a Python loop per row. Raises InvalidVectorError naming the first bad row."""
-    if arr.shape[0] == 0:
-        return arr
-    with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected, not warned
-        return _finish_checked(arr, metric, describe)
-
-
-def _finish_checked(arr: np.ndarray, metric: str, describe: Describe) -> np.ndarray:
-    if metric != "cosine":
-        if not np.isfinite(arr.sum()):   # a finite sum means all finite; else look (overflow?)
-            bad = ~np.isfinite(arr).all(axis=1)
-            if bad.any():
-                raise InvalidVectorError(f"{describe(int(np.argmax(bad)))}: {_NON_FINITE}")
-        return arr
-    squared = np.einsum("ij,ij->i", arr, arr)
-    odd = np.flatnonzero(~(np.isfinite(squared) & (squared >= _MIN_SAFE_SQUARED_NORM)))
-    norms = np.sqrt(squared)
-    if odd.size:     # NaN/inf, zero, or a norm float32 cannot hold: redo those rows in float64,
-        sub = arr[odd].astype(np.float64)   # whose range holds any float32's square
-        nonfinite = ~np.isfinite(sub).all(axis=1)
-        sub_norms = np.linalg.norm(sub, axis=1)
-        bad = nonfinite | (sub_norms == 0)
-        if bad.any():
-            first = int(np.argmax(bad))
-            problem = _NON_FINITE if nonfinite[first] else \
-                "is a zero vector, which has no direction under the cosine metric"
-            raise InvalidVectorError(f"{describe(int(odd[first]))}: {problem}")
-        norms[odd] = 1.0
-    arr /= norms[:, None]
-    if odd.size:
-        arr[odd] = sub / sub_norms[:, None]
-    return arr
-
-
-# ----------------------------------------------------------------------------- contents, metadata

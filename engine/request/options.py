@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lsmvec.errors import InvalidArgumentError, InvalidTypeError
+from lsmvec.request.schema import MetadataSchema
 
 __all__ = ["IndexOptions", "STORAGE_PRECISIONS", "REORDER_PRECISION", "DEFAULT_MEMTABLE_BYTES", "DEFAULT_WAL_ROLL_BYTES", "MAX_BYTES"]
 
@@ -88,6 +89,13 @@ class IndexOptions:
                "merges re-quantise from them. Also numpy.float32 / numpy.float16 / numpy.int8",
         "range": (None, None), "choices": STORAGE_PRECISIONS})
 
+    metadata_schema: MetadataSchema = field(default_factory=MetadataSchema, metadata={
+        "doc": "per metadata field {'filterable', 'pattern', 'full_text'} as the reference "
+               "product: filterable False keeps a field out of the term index (query() still "
+               "filters on it, query_metadata() refuses it); pattern True adds an n-gram index "
+               "and allows $contains / $regex in query_metadata (lsmvec.request.schema)",
+        "range": (None, None)})
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
@@ -139,19 +147,27 @@ class IndexOptions:
             try:
                 values[f.name] = _checked(f, stored[f.name])
             except (InvalidTypeError, InvalidArgumentError) as exc:
-                log.warning("%s: %s; using the default %r", where, exc, f.default)
+                log.warning("%s: %s; using the default %r", where, exc, _default(f))
         return cls(**values)
 
     def to_stored(self) -> dict[str, Any]:
         """CONFIG's JSON object: every option, validated."""
-        return dataclasses.asdict(self)
+        return {f.name: _stored(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, tuple[float | None, float | None], str]]:
         """(name, type, default, (low, high), doc) of every option (``target_recall``'s low
         bound 0 is excluded)."""
-        return [(f.name, _type_name(f), f.default, f.metadata["range"], f.metadata["doc"])
+        return [(f.name, _type_name(f), _default(f), f.metadata["range"], f.metadata["doc"])
                 for f in dataclasses.fields(cls)]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _stored(value: Any) -> Any:
+    return value.to_stored() if isinstance(value, MetadataSchema) else value
 
 
 def _type_name(f: dataclasses.Field) -> str:
@@ -161,6 +177,8 @@ def _type_name(f: dataclasses.Field) -> str:
 def _checked(f: dataclasses.Field, value: Any) -> Any:
     """``value`` as field ``f``'s type; raises InvalidTypeError / InvalidArgumentError."""
     kind = _type_name(f)
+    if kind == "MetadataSchema":
+        return MetadataSchema.check(value, f.name)
     if kind == "str":
         return _choice(f, value)
     if kind == "bool":

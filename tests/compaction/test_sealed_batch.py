@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lsmvec.compaction import scann_assets, sealed_batch
+from lsmvec.compaction import scann_assets
 from lsmvec.compaction.filenames import SCANN_DATASET_FILE, VECTORS_FILE
 from lsmvec.compaction.sealed_batch import MemoryFileRange, SealedRead, read_sealed_files
-from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, read_sealed,
-                                           read_sealed_into, write_sealed)
+from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, SealedReader,
+                                           read_sealed, read_sealed_into, write_sealed)
 from lsmvec.compaction.segment import Segment, build_segment
 from lsmvec.wal.errors import CorruptionError
 
@@ -50,11 +50,11 @@ def test_every_file_reads_back_with_each_chunk_and_checksum_checked_once(
     files = _files(tmp_path)
     decrypted: list[tuple[str, int, int]] = []
     hashed: list[str] = []
-    real_decrypt, real_hash = sealed_batch._File.decrypt, sealed_batch._File.hash_all
-    monkeypatch.setattr(sealed_batch._File, "decrypt", lambda self, first, last, digest=None: (
+    real_decrypt, real_hash = SealedReader.decrypt, SealedReader.hash_all
+    monkeypatch.setattr(SealedReader, "decrypt", lambda self, first, last, digest=None: (
         decrypted.append((Path(self.path).name, first, last)),
         real_decrypt(self, first, last, digest)))
-    monkeypatch.setattr(sealed_batch._File, "hash_all", lambda self: (
+    monkeypatch.setattr(SealedReader, "hash_all", lambda self: (
         hashed.append(Path(self.path).name), real_hash(self)))
     before = _open_fds()
     requests = _requests(files)
@@ -186,11 +186,6 @@ def test_a_segment_load_checks_every_file_at_once_before_scann_loads(tmp_path: P
                        scann_assets.file_context(b"c", VECTORS_FILE)) == rows.tobytes()
 
 
-def _unseal_threads() -> list[Any]:
-    import threading
-    return [t for t in threading.enumerate() if t.name == "lsmvec-unseal-sha256"]
-
-
 def _trained(tmp_path: Path) -> tuple[np.ndarray, Any]:
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((20, 16), dtype=np.float32) * 4
@@ -200,40 +195,9 @@ def _trained(tmp_path: Path) -> tuple[np.ndarray, Any]:
                                context=b"c", kind="tree_ah")
 
 
-def test_the_rows_checksum_runs_beside_the_load_and_refuses_an_authentic_stale_file(
+def test_a_damaged_rows_chunk_stops_the_open_before_the_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """vectors.bin re-sealed under its own key and context (what a crashed build of a reused
-    segment id leaves: every chunk authenticates) with the rows reversed, same size: only the
-    manifest's SHA-256 tells it apart. The open refuses it, its hash thread joined, no fd left;
-    the rows were hashed by that thread alone, not again in the unseal pass."""
     rows, files = _trained(tmp_path)
-    monkeypatch.setattr(scann_assets, "DEFER_ROWS_SHA256", True)
-    target = tmp_path / "seg" / VECTORS_FILE
-    target.unlink()
-    write_sealed(target, rows[::-1].copy(), KEY, scann_assets.file_context(b"c", VECTORS_FILE))
-    checked: list[Any] = []
-    real_files = scann_assets.read_sealed_files
-    monkeypatch.setattr(scann_assets, "read_sealed_files", lambda requests, threads: (
-        checked.extend((Path(r.path).name, r.expected_sha256) for r in requests),
-        real_files(requests, threads))[1])
-    loads: list[str] = []
-    real_load = scann_assets.scann_ops_pybind.load_searcher
-    monkeypatch.setattr(scann_assets.scann_ops_pybind, "load_searcher",
-                        lambda folder: (loads.append(folder), real_load(folder))[1])
-    before = _open_fds()
-    with pytest.raises(CorruptionError, match="recorded SHA-256") as caught:
-        Segment.open(tmp_path / "seg", files, key=KEY, context=b"c", metric="euclidean")
-    assert caught.value.path == str(target) and len(loads) == 1
-    assert dict(checked)[VECTORS_FILE] is None  # not hashed a second time
-    assert all(sha is not None for name, sha in checked if name != VECTORS_FILE)
-    assert _unseal_threads() == [] and _open_fds() == before
-
-
-@pytest.mark.parametrize("defer", [True, False])
-def test_a_damaged_rows_chunk_stops_the_open_before_the_load_either_way(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defer: bool) -> None:
-    rows, files = _trained(tmp_path)
-    monkeypatch.setattr(scann_assets, "DEFER_ROWS_SHA256", defer)
     loads: list[str] = []
     monkeypatch.setattr(scann_assets.scann_ops_pybind, "load_searcher",
                         lambda folder: loads.append(folder))
@@ -243,13 +207,15 @@ def test_a_damaged_rows_chunk_stops_the_open_before_the_load_either_way(
     before = _open_fds()
     with pytest.raises(CorruptionError, match="chunk 0 failed"):
         Segment.open(tmp_path / "seg", files, key=KEY, context=b"c", metric="euclidean")
-    assert loads == [] and _unseal_threads() == [] and _open_fds() == before
+    assert loads == [] and _open_fds() == before
 
 
-def test_by_default_the_rows_checksum_is_checked_before_the_load(
+def test_an_authentic_stale_rows_file_is_refused_by_its_checksum_before_the_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vectors.bin re-sealed under its own key and context (what a crashed build of a reused
+    segment id leaves: every chunk authenticates): only the manifest's SHA-256 tells it apart,
+    and it is checked before ScaNN reads a byte."""
     rows, files = _trained(tmp_path)
-    assert scann_assets.DEFER_ROWS_SHA256 is False
     target = tmp_path / "seg" / VECTORS_FILE
     target.unlink()
     write_sealed(target, rows, KEY, scann_assets.file_context(b"c", VECTORS_FILE))
@@ -258,17 +224,4 @@ def test_by_default_the_rows_checksum_is_checked_before_the_load(
                         lambda folder: loads.append(folder))
     with pytest.raises(CorruptionError, match="recorded SHA-256"):
         Segment.open(tmp_path / "seg", files, key=KEY, context=b"c", metric="euclidean")
-    assert loads == [] and _unseal_threads() == []
-
-
-def test_sealed_sha256_reports_a_missing_or_resized_file_and_a_match(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    info = write_sealed(path, _payload(3 * CHUNK_SIZE + 1, 9), KEY, b"x")
-    sealed_batch.SealedSha256(path, info.size, info.sha256).check()
-    with pytest.raises(CorruptionError, match="expected"):
-        sealed_batch.SealedSha256(path, info.size + 1, info.sha256).check()
-    with pytest.raises(CorruptionError, match="recorded SHA-256"):
-        sealed_batch.SealedSha256(path, info.size, "0" * 64).check()
-    with pytest.raises(CorruptionError, match="missing"):
-        sealed_batch.SealedSha256(tmp_path / "gone", info.size, info.sha256).check()
-    assert _unseal_threads() == []
+    assert loads == []

@@ -7,7 +7,6 @@ just those 10k items occupies after close, measured the same way.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 
 from lsmvec.compaction.filenames import parse_segment_dir_name
 from lsmvec import Client, generate_key
+from lsmvec.tools._report import folder_breakdown as breakdown, folder_bytes
 
 N = 10_000
 DIM = 32
@@ -27,23 +27,6 @@ MAX_RATIO = 3.0
 WAL_AFTER_FLUSH_MAX = 64 << 10
 """After a flush every log record is in a segment: what remains of the log must be tiny
 (a CLOSE record, an empty active file), not proportional to what was ever written."""
-
-
-def folder_bytes(folder: Path) -> int:
-    """Sum of the sizes of every file under `folder` (symlinks not followed)."""
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:  # removed by a background merge during the walk
-                continue
-    return total
-
-
-def breakdown(folder: Path) -> dict[str, int]:
-    return {entry.name: folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
-            for entry in folder.iterdir()}
 
 
 def assert_no_orphan_segments(index_dir: Path, stats: dict) -> None:
@@ -160,3 +143,25 @@ def test_open_write_close_cycles_leave_few_segments(tmp_path: Path) -> None:
         assert set(got) == set(oracle) and index.get_num_vectors() == len(oracle)
         for item_id, vector in oracle.items():
             np.testing.assert_array_equal(got[item_id], vector)
+
+
+def test_disk_bytes_count_a_link_not_what_it_points_to(tmp_path: Path) -> None:
+    """A build's scratch folder inside the index links to memory files (compaction/
+    scann_assets.py): stats()["disk_bytes"] counts the link itself, never the RAM behind it."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"\0" * (1 << 20))
+    with Client(tmp_path / "c") as client:
+        index = client.create_index("i", generate_key(), dimension=DIM, metric="euclidean",
+                                    background_compaction=False)
+        index.upsert(ids=[str(i) for i in range(100)],
+                     vectors=np.random.default_rng(0).standard_normal((100, DIM)))
+        index.flush()
+        index_dir = tmp_path / "c" / "i"
+        before = index.stats()["disk_bytes"]
+        assert before == folder_bytes(index_dir) > 0
+        link = index_dir / "segments" / "scratch-link"
+        link.symlink_to(outside)
+        try:
+            assert index.stats()["disk_bytes"] - before == len(str(outside))  # the link's size
+        finally:
+            link.unlink()

@@ -290,18 +290,23 @@ def test_concurrent_writers_never_make_a_query_see_older_metadata(tmp_path, smal
         assert checked > 0
 
 
+def _one_segment(client: Client, vectors: np.ndarray):
+    """An index whose items str(i) -> (vectors[i], {"i": i}) are all in one flushed segment."""
+    index = client.create_index("c", generate_key(), dimension=DIM, metric="euclidean",
+                                background_compaction=False)
+    index.upsert([{"id": str(i), "vector": v, "metadata": {"i": i}} for i, v in enumerate(vectors)])
+    index.flush()
+    return index
+
+
 def test_a_store_that_lost_or_moved_a_live_item_is_corruption_not_an_answer(tmp_path) -> None:
     """The store and the segments must agree on a hit: a missing store value, or one placed
     at another row, is a CorruptionError for a query that reads metadata (never silently
     another version), also for a row cached before (its cached body is still right)."""
     from lsmvec.errors import CorruptionError
-    rng = np.random.default_rng(2)
-    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    vectors = np.random.default_rng(2).standard_normal((300, DIM)).astype(np.float32)
     with Client(tmp_path) as client:
-        index = client.create_index("c", generate_key(), dimension=DIM, metric="euclidean",
-                                    background_compaction=False)
-        index.upsert([{"id": str(i), "vector": v, "metadata": {"i": i}} for i, v in enumerate(vectors)])
-        index.flush()
+        index = _one_segment(client, vectors)
         core = index._core
         (source,) = core.segments
         hits = index.query(vectors[7], top_k=3, include=["metadata"])
@@ -313,6 +318,29 @@ def test_a_store_that_lost_or_moved_a_live_item_is_corruption_not_an_answer(tmp_
             index.query(vectors[7], top_k=3, include=["metadata"])
         assert index.query(vectors[7], top_k=3)[0]["id"] == "7"  # ids alone need no store read
         row = source.ids.index("8")  # damage: "8"'s entry now says it lives at row 0
-        core.store.commit(lambda txn: txn.reseal_item("8", source.id, 0 if row else 1))
+        core.store.commit(lambda txn: txn.carry_item("8", (source.id, row),
+                                                     (source.id, 0 if row else 1)))
         with pytest.raises(CorruptionError, match="places its item at"):
             index.query(vectors[8], top_k=1, include=["metadata"])
+
+
+def test_a_store_value_holding_another_id_is_refused_again_not_served_from_the_cache(
+        tmp_path) -> None:
+    """A store value at the right place whose body names another item (a damaged store) is a
+    CorruptionError on every query that reads it: the body that failed the check is not
+    cached, so the next query does not answer it as a hit of the other item."""
+    from lsmvec.errors import CorruptionError
+    vectors = np.random.default_rng(3).standard_normal((300, DIM)).astype(np.float32)
+    with Client(tmp_path) as client:
+        index = _one_segment(client, vectors)
+        core = index._core
+        (source,) = core.segments
+        store, row = core.store, source.ids.index("8")
+        forged_key = store._cipher.id_hash("8")  # damage: "8"'s value now holds item "9"
+        forged = store._seal_item(forged_key, "9", source.id, row, None, {"i": 9})
+        store.commit(lambda txn: txn.put_prepared(forged_key, forged))
+        for include, fltr in ((["metadata"], None), (["metadata"], None),
+                              (["distance", "metadata"], None), (["metadata"], {"i": 8})):
+            with pytest.raises(CorruptionError, match="holds another id"):
+                index.query(vectors[8], top_k=1, include=include, filters=fltr)
+        assert len(core.item_cache) == 0

@@ -29,7 +29,7 @@ import lsmvec.db.maintenance as maintenance
 from lsmvec import Client, generate_key
 from lsmvec.compaction.policy import MERGE_WIDTH, tier
 from lsmvec.db import space
-from lsmvec.tools._report import folder_bytes
+from lsmvec.tools._report import folder_breakdown as breakdown, folder_bytes
 from lsmvec.db.space import (FLUSH_AT, GO, MAX_DELAY, SEGMENTS_SLOWDOWN, SEGMENTS_STOP, SLACK,
                              SLOWDOWN_AT, SLOWDOWN_RATE, STOP_AT, Pressure, PressureCounters,
                              Space, assess, measure)
@@ -39,11 +39,6 @@ WAIT_S = 20.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def breakdown(folder: Path) -> dict[str, int]:
-    return {entry.name: folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
-            for entry in folder.iterdir()}
-
 
 def fresh_bytes(root: Path, key: bytes, oracle: dict[str, np.ndarray]) -> int:
     """L: the folder of a fresh index holding exactly `oracle`, written in one call, closed."""

@@ -20,8 +20,8 @@ from lsmvec.errors import (DimensionMismatchError, InvalidArgumentError, Invalid
                            InvalidIdError, InvalidMetadataError, InvalidTypeError,
                            InvalidVectorError, LsmvecError, MissingVectorError)
 from lsmvec.request.items import (MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Batch,
-                          attach_embeddings, finish_vectors, normalize_ids, normalize_query,
-                          normalize_upsert)
+                          attach_embeddings, finish_vectors, normalize_ids, normalize_upsert)
+from lsmvec.request.vectors import normalize_query
 
 
 def upsert(items: Any = None, *, dimension: int | None = None, metric: str = "euclidean",

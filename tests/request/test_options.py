@@ -106,7 +106,7 @@ def test_index_options_are_frozen_and_documented() -> None:
     assert [row[0] for row in described] == list(IndexOptions.names())
     docs = DOCS.read_text()
     for name, kind, default, (low, high), doc in described:
-        assert kind in ("int", "bool", "float", "str") and doc, name
+        assert kind in ("int", "bool", "float", "str", "MetadataSchema") and doc, name
         assert default == getattr(options, name)
         assert f"`{name}`" in docs, f"docs/tuning.md does not document {name}"
     assert IndexOptions(memtable_bytes=np.int64(4096)).memtable_bytes == 4096
@@ -118,14 +118,17 @@ def test_index_options_are_frozen_and_documented() -> None:
 def test_valid_options_round_trip_through_config_and_reopen(client: Client) -> None:
     key = generate_key()
     given = {"memtable_bytes": 5000, "background_compaction": False, "wal_roll_bytes": 4096,
-             "target_recall": 0.9, "space_amplification": 2.5, "storage_precision": "float16"}
+             "target_recall": 0.9, "space_amplification": 2.5, "storage_precision": "float16",
+             "metadata_schema": {"tag": {"filterable": True, "pattern": True, "full_text": False}}}
     index = client.create_index("d", key, dimension=DIM, **given)
     expected = IndexOptions(**given)
     assert index._core.config.options == expected
     assert _stored_options(client, "d") == given  # every option, validated
     index.upsert([("a", np.ones(DIM, np.float32))])
     config_view = index.index_config()
-    assert set(config_view) == {"dimension", "metric", "index_type", "n_lists", "embedding_model"}
+    assert set(config_view) == {"dimension", "metric", "index_type", "n_lists", "embedding_model",
+                               "metadata_schema"}
+    assert config_view["metadata_schema"] == given["metadata_schema"]
     index.close()
     again = client.load_index("d", key)
     core = again._core
