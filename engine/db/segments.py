@@ -23,6 +23,7 @@ from lsmvec.errors import CorruptionError
 from lsmvec.disk.store import Store
 from lsmvec.db.item_cache import ItemCache, key as cache_key
 from lsmvec.db.term_index import TermIndex
+from lsmvec.db.filter_masks import segment_mask
 from lsmvec.db.row_ids import RowIds
 from lsmvec.db.version import SegmentInfo, read_dead, read_row_ids, read_terms
 
@@ -65,6 +66,7 @@ class SegmentSource:
         # decrypted store values of this segment's rows (set by IndexCore.add_segment)
         self.cache: ItemCache | None = None
         self._subs: dict[tuple, tuple] = {}
+        self._spec_masks: dict[tuple, np.ndarray | None] = {}
         self._by_hash = id_index
 
     @property
@@ -143,16 +145,41 @@ class SegmentSource:
             return self.segment.search(queries, k, n_probes=n_probes,
                                        exclude=self.dead if self.any_dead else None)
         if flt.plan is not None:
-            return self._planned(queries, k, flt.plan, flt, n_probes)
+            plan = flt.plan
+            return self._planned(queries, k, tuple(tuple(c) if isinstance(c, list) else c
+                                                   for c in plan), self.terms.mask(plan), flt,
+                                 n_probes)
+        key = ("spec", repr(flt.spec))
+        mask = self._spec_mask(key, flt.spec)
+        if mask is not None:
+            return self._planned(queries, k, key, mask, flt, n_probes)
         return self._filtered(queries, k, flt, n_probes)
 
-    def _planned(self, queries: np.ndarray, k: int, plan, flt, n_probes: int | None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """An exact row mask from the term index. Up to PREFILTER_SHARE of the segment: exact
-        search over just those rows (their vectors gathered once per plan and cached). More:
-        ANN with the other rows excluded, searching proportionally more leaves, since the
-        nearest matching rows lie farther out than the nearest rows."""
-        mask = self.terms.mask(plan)
+    def _spec_mask(self, key: tuple, spec) -> np.ndarray | None:
+        """The exact row mask of a filter without a term plan ($ne, $nin, $exists, $or, $nor,
+        $not...) from filter_masks.py, cached like plan masks; None when the index cannot
+        decide it, or would have to test every distinct string ($regex / $contains: their cost
+        grows with the segment, so such filters post-filter the nearest rows instead)."""
+        if key in self._spec_masks:
+            return self._spec_masks[key]
+        mask = None
+        if "'$regex'" not in key[1] and "'$contains'" not in key[1]:
+            found, exact = segment_mask(spec, self.terms)
+            if exact:
+                mask = found
+                mask.setflags(write=False)
+        if len(self._spec_masks) >= _SUBMATRIX_CACHE * 8:
+            self._spec_masks.pop(next(iter(self._spec_masks)))
+        self._spec_masks[key] = mask
+        return mask
+
+    def _planned(self, queries: np.ndarray, k: int, key: tuple, mask: np.ndarray | None, flt,
+                 n_probes: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """An exact row mask from the term index (`key` names it for the caches). Up to
+        PREFILTER_SHARE of the segment: exact search over just those rows (their vectors
+        gathered once per mask and cached). More: ANN with the other rows excluded, searching
+        proportionally more leaves, since the nearest matching rows lie farther out than the
+        nearest rows."""
         if mask is None:  # this segment cannot decide the plan exactly
             return self._filtered(queries, k, flt, n_probes)
         count = int(np.count_nonzero(mask))
@@ -161,7 +188,7 @@ class SegmentSource:
         dim = self.segment.dim
         if (count <= max(_PREFILTER_MIN_ROWS, int(self.info.rows * _PREFILTER_SHARE))
                 and count * dim * 4 <= _SUBMATRIX_MAX_BYTES):
-            rows, sub, norms = self._submatrix(plan, mask)
+            rows, sub, norms = self._submatrix(key, mask)
             found, dists = search_exact(sub, queries, k, self.segment.metric, sqnorms=norms,
                                         dead=self.dead[rows])
             return rows[found], dists
@@ -171,8 +198,7 @@ class SegmentSource:
             n_probes = min(params.num_leaves, int(np.ceil(base * self.info.rows / count)))
         return self.segment.search(queries, k, n_probes=n_probes, exclude=~mask | self.dead)
 
-    def _submatrix(self, plan, mask: np.ndarray):
-        key = tuple(tuple(c) if isinstance(c, list) else c for c in plan)
+    def _submatrix(self, key: tuple, mask: np.ndarray):
         cached = self._subs.get(key)
         if cached is None:
             rows = np.flatnonzero(mask)

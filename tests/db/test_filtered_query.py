@@ -25,6 +25,12 @@ FILTERS = [
     {"color": "nope"},                                  # plan: matches nothing
     {"big": {"$gt": 2 ** 60}},                          # no plan: beyond float64 exactness
     {"big": {"$lt": 100}},                              # plan, undecidable where big ints live
+    {"color": {"$ne": "red"}},                          # no plan: exact mask (filter_masks)
+    {"$nor": [{"color": "red"}, {"size": {"$lt": 2}}]}, # no plan: exact mask
+    {"$or": [{"rare": True}, {"size": 4, "color": "white"}]},  # no plan: selective mask
+    {"tags": {"$nin": ["t1"]}, "owner": {"$exists": True}},    # no plan: mask, kind terms
+    {"owner.name": {"$regex": "^a"}},                   # no plan, no mask: post-filter
+    {"big": {"$ne": 5}},                                # mask undecidable: post-filter
 ]
 
 
