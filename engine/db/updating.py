@@ -93,11 +93,10 @@ def merged(core: Any, update: Update) -> tuple[np.ndarray, list, list]:
 
 def _stored_vector(source: Any, row: int) -> np.ndarray:
     """The float32 vector stored at (source, row), bit for bit (a segment's sealed rows are
-    float32 whatever its storage_precision; a memtable's hit gives float32 values as Python
-    floats, which convert back exactly)."""
+    float32 whatever its storage_precision; a memtable holds float32 rows)."""
     if type(source) is SegmentSource:
         return source.segment.row(row)
-    return np.asarray(source.hit(row, 0.0, ("vector",))["vector"], np.float32)
+    return np.array(source.vector(row), np.float32)
 
 
 def update_record(core: Any, update: Update) -> tuple:
