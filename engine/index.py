@@ -24,6 +24,7 @@ from lsmvec.request.metadata_query import check_index_only, limit_of, order_of
 from lsmvec.db.updating import UpdateRequest, check_live
 from lsmvec.request.updates import normalize_update
 from lsmvec.db.reads import check_include
+from lsmvec.db.text_search import bm25_config, hybrid_query, text_query, text_request
 from lsmvec.db.iteration import ItemBatch, check_batch_size, iterate, open_cursor
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
@@ -176,9 +177,14 @@ class Index:
     def query(self, query_vectors: Any = None, query_contents: Any = None, top_k: int = 100,
               n_probes: int | None = None, filters: dict | None = None,
               include: Sequence[str] | None = _DEFAULT_QUERY_INCLUDE, greedy: bool = False,
-              *, index_key: bytes | None = None) -> list:
+              *, index_key: bytes | None = None, text: Any = None, text_fields: Any = None,
+              text_field_weights: Any = None, require_all_terms: bool = False,
+              alpha: float | None = None, rrf_k: float | None = None,
+              window_mult: int | None = None) -> list:
         """Nearest neighbours, ascending distance. One query -> list[dict]; a batch (2-D array,
-        list of vectors or list of strings) -> list[list[dict]]."""
+        list of vectors or list of strings) -> list[list[dict]]. With `text` (a str, or a list
+        for a batch): BM25 over the full_text fields, rows {"id", "score"} best first; with a
+        query vector too, both rankings fused (db/text_search.py, db/bm25.fuse)."""
         if self._closed:
             raise ClosedError(f"index {self._core.config.name!r} is closed")
         core = self._core
@@ -194,12 +200,17 @@ class Index:
         # The default include needs no check; no filter is None, not a match-all Filter (each
         # saves a few us of a ~135 us single query)
         fields = include if include is _DEFAULT_QUERY_INCLUDE else check_include(include)
-        if filters is None and query_contents is None:  # one vector, no filter: the hot path
+        if filters is None and query_contents is None and text is None and alpha is None:
+            # one vector, no filter: the hot path
             config = core.config
             vector = single_query(query_vectors, config.dimension, config.metric)
             if vector is not None:
                 return core.query_one(vector, int(top_k), n_probes, fields)
         flt = None if filters is None else compile_filter(filters)
+        req = text_request(core.config.options, text, text_fields, text_field_weights,
+                           require_all_terms, alpha, rrf_k, window_mult)
+        if req is not None and query_vectors is None and query_contents is None:
+            return text_query(core, req, flt, int(top_k), fields)
         if query_vectors is not None and query_contents is not None:
             raise InvalidArgumentError("pass query_vectors or query_contents, not both")
         if query_vectors is None and query_contents is None:
@@ -214,6 +225,8 @@ class Index:
             else:
                 queries, single = normalize_query(query_vectors, dimension=core.dimension,
                                                   metric=core.config.metric)
+        if req is not None:
+            return hybrid_query(core, req, queries, single, int(top_k), n_probes, flt, fields)
         results = core.query(queries, int(top_k), n_probes=n_probes, flt=flt, include=fields)
         return results[0] if single else results
 
@@ -252,7 +265,9 @@ class Index:
 
     def query_metadata(self, filters: dict | None = None, top_k: int | None = None,
                        order_by: str | dict | None = None, ascending: bool = True, *,
-                       index_key: bytes | None = None) -> list[dict]:
+                       index_key: bytes | None = None, text: Any = None,
+                       text_fields: Any = None, text_field_weights: Any = None,
+                       require_all_terms: bool = False) -> list[dict]:
         """Ids of the live items matching `filters` (None / {}: every item), as [{"id"}],
         answered from the segments' term indexes and the memtables, not by reading items.
 
@@ -267,6 +282,13 @@ class Index:
         flt = compile_filter(filters)
         check_index_only(flt.spec, schema)
         order = order_of(order_by, ascending, schema)
+        req = text_request(core.config.options, text, text_fields, text_field_weights,
+                           require_all_terms)
+        if req is not None:  # BM25 best first, [{"id", "score"}]
+            if order is not None:
+                raise InvalidArgumentError("order_by cannot be combined with text= (text "
+                                           "results are ordered by score)")
+            return text_query(core, req, None if flt.is_match_all else flt, limit_of(top_k), ())
         return select_ids(core, flt, order, limit_of(top_k))
 
     def list_ids(self, *, index_key: bytes | None = None) -> list[str]:
@@ -320,7 +342,8 @@ class Index:
         cfg = self._core.config
         return {"dimension": cfg.dimension, "metric": cfg.metric, "index_type": self.index_type(),
                 "n_lists": self.n_lists, "embedding_model": cfg.embedding_model,
-                "metadata_schema": cfg.options.metadata_schema.to_stored()}
+                "metadata_schema": cfg.options.metadata_schema.to_stored(),
+                "bm25": bm25_config(cfg.options)}
 
     @property
     def dimension(self) -> int | None:

@@ -26,6 +26,7 @@ from lsmvec.db.reads import find_live, hits_of, live_ids, one_segment, run_query
 from lsmvec.db.recovery import check_store_is_current, opened_edit, replay_log
 from lsmvec.db.rwlock import RWLock
 from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
+from lsmvec.db.text_search import check_analyzer
 from lsmvec.db.version import Manifest, VersionEdit, install, read_manifest
 from lsmvec.db.write import WriteQueue, payload_bytes, sealer, wal_aad
 from lsmvec.disk import records
@@ -64,6 +65,7 @@ class IndexCore:
                 self.embedder = load_model(self.config.embedding_model)
             # CONFIG's options object (authenticated) -> typed and validated, from here on
             opts = IndexOptions.from_stored(self.config.options, f"index {folder.name!r}")
+            check_analyzer(opts, folder.name)
             self.config = dataclasses.replace(self.config, options=opts)
             self.memtable_bytes = opts.memtable_bytes
             self.background = opts.background_compaction

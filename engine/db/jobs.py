@@ -25,6 +25,8 @@ from lsmvec.wal.errors import storage_error_from
 
 from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
 from lsmvec.db.term_index import TermIndex
+from lsmvec.db.text_index import TextIndex
+from lsmvec.db.text_search import build_text, merge_text
 from lsmvec.db.version import CarryItems, FlushItems, SegmentInfo, VersionEdit, install
 from lsmvec.request.options import REORDER_PRECISION
 
@@ -73,13 +75,15 @@ def _failpoint(name: str) -> None:
 
 
 def _new_source(core: "IndexCore", seg_id: int, built, ids: list[str],
-                terms: TermIndex) -> SegmentSource:
+                terms: TermIndex, text: TextIndex | None = None) -> SegmentSource:
     """The built segment as the version will hold it (no dead row yet: install decides)."""
     files, segment = built
     info = SegmentInfo(seg_id, files.n, files.kind, [[f.name, f.size, f.sha256] for f in files.files],
                        files.n_lists or None, 0)
-    return SegmentSource(info, segment, ids, np.zeros(len(ids), bool), core.store, terms,
-                         id_index_of(ids))
+    source = SegmentSource(info, segment, ids, np.zeros(len(ids), bool), core.store, terms,
+                           id_index_of(ids))
+    source.text = text
+    return source
 
 
 def flush_oldest(core: "IndexCore") -> bool:
@@ -98,10 +102,11 @@ def flush_oldest(core: "IndexCore") -> bool:
         # merger trains segments as they grow.
         built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
         terms = TermIndex.build(metadata, len(ids), core.config.options.metadata_schema)
+        text = build_text(metadata, len(ids), core.config.options.metadata_schema.full_text)
         # Hash and seal every item before the transaction: in it, a flush only reads locations
         # and puts.
         keys, values = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else ([], [])
-        source = _new_source(core, seg_id, built, ids, terms) if built is not None else None
+        source = _new_source(core, seg_id, built, ids, terms, text) if built is not None else None
         _failpoint("flush.before_commit")
         manifest = install(core, VersionEdit(
             add=source, items=FlushItems(ids, keys, values, tombstones),
@@ -143,6 +148,8 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
                 parts.append(src.terms.remap(mapping, len(ids)))
                 offset += len(rows)
             terms = TermIndex.merge(parts, len(ids), core.config.options.metadata_schema.patterns)
+            text = merge_text(picked, len(ids), core.config.options.metadata_schema.full_text,
+                              core.store)
         started = time.monotonic()
         # Outside the lock: a trained segment reads its rows back from its sealed file. Its
         # folder stays: only merges remove segments, and this one holds the merge lock.
@@ -151,7 +158,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
         new_id = core.reserve_segment_id() if ids else None
         built = (build_segment_folder(core, new_id, vectors, n_lists=n_lists,
                                       budget=budget) if ids else None)
-        source = _new_source(core, new_id, built, ids, terms) if built is not None else None
+        source = _new_source(core, new_id, built, ids, terms, text) if built is not None else None
         _failpoint("merge.before_commit")
         # Re-sealing every carried row takes seconds for big merges: install runs it inside
         # the transaction, outside the write lock; only the commit + switch hold it.

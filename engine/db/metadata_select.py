@@ -18,6 +18,7 @@ import numpy as np
 from lsmvec.db.matching import matching_rows
 from lsmvec.db.segments import SegmentSource, segment_items
 from lsmvec.db.term_index import LIST_MARK, STRING_END, STRING_TAG
+from lsmvec.request.filters import get_path
 from lsmvec.request.metadata_query import Order
 
 _NUMBER, _STRING, _BOOL, _OTHER = 0, 1, 2, 3
@@ -147,14 +148,11 @@ def _keys(source: Any, rows: np.ndarray, path: str, store: Any, cache: Any
 
 
 def _from_metadata(metadatas: list, path: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    parts = path.split(".")
     rank = np.full(len(metadatas), _OTHER, np.int8)
     num = np.zeros(len(metadatas))
     text: dict[int, str] = {}
     for i, meta in enumerate(metadatas):
-        value: Any = meta
-        for part in parts:
-            value = value.get(part) if isinstance(value, dict) else None
+        value = get_path(meta, path)
         if isinstance(value, bool):
             rank[i], num[i] = _BOOL, float(value)
         elif isinstance(value, (int, float)) and value == value:

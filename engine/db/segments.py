@@ -23,9 +23,10 @@ from lsmvec.errors import CorruptionError
 from lsmvec.disk.store import Store
 from lsmvec.db.item_cache import ItemCache, key as cache_key
 from lsmvec.db.term_index import TermIndex
+from lsmvec.db.text_index import TextIndex
 from lsmvec.db.filter_masks import segment_mask
 from lsmvec.db.row_ids import RowIds
-from lsmvec.db.version import SegmentInfo, read_dead, read_row_ids, read_terms
+from lsmvec.db.version import SegmentInfo, read_dead, read_row_ids, read_terms, read_text
 
 # Rows asked of a segment per round when a filter rejects most of them.
 _FILTER_FETCH_FACTOR = 4
@@ -53,6 +54,7 @@ class SegmentSource:
         self.info = info
         self.id: int = info.id  # a plain attribute: read for every hit hydrated
         self.terms = terms
+        self.text: TextIndex | None = None  # full-text index (db/text_index.py), if any
         self.segment = segment
         # Packed (row_ids.py: ~14 bytes a row, not ~65 as str objects) and invisible to the
         # garbage collector: a list of a million ids would be walked by every full collection
@@ -304,7 +306,9 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
     ids = read_row_ids(store, info.id, info.rows)
     persisted = read_dead(store, info.id, info.rows, info.dead)
-    return SegmentSource(info, segment, ids, persisted, store, read_terms(store, info.id, info.rows))
+    source = SegmentSource(info, segment, ids, persisted, store, read_terms(store, info.id, info.rows))
+    source.text = read_text(store, info.id, info.rows)
+    return source
 
 
 def segment_folder_names(folder: Path) -> list[str]:

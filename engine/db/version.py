@@ -29,6 +29,7 @@ from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.store import Store, StoreTxn
 from lsmvec.errors import CorruptionError
 from lsmvec.db.term_index import TermIndex
+from lsmvec.db.text_index import TextIndex
 
 if TYPE_CHECKING:
     from lsmvec.db.core import IndexCore
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["SegmentInfo", "Manifest", "VersionEdit", "ItemChanges", "FlushItems", "CarryItems",
-           "install", "create_store", "read_manifest", "read_row_ids", "read_dead", "read_terms"]
+           "install", "create_store", "read_manifest", "read_row_ids", "read_dead", "read_terms", "read_text"]
 
 MANIFEST_KEY = b"manifest"
 
@@ -53,6 +54,12 @@ def _rows_key(segment: int) -> bytes:
 
 def _terms_key(segment: int) -> bytes:
     return b"terms/%d" % segment
+
+
+def _text_key(segment: int) -> bytes:
+    """The segment's full-text index (db/text_index.py): a sealed meta value beside its term
+    index, so it is encrypted, switched and removed in the same transaction as the segment."""
+    return b"text/%d" % segment
 
 
 # -- the manifest -------------------------------------------------------------------------------
@@ -163,6 +170,19 @@ def read_terms(store: Store, segment: int, rows: int) -> TermIndex:
         return TermIndex.unpack(raw, rows)
     except (ValueError, TypeError, KeyError, AttributeError):
         raise CorruptionError(f"term index of segment {segment} is malformed",
+                              store.data_file) from None
+
+
+def read_text(store: Store, segment: int, rows: int) -> TextIndex | None:
+    """The segment's full-text index; None when it has none (no full_text field, or written
+    before text indexes existed)."""
+    raw = store.get_meta(_text_key(segment))
+    if raw is None:
+        return None
+    try:
+        return TextIndex.unpack(raw, rows)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptionError(f"text index of segment {segment} is malformed ({exc})",
                               store.data_file) from None
 
 
@@ -333,7 +353,7 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
                 txn.put_meta(_dead_key(sid), np.packbits(persisted).tobytes())
                 planned.dead[sid] = (source, persisted)
             for sid in gone:
-                for key in (_terms_key(sid), _dead_key(sid), _rows_key(sid)):
+                for key in (_terms_key(sid), _text_key(sid), _dead_key(sid), _rows_key(sid)):
                     txn.delete_meta(key)
             added = None
             if edit.add is not None:
@@ -342,6 +362,8 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
                 born = np.zeros(edit.add.n_rows, bool) if born is None else born.copy()
                 txn.put_meta(_rows_key(sid), list(edit.add.ids))
                 txn.put_meta(_terms_key(sid), edit.add.terms.pack())
+                if edit.add.text is not None:
+                    txn.put_meta(_text_key(sid), edit.add.text.pack())
                 if born.any():
                     txn.put_meta(_dead_key(sid), np.packbits(born).tobytes())
                 planned.born = born

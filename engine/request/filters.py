@@ -48,7 +48,7 @@ from lsmvec.errors import FilterError, InvalidMetadataError
 from lsmvec.request.plan import plan_terms
 from lsmvec.request.terms import MAX_FILTER_DEPTH, Term, scalar_key as _scalar_key, term_for
 
-__all__ = ["Filter", "compile_filter", "regex_searcher", "MAX_FILTER_DEPTH"]
+__all__ = ["Filter", "compile_filter", "regex_searcher", "get_path", "MAX_FILTER_DEPTH"]
 
 ValuePredicate = Callable[[Any], bool]
 ItemPredicate = Callable[[Mapping[str, Any]], bool]
@@ -352,6 +352,13 @@ def _path_getter(parts: list[str]) -> Callable[[Mapping[str, Any]], Any]:
         return node
 
     return resolve
+
+
+def get_path(metadata: Any, path: str, default: Any = None) -> Any:
+    """The value at dotted `path` of a metadata dict (walking dicts only, as filters address
+    fields), or `default` where it does not resolve."""
+    value = _path_getter(path.split("."))(metadata) if isinstance(metadata, Mapping) else _MISSING
+    return default if value is _MISSING else value
 
 
 def _compile_field(path: str, condition: Any, where: str, depth: int) -> _Node:

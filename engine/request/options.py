@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lsmvec.errors import InvalidArgumentError, InvalidTypeError
+from lsmvec.request.analyzer import ANALYZER_VERSION
 from lsmvec.request.schema import MetadataSchema
 
 __all__ = ["IndexOptions", "STORAGE_PRECISIONS", "REORDER_PRECISION", "DEFAULT_MEMTABLE_BYTES", "DEFAULT_WAL_ROLL_BYTES", "MAX_BYTES"]
@@ -96,6 +97,16 @@ class IndexOptions:
                "and allows $contains / $regex in query_metadata (lsmvec.request.schema)",
         "range": (None, None)})
 
+    bm25_k1: float = _option(
+        1.2, "BM25 term-frequency saturation of text search (text=) over full_text fields",
+        low=0.0, high=1000.0)
+    bm25_b: float = _option(
+        0.75, "BM25 length normalisation of text search: 0 none, 1 full", low=0.0, high=1.0)
+    analyzer_version: int = _option(
+        ANALYZER_VERSION, "version of the full-text analyzer the index was built with (set by "
+        "lsmvec, not an option: an index of another version is refused at open)",
+        low=1, high=1 << 31)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
@@ -107,12 +118,18 @@ class IndexOptions:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
+    def keywords(cls) -> tuple[str, ...]:
+        """What create_index accepts: the fields but analyzer_version (lsmvec sets it), and
+        text_fields (sugar for metadata_schema full_text)."""
+        return (*(name for name in cls.names() if name != "analyzer_version"), "text_fields")
+
+    @classmethod
     def from_keywords(cls, keywords: Mapping[str, Any]) -> IndexOptions:
         """The options create_index was given as keywords. Raises InvalidTypeError (a
         TypeError) for an unknown name, naming it and listing the known ones (with the closest
         known name as a hint); InvalidTypeError / InvalidArgumentError naming the option for a
         wrong type / an out-of-range value."""
-        known = cls.names()
+        known = cls.keywords()
         unknown = [name for name in keywords if name not in known]
         if unknown:
             name = unknown[0]
@@ -121,7 +138,7 @@ class IndexOptions:
             raise InvalidTypeError(
                 f"unknown index option {name!r}{hint}; known options: "
                 f"{', '.join(known)}" + (f" (also unknown: {unknown[1:]})" if unknown[1:] else ""))
-        return cls(**keywords)
+        return cls(**_with_text_fields(keywords))
 
     @classmethod
     def from_stored(cls, stored: Any, where: str = "CONFIG") -> IndexOptions:
@@ -160,6 +177,31 @@ class IndexOptions:
         bound 0 is excluded)."""
         return [(f.name, _type_name(f), _default(f), f.metadata["range"], f.metadata["doc"])
                 for f in dataclasses.fields(cls)]
+
+
+def _with_text_fields(keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``text_fields=[...]`` as metadata_schema ``{field: {"full_text": True}}``, merged into a
+    given schema (a field also ``pattern`` is then refused by MetadataSchema.check)."""
+    keywords = dict(keywords)
+    fields = keywords.pop("text_fields", None)
+    if fields is None:
+        return keywords
+    if isinstance(fields, str) or not isinstance(fields, (list, tuple)):
+        raise InvalidTypeError(f"text_fields must be a list of field names, got "
+                               f"{type(fields).__name__} {fields!r}")
+    schema = keywords.get("metadata_schema")
+    merged: dict[Any, Any] = (schema.to_stored() if isinstance(schema, MetadataSchema)
+                              else dict(schema) if isinstance(schema, Mapping)
+                              else {} if schema is None else schema)
+    if not isinstance(merged, dict):
+        return keywords  # MetadataSchema.check names the wrong type
+    for name in fields:
+        if not isinstance(name, str):
+            raise InvalidTypeError(f"text_fields: field name {name!r} is not a str")
+        opts = merged.get(name, {})
+        merged[name] = {**opts, "full_text": True} if isinstance(opts, Mapping) else opts
+    keywords["metadata_schema"] = merged
+    return keywords
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -36,7 +36,7 @@ MAX_FIELDS = 1024
 class MetadataSchema:
     """An immutable, validated metadata_schema. ``MetadataSchema.check(value)`` builds one."""
 
-    __slots__ = ("_fields", "unindexed", "patterns")
+    __slots__ = ("_fields", "unindexed", "patterns", "full_text")
 
     def __init__(self, fields: Mapping[str, Mapping[str, bool]] | None = None) -> None:
         self._fields = {name: dict(opts) for name, opts in sorted((fields or {}).items())}
@@ -44,6 +44,8 @@ class MetadataSchema:
         """Fields whose paths no term index holds."""
         self.patterns = tuple(name for name, o in self._fields.items() if o["pattern"])
         """Fields that get an n-gram index."""
+        self.full_text = tuple(name for name, o in self._fields.items() if o["full_text"])
+        """Fields analysed for BM25 text search (db/text_index.py)."""
 
     @classmethod
     def check(cls, value: Any, name: str = "metadata_schema") -> MetadataSchema:

@@ -192,6 +192,50 @@ def test_nothing_readable_under_cosine_either(tmp_path: Path) -> None:
     assert_no_plaintext(tmp_path, key, np.concatenate([vectors, unit]), "cosine, closed")
 
 
+TEXT_TERMS = ("zebrafishterm", "quokkaword")
+"""Analysed terms of a full_text field (lower-cased: the stored text says "Zebrafishterm"):
+the text index's vocabulary must be as unreadable on disk as the values it came from."""
+
+
+def assert_no_text_terms(root: Path, where: str) -> None:
+    for path in all_files(root):
+        data = path.read_bytes()
+        for term in TEXT_TERMS:
+            for form in (term.encode(), term.encode("utf-16-le")):
+                assert form not in data, f"{where}: text index term {term!r} in {path}"
+
+
+def test_text_index_terms_are_not_readable_on_disk(tmp_path: Path) -> None:
+    key = generate_key()
+    rng = np.random.default_rng(13)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+
+    def text_item(i: int, tag: str) -> dict[str, Any]:
+        body = f"Zebrafishterm number {i} QUOKKAWORD" if i % 2 else f"Quokkaword {tag}"
+        return {**item(i, vectors[i], tag), "metadata": {"body": body, "n": i}}
+
+    client = Client(tmp_path)
+    try:
+        index = client.create_index("txt", key, dimension=DIM, text_fields=["body"],
+                                    background_compaction=False)
+        index.upsert([text_item(i, "a") for i in range(100)])
+        index.flush()
+        index.upsert([text_item(i, "b") for i in range(100, 200)])
+        index.flush()
+        index.compact()  # a merged text index
+        index.upsert([text_item(i, "c") for i in range(200, 300)])
+        index.flush()
+        index.upsert([text_item(i, "d") for i in range(0, 300, 7)])  # memtable + log only
+        # the terms are really indexed (so the scan below looks for something that exists)
+        odd = [i for i in range(300) if i % 2] + [i for i in range(0, 300, 7) if i % 2]
+        assert len(index.query(text="zebrafishterm", top_k=1000)) == len(odd)
+        assert_no_text_terms(tmp_path, "text index, open")
+        assert_no_plaintext(tmp_path, key, vectors, "text index, open")
+    finally:
+        client.close()
+    assert_no_text_terms(tmp_path, "text index, closed")
+
+
 # ----------------------------------------------------------------------------- keys
 
 @pytest.mark.parametrize("bad_key, error", [

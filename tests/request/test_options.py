@@ -17,6 +17,7 @@ from lsmvec import Client, generate_key
 from lsmvec.disk.config import read_config, write_config
 from lsmvec.errors import InvalidArgumentError, InvalidTypeError
 from lsmvec.request.options import IndexOptions
+from lsmvec.request.analyzer import ANALYZER_VERSION
 
 DIM = 4
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "tuning.md"
@@ -49,8 +50,9 @@ def test_mistyped_option_is_a_type_error_naming_it_and_writes_nothing(client: Cl
     assert isinstance(info.value, InvalidTypeError)
     assert "'memtabel_bytes'" in message
     assert "did you mean 'memtable_bytes'" in message
-    for known in IndexOptions.names():
+    for known in IndexOptions.keywords():  # names() but analyzer_version, + text_fields
         assert known in message, message
+    assert "analyzer_version" not in message
     assert client.list_indexes() == listed == ["other"]
     assert _on_disk(client.path) == files  # no index folder, no .creating-* leftover
     assert not (client.path / "d").exists()
@@ -119,15 +121,17 @@ def test_valid_options_round_trip_through_config_and_reopen(client: Client) -> N
     key = generate_key()
     given = {"memtable_bytes": 5000, "background_compaction": False, "wal_roll_bytes": 4096,
              "target_recall": 0.9, "space_amplification": 2.5, "storage_precision": "float16",
-             "metadata_schema": {"tag": {"filterable": True, "pattern": True, "full_text": False}}}
+             "metadata_schema": {"tag": {"filterable": True, "pattern": True, "full_text": False}},
+             "bm25_k1": 2.0, "bm25_b": 0.5}
     index = client.create_index("d", key, dimension=DIM, **given)
     expected = IndexOptions(**given)
     assert index._core.config.options == expected
-    assert _stored_options(client, "d") == given  # every option, validated
+    # every option, validated; the analyzer version is lsmvec's own
+    assert _stored_options(client, "d") == {**given, "analyzer_version": ANALYZER_VERSION}
     index.upsert([("a", np.ones(DIM, np.float32))])
     config_view = index.index_config()
     assert set(config_view) == {"dimension", "metric", "index_type", "n_lists", "embedding_model",
-                               "metadata_schema"}
+                               "metadata_schema", "bm25"}
     assert config_view["metadata_schema"] == given["metadata_schema"]
     index.close()
     again = client.load_index("d", key)
