@@ -144,3 +144,22 @@ def snapshot(index: Any) -> tuple[list[str], list[tuple], int]:
 
 def by_id(items: Iterable[dict]) -> dict[str, dict]:
     return {item["id"]: item for item in items}
+
+
+_CHILD_INDEX = """\
+import os, sys
+from lsmvec import Client
+folder, key = sys.argv[1], bytes.fromhex(sys.argv[2])
+index = Client(folder).create_index("crash", key, dimension=4, background_compaction=False)
+"""
+
+
+def run_then_exit(body: str, folder: Path, key: bytes) -> None:
+    """Run `body` (indented code, as in a triple-quoted string) in a child Python where `index`
+    is a new index "crash" (dimension 4, background compaction off) in `folder`; the body ends
+    with ``os._exit(0)``: the process dies right after its calls returned, with no close."""
+    import subprocess
+    import sys
+    import textwrap
+    subprocess.run([sys.executable, "-c", _CHILD_INDEX + textwrap.dedent(body), str(folder),
+                    key.hex()], check=True, timeout=120)

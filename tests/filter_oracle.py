@@ -6,6 +6,7 @@ lsmvec.request.filters: a plain recursive reading of the spec evaluated per item
 from __future__ import annotations
 
 import math
+import random
 import re
 from typing import Any
 
@@ -163,3 +164,39 @@ FILTERS = st.recursive(
     ),
     max_leaves=5,
 )
+
+
+# ------------------------------------------------------------------ items
+
+ALPHABET = "abAB é"
+
+
+def random_metadata(rng: random.Random, i: int, *, depth: int, list_p: float, dict_p: float,
+                    text_p: float, text_len: int, none_every: int) -> dict | None:
+    """Metadata over the strategies' alphabet (keys s/t/n: short strs, small numbers, bools,
+    None, lists and nested dicts up to `depth`), so drawn filters match some items and miss
+    others; every `none_every`-th item has none."""
+    def value(level: int) -> Any:
+        r = rng.random()
+        if level < depth and r < list_p:
+            return [value(level + 1) for _ in range(rng.randint(0, 3))]
+        if level < depth and r < dict_p:
+            return {k: value(level + 1) for k in rng.sample(["s", "t", "n"], rng.randint(0, 2))}
+        if r < text_p:
+            return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, text_len)))
+        return rng.choice([None, True, False, rng.randint(-2, 2), 2.5, 1.0])
+
+    if i % none_every == 0:
+        return None
+    return {k: value(0) for k in rng.sample(["s", "t", "n"], rng.randint(1, 3))}
+
+
+def reference_item(i: int) -> dict:
+    """Item i of reference-0.18.md section 5 (its filter table's data)."""
+    item = {"n": i, "s": f"str{i}", "grp": "odd" if i % 2 else "even", "f": i / 2,
+            "flag": i % 3 == 0, "nested": {"k": i, "t": f"t{i % 4}"}}
+    if i % 5 == 0:
+        item["tags"] = ["x", "y"]
+    if i % 4 == 0:
+        item["opt"] = "present"
+    return item

@@ -182,7 +182,7 @@ def _table_after(table: Any, after: str | None, limit: int, sorted_ids: dict
     """The `limit` smallest live ids of a memtable after `after`: (id, table, row). A frozen
     table's ids are sorted once per iteration (its row_of no longer changes); the live one's
     are selected each step (heapq: O(rows) for a table bounded by memtable_bytes)."""
-    row_of, dead = table.row_of, table._dead
+    row_of, dead = table.row_of, table.dead_flags()
     if not row_of:
         return []
     if table.frozen:

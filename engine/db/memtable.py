@@ -205,6 +205,13 @@ class Memtable:
     def n_live(self) -> int:
         return len(self.row_of)
 
+    def dead_flags(self) -> np.ndarray:
+        """Per row: whether it is dead (deleted, or shadowed by a newer version): a read-only
+        view that writers under the write lock keep updating."""
+        view = self._dead[:self.n_rows]
+        view.flags.writeable = False
+        return view
+
     def live_rows(self) -> np.ndarray:
         """Rows of the ids this table holds live (not shadowed by a newer table's version)."""
         rows = np.fromiter(self.row_of.values(), np.int64, len(self.row_of))

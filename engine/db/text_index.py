@@ -332,9 +332,10 @@ class MemTextIndex:
                 raise IndexError(f"row {row} not in the memtable text index")
             self._dead[row] = 1
 
-    def field(self, name: str) -> MemView | None:
+    def field(self, name: str, n: int | None = None) -> MemView | None:
+        """Field `name` as of the first `n` rows (None: every row so far)."""
         got = self._fields.get(name)
-        return MemView(got, self.n) if got is not None else None
+        return MemView(got, self.n if n is None else min(n, self.n)) if got is not None else None
 
     def live(self) -> np.ndarray:
         # A copy, not np.frombuffer: a live buffer export would make the writer's append raise.

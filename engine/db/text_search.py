@@ -204,7 +204,7 @@ def _sources(core: Any, flt: Any) -> tuple[list[bm25.Source], list[Any]]:
             continue
         mask = allowed.get(id(table), np.zeros(n, bool)) if flt is not None and not \
             flt.is_match_all else None
-        out.append(bm25.Source(_Prefix(index, n), ~table._dead[:n], None if mask is None
+        out.append(bm25.Source(_Prefix(index, n), ~table.dead_flags()[:n], None if mask is None
                                else mask[:n]))
         owners.append(table)
     for seg in core.segments:
@@ -225,12 +225,7 @@ class _Prefix:
         self.n, self._index = n, index
 
     def field(self, name: str):
-        view = self._index.field(name)
-        if view is None:
-            return None
-        view.lengths = view.lengths[:self.n]
-        view._n = min(view._n, self.n)
-        return view
+        return self._index.field(name, self.n)
 
 
 def _text_hits(core: Any, req: TextRequest, text: str, flt: Any, k: int | None

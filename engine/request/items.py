@@ -21,7 +21,7 @@ Decisions (strict where the reference product is loose):
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -159,39 +159,67 @@ def attach_embeddings(batch: Batch, embeddings: Any, *, metric: str) -> Batch:
 
 # ----------------------------------------------------------------------------- the forms
 
-def _from_items(items: Sequence, dimension: int | None, metric: str, embeds: bool) -> Batch:
-    """The dict/tuple form: one pass over the items for ids, contents, metadata and the raw
-    vectors, then one vectorised conversion of all vectors together."""
-    ids: list[str] = []
-    contents: list[bytes | None] = []
-    metadata: list[dict | None] = []
-    raw_vectors: list[Any] = []
-    vector_items: list[int] = []
-    text_of: dict[int, Any] = {}   # row -> str or PIL image to embed
+@dataclass
+class ItemColumns:
+    """One pass over a call's item dicts/tuples (upsert's and update's): the checked ids,
+    contents and metadata by item, the raw vectors given (and which items gave them), and
+    what to embed for items without one."""
+
+    ids: list[str]
+    contents: list[bytes | None]
+    metadata: list[dict | None]
+    raw_vectors: list[Any]
+    vector_items: list[int]
+    text_of: dict[int, Any]  # item -> str or PIL image to embed
+
+    def stacked(self, dimension: int | None, metric: str) -> np.ndarray | None:
+        """The given vectors as one checked float32 array (None when none was given)."""
+        if not self.raw_vectors:
+            return None
+        items, ids = self.vector_items, self.ids
+        describe: Describe = lambda j: who(items[j], ids[items[j]], "vector")  # noqa: E731
+        return finish_inplace(stack_vectors(self.raw_vectors, describe, dimension), metric,
+                              describe)
+
+
+def item_columns(items: Sequence, unpack: Callable[[Any, int], tuple[str, Any, Any, Any]],
+                 embeds: bool, *, vector_required: bool) -> ItemColumns:
+    """The items' columns; `unpack` gives (id, vector, contents, metadata) of one item. With
+    `vector_required`, an item with neither a vector nor anything to embed is a
+    MissingVectorError naming it."""
+    cols = ItemColumns([], [], [], [], [], {})
     for i, item in enumerate(items):
-        item_id, vector, content, meta = _unpack_item(item, i)
-        ids.append(item_id)
+        item_id, vector, content, meta = unpack(item, i)
+        cols.ids.append(item_id)
         stored, meta, embed = item_fields(i, item_id, vector, content, meta, embeds)
-        contents.append(stored)
-        metadata.append(meta)
+        cols.contents.append(stored)
+        cols.metadata.append(meta)
         if vector is not None:
-            raw_vectors.append(vector)
-            vector_items.append(i)
+            cols.raw_vectors.append(vector)
+            cols.vector_items.append(i)
         elif embed is not None:
-            text_of[i] = embed
-        else:
+            cols.text_of[i] = embed
+        elif vector_required:
             why = ("there are no str contents to compute it from" if embeds
                    else "the index has no embedding_model to compute it")
             raise MissingVectorError(f"{who(i, item_id, 'vector')}: missing, and {why}")
+    return cols
+
+
+def _from_items(items: Sequence, dimension: int | None, metric: str, embeds: bool) -> Batch:
+    """The dict/tuple form: one pass over the items for ids, contents, metadata and the raw
+    vectors, then one vectorised conversion of all vectors together."""
+    cols = item_columns(items, _unpack_item, embeds, vector_required=True)
+    ids, contents, metadata = cols.ids, cols.contents, cols.metadata
+    vector_items, text_of = cols.vector_items, cols.text_of
     n = len(ids)
     if n == 0:
         return _empty_batch(dimension)
-    if not raw_vectors:
+    stacked = cols.stacked(dimension, metric)
+    if stacked is None:
         full = np.zeros((n, dimension or 0), dtype=np.float32)
     else:
-        describe: Describe = lambda j: who(vector_items[j], ids[vector_items[j]], "vector")
-        stacked = stack_vectors(raw_vectors, describe, dimension)
-        full = finish_inplace(stacked, metric, describe)
+        full = stacked
         if len(vector_items) < n:
             full = np.zeros((n, stacked.shape[1]), dtype=np.float32)
             full[vector_items] = stacked
@@ -201,7 +229,7 @@ def _from_items(items: Sequence, dimension: int | None, metric: str, embeds: boo
         contents, metadata = [contents[k] for k in keep], [metadata[k] for k in keep]
     order = keep if keep is not None else range(n)
     embedded = [(row, k) for row, k in enumerate(order) if k in text_of] if text_of else []
-    width = int(full.shape[1]) if raw_vectors else dimension
+    width = int(full.shape[1]) if stacked is not None else dimension
     return Batch(ids, full, contents, metadata, np.asarray([r for r, _ in embedded], np.int64),
                  [text_of[k] for _, k in embedded], width)
 

@@ -27,8 +27,7 @@ import numpy as np
 from lsmvec.wal.errors import (InvalidArgumentError, InvalidIdError,
                                InvalidTypeError)
 from lsmvec.request.items import (ITEM_FIELDS, Batch, check_id, check_items, check_metric,
-                                  item_fields,
-                                  finish_inplace, stack_vectors, who)
+                                  item_columns, who)
 
 __all__ = ["Update", "normalize_update"]
 
@@ -61,29 +60,14 @@ def normalize_update(items: Any, *, dimension: int | None, metric: str, embeds: 
     InvalidMetadataError) -- each naming the item, its id and the field."""
     check_metric(metric)
     items = check_items(items)
-    ids: list[str] = []
-    contents: list[bytes | None] = []
-    metadata: list[dict | None] = []
-    raw_vectors: list[Any] = []
-    vector_items: list[int] = []
-    text_of: dict[int, Any] = {}  # row -> str or PIL image to embed, as in upsert
-    for i, item in enumerate(items):
-        item_id, vector, content, meta = _unpack(item, i)
-        ids.append(item_id)
-        stored, meta, embed = item_fields(i, item_id, vector, content, meta, embeds)
-        contents.append(stored)
-        metadata.append(meta)
-        if vector is not None:
-            raw_vectors.append(vector)
-            vector_items.append(i)
-        elif embed is not None:
-            text_of[i] = embed
+    cols = item_columns(items, _unpack, embeds, vector_required=False)
+    ids, contents, metadata = cols.ids, cols.contents, cols.metadata
+    vector_items, text_of = cols.vector_items, cols.text_of
     width = dimension
-    stacked = np.zeros((0, dimension or 0), np.float32)
-    if raw_vectors:
-        describe = lambda j: who(vector_items[j], ids[vector_items[j]], "vector")  # noqa: E731
-        stacked = finish_inplace(stack_vectors(raw_vectors, describe, dimension), metric,
-                                  describe)
+    stacked = cols.stacked(dimension, metric)
+    if stacked is None:
+        stacked = np.zeros((0, dimension or 0), np.float32)
+    else:
         width = int(stacked.shape[1])
     vector_row = {i: j for j, i in enumerate(vector_items)}
     # Fold the items of each id in order: the last item giving a field decides it. Rows keep

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from filter_oracle import FILTERS, oracle_match
+from filter_oracle import FILTERS, oracle_match, random_metadata
 from lsmvec import AsyncClient, Client, generate_key
 from lsmvec.errors import FilterError
 from lsmvec.request import filters as filters_module
@@ -22,28 +22,11 @@ from lsmvec.db.core import IndexCore
 from lsmvec.disk.store import Store
 
 DIM = 8
-_TEXT = "abAB é"
 
 
 def _metadata(rng: random.Random, i: int) -> dict | None:
-    """Values of the oracle strategies' alphabet: short strs, small numbers, bools, None,
-    lists and nested dicts under the keys s/t/n, so substrings and patterns hit often."""
-    def text() -> str:
-        return "".join(rng.choice(_TEXT) for _ in range(rng.randint(0, 5)))
-
-    def value(depth: int) -> Any:
-        r = rng.random()
-        if depth < 2 and r < 0.2:
-            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
-        if depth < 2 and r < 0.35:
-            return {k: value(depth + 1) for k in rng.sample(["s", "t", "n"], rng.randint(0, 2))}
-        if r < 0.7:
-            return text()
-        return rng.choice([None, True, False, rng.randint(-2, 2), 2.5, 1.0])
-
-    if i % 17 == 0:
-        return None
-    return {k: value(0) for k in rng.sample(["s", "t", "n"], rng.randint(1, 3))}
+    return random_metadata(rng, i, depth=2, list_p=0.2, dict_p=0.35, text_p=0.7, text_len=5,
+                           none_every=17)
 
 
 # Hand-made items, one copy per layer, so that every HAND_FILTERS entry has matches in both.

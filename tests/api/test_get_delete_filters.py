@@ -5,10 +5,6 @@ decided at its place in the log, durable across a crash; user errors before anyt
 written; the async face."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import anyio
@@ -16,6 +12,8 @@ import numpy as np
 import pytest
 
 from filter_oracle import oracle_match
+from conftest import run_then_exit
+
 from lsmvec import AsyncClient, Client, generate_key
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
 from lsmvec.disk.store import Store
@@ -232,12 +230,8 @@ def test_user_errors_write_nothing(layout: Layout, monkeypatch) -> None:
     _check_all(layout)
 
 
-_CRASH = textwrap.dedent("""
-    import os, sys
+_CRASH = """
     import numpy as np
-    from lsmvec import Client
-    folder, key = sys.argv[1], bytes.fromhex(sys.argv[2])
-    index = Client(folder).create_index("crash", key, dimension=4, background_compaction=False)
     rng = np.random.default_rng(1)
     index.upsert([{"id": str(i), "vector": rng.standard_normal(4).tolist(),
                    "metadata": {"odd": i % 2}} for i in range(300)])
@@ -246,14 +240,13 @@ _CRASH = textwrap.dedent("""
                    "metadata": {"odd": i % 2}} for i in range(300, 400)])
     index.delete(filters={"odd": 1})
     os._exit(0)  # killed right after the call returned: no close, no flush
-""")
+"""
 
 
 def test_delete_by_filter_survives_a_crash(tmp_path: Path) -> None:
     key = generate_key()
     folder = tmp_path / "data"
-    subprocess.run([sys.executable, "-c", _CRASH, str(folder), key.hex()], check=True,
-                   timeout=120)
+    run_then_exit(_CRASH, folder, key)
     with Client(folder) as client:
         index = client.load_index("crash", key)
         assert sorted(index.list_ids(), key=int) == [str(i) for i in range(0, 400, 2)]

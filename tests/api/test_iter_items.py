@@ -11,38 +11,24 @@ import random
 import threading
 import tracemalloc
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from filter_oracle import FILTERS, oracle_match
+from filter_oracle import FILTERS, oracle_match, random_metadata
 from lsmvec import AsyncClient, Client, ItemBatch, generate_key
 from lsmvec.db import iteration, matching, reads
 from lsmvec.db.row_ids import RowIds
 from lsmvec.errors import FilterError, InvalidArgumentError, InvalidCursorError, InvalidTypeError
 
 DIM = 4
-_TEXT = "abAB é"
 
 
 def _metadata(rng: random.Random, i: int) -> dict | None:
-    """Values of the filter oracle's alphabet (keys s/t/n: short strs, small numbers, lists,
-    nested dicts), so drawn filters match some items and miss others."""
-    def value(depth: int) -> Any:
-        r = rng.random()
-        if depth < 1 and r < 0.2:
-            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
-        if depth < 1 and r < 0.3:
-            return {k: value(depth + 1) for k in rng.sample(["s", "t", "n"], rng.randint(0, 2))}
-        if r < 0.65:
-            return "".join(rng.choice(_TEXT) for _ in range(rng.randint(0, 4)))
-        return rng.choice([None, True, False, rng.randint(-2, 2), 2.5, 1.0])
-
-    if i % 13 == 0:
-        return None
-    return {k: value(0) for k in rng.sample(["s", "t", "n"], rng.randint(1, 3))}
+    return random_metadata(rng, i, depth=1, list_p=0.2, dict_p=0.3, text_p=0.65, text_len=4,
+                           none_every=13)
 
 
 def freeze(index) -> None:

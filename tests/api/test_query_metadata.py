@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from filter_oracle import FILTERS, oracle_lookup, oracle_match
+from filter_oracle import FILTERS, oracle_lookup, oracle_match, reference_item
 
 from lsmvec import AsyncClient, Client, generate_key
 from lsmvec.disk.store import Store
@@ -233,14 +233,6 @@ def test_bad_schemas_are_refused_before_any_file(tmp_path, schema: Any, error: t
 
 # ------------------------------------------------------------------ the reference's table
 
-def _reference_item(i: int) -> dict:
-    item = {"n": i, "s": f"str{i}", "grp": "odd" if i % 2 else "even", "f": i / 2,
-            "flag": i % 3 == 0, "nested": {"k": i, "t": f"t{i % 4}"}}
-    if i % 5 == 0:
-        item["tags"] = ["x", "y"]
-    if i % 4 == 0:
-        item["opt"] = "present"
-    return item
 
 
 # reference-0.18.md section 5, query_metadata() column, where lsmvec agrees (api.md lists the
@@ -272,10 +264,10 @@ REFUSED = [{"s": {"$regex": "^str1"}}, {"s": {"$contains": "r1"}}, {"tags": {"$c
 def reference_index(tmp_path_factory):
     with Client(tmp_path_factory.mktemp("ref")) as client:
         index = client.create_index("r", generate_key(), dimension=DIM)
-        index.upsert([{"id": str(i), "vector": [float(i), 0, 0, 1], "metadata": _reference_item(i)}
+        index.upsert([{"id": str(i), "vector": [float(i), 0, 0, 1], "metadata": reference_item(i)}
                       for i in range(10)])
         index.flush()  # half in a segment, half in the memtable
-        index.upsert([{"id": str(i), "vector": [float(i), 0, 0, 1], "metadata": _reference_item(i)}
+        index.upsert([{"id": str(i), "vector": [float(i), 0, 0, 1], "metadata": reference_item(i)}
                       for i in range(10, 20)])
         yield index
 

@@ -7,10 +7,7 @@ deletes (no lost field, no resurrected item); a crash; the async face; hypothesi
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import run_then_exit
 
 from lsmvec import AsyncClient, Client, generate_key
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
@@ -543,11 +542,7 @@ def test_updates_racing_upserts_and_deletes_never_revive_or_mix(tmp_path: Path) 
 
 # ----------------------------------------------------------------------------- crash, async
 
-_CRASH = textwrap.dedent("""
-    import os, sys
-    from lsmvec import Client
-    folder, key = sys.argv[1], bytes.fromhex(sys.argv[2])
-    index = Client(folder).create_index("crash", key, dimension=4, background_compaction=False)
+_CRASH = """
     index.upsert([{"id": str(i), "vector": [float(i), 0, 0, 1], "contents": "old",
                    "metadata": {"v": 0}} for i in range(100)])
     index.flush()
@@ -555,14 +550,13 @@ _CRASH = textwrap.dedent("""
     index.update([{"id": str(i), "contents": "new", "vector": [0, float(i), 0, 1]}
                   for i in range(0, 100, 3)])
     os._exit(0)  # killed right after the calls returned: no close, no flush
-""")
+"""
 
 
 def test_acknowledged_updates_survive_a_crash(tmp_path: Path) -> None:
     key = generate_key()
     folder = tmp_path / "data"
-    subprocess.run([sys.executable, "-c", _CRASH, str(folder), key.hex()], check=True,
-                   timeout=120)
+    run_then_exit(_CRASH, folder, key)
     with Client(folder) as client:
         index = client.load_index("crash", key)
         assert index.get_num_vectors() == 100

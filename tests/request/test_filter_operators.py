@@ -10,7 +10,7 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter_oracle import FILTERS, METADATA, PATTERNS, oracle_match
+from filter_oracle import FILTERS, METADATA, PATTERNS, oracle_match, reference_item
 
 from lsmvec.errors import FilterError
 from lsmvec.request import filters as filters_module
@@ -125,15 +125,6 @@ def test_regex_dollar_is_the_end_of_the_text() -> None:
     assert compile_filter({"s": {"$regex": "b$"}}).matches({"s": "a\nb"})
 
 
-def _reference_item(i: int) -> dict:
-    """Item i of reference-0.18.md section 5."""
-    item = {"n": i, "s": f"str{i}", "grp": "odd" if i % 2 else "even", "f": i / 2,
-            "flag": i % 3 == 0, "nested": {"k": i, "t": f"t{i % 4}"}}
-    if i % 5 == 0:
-        item["tags"] = ["x", "y"]
-    if i % 4 == 0:
-        item["opt"] = "present"
-    return item
 
 
 REFERENCE_ROWS = [  # the new operators' rows of the reference's table, query() column
@@ -149,7 +140,7 @@ REFERENCE_ROWS = [  # the new operators' rows of the reference's table, query() 
 @pytest.mark.parametrize(("spec", "expected"), REFERENCE_ROWS)
 def test_reference_table_rows(spec: dict, expected: list[int]) -> None:
     compiled = compile_filter(spec)
-    assert [i for i in range(20) if compiled.matches(_reference_item(i))] == expected
+    assert [i for i in range(20) if compiled.matches(reference_item(i))] == expected
 
 
 # ------------------------------------------------------------------ refused before anything runs
