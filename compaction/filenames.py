@@ -22,6 +22,8 @@ __all__ = [
     "SCANN_DOCIDS_FILE",
     "SCANN_ASSET_FILES",
     "SEGMENT_FILES",
+    "SIDECAR_FILES",
+    "TEXT_INDEX_FILE",
     "SCRATCH_PREFIX",
     "scratch_dir_prefix",
     "parse_scratch_dir_name",
@@ -65,7 +67,16 @@ SCANN_ASSET_FILES: frozenset[str] = frozenset({
     "bfloat16_dataset.npy",
 })
 
-SEGMENT_FILES: frozenset[str] = frozenset({SEGMENT_META_FILE, VECTORS_FILE}) | SCANN_ASSET_FILES
+TEXT_INDEX_FILE = "text.idx"
+"""Sealed full-text index of the segment's rows (the engine's db/text_index.py packs it; opaque
+bytes here). Present only in an index with full_text fields."""
+
+SIDECAR_FILES: frozenset[str] = frozenset({TEXT_INDEX_FILE})
+"""Optional files the engine hands a build to seal beside the rows (``build_segment(sidecars=)``)
+and reads back with ``segment_files.read_sidecar``; never given to ScaNN."""
+
+SEGMENT_FILES: frozenset[str] = (frozenset({SEGMENT_META_FILE, VECTORS_FILE}) | SCANN_ASSET_FILES
+                                 | SIDECAR_FILES)
 """The only names a segment folder may hold."""
 
 SCRATCH_PREFIX = "lsmvec-scann-"

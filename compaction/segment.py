@@ -5,6 +5,7 @@ a ScaNN searcher over them. Row numbers are the segment-local ids.
       segment.json   sealed JSON: format, n, dim, SearchParams, whether dataset.npy is stored
       vectors.bin    sealed float32 rows (n x dim, C order)
       scann_*, *.pb, *.npy   (tree_ah only) ScaNN's assets, each sealed under its own name
+      text.idx       (optional sidecar) the engine's full-text index, opaque here
 
 Every file is bound (AES-GCM associated data) to the caller's ``context`` (index uuid and
 segment id) and to its own name, so a file moved, swapped or copied between segments or
@@ -25,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lsmvec.compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_FILE,
-                                  SEGMENT_META_FILE, VECTORS_FILE)
+                                  SEGMENT_META_FILE, SIDECAR_FILES, VECTORS_FILE)
 from lsmvec.compaction.scann_assets import SealedRows, file_context, load_sealed_searcher
 from lsmvec.compaction.scann_params import (KIND_TREE_AH, SearchParams, leaves_for_probes,
                                             scann_scores_to_distances)
@@ -126,7 +127,7 @@ class Segment:
             raise CorruptionError("segment does not match its manifest description "
                                   f"(n={n}, dim={dim}, kind={params.kind})", meta_path)
         assets = {name: expected[name] for name in expected
-                  if name not in (SEGMENT_META_FILE, VECTORS_FILE)}
+                  if name not in (SEGMENT_META_FILE, VECTORS_FILE) and name not in SIDECAR_FILES}
         if (params.kind == KIND_TREE_AH) != bool(assets) or (
                 assets and (SCANN_ASSETS_INDEX_FILE not in assets
                             or (SCANN_DATASET_FILE in assets) != dataset_stored)):

@@ -14,13 +14,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
 from lsmvec.compaction.calibrate import DEFAULT_TARGET_RECALL, calibrate, check_target_recall
 from lsmvec.compaction.compactor import BACKGROUND, BuildBudget
-from lsmvec.compaction.filenames import SEGMENT_META_FILE, VECTORS_FILE
+from lsmvec.compaction.filenames import SEGMENT_META_FILE, SIDECAR_FILES, VECTORS_FILE
 from lsmvec.compaction.scann_assets import file_context, seal_searcher, train_searcher
 from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams, choose_params
 from lsmvec.compaction.sealed_file import SealedFileInfo, write_sealed
@@ -42,6 +42,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
                   progress: Callable[[str], None] | None = None,
                   budget: BuildBudget = BACKGROUND,
                   target_recall: float = DEFAULT_TARGET_RECALL,
+                  sidecars: Mapping[str, bytes] | None = None,
                   **tuning: Any) -> SegmentFiles:
     """Write a segment of ``vectors`` (row i = segment id i) into ``directory``.
 
@@ -56,6 +57,9 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
     on a sample of its rows (compaction/calibrate.py) unless ``leaves_to_search`` is given; a
     tree that cannot reach it even searching every leaf, or only at a query cost near an exact
     scan's, is stored exact (kind "brute", the reason in its params' ``fallback``).
+    ``sidecars``: {name in ``filenames.SIDECAR_FILES``: bytes} sealed into the folder with the
+    rows, under the same context (e.g. the engine's full-text index); read back with
+    ``segment_files.read_sidecar``.
 
     Raises InvalidTypeError / InvalidVectorError / InvalidArgumentError for bad vectors, metric,
     tuning or a non-empty folder; InvalidKeyError for a bad key; StorageError on I/O failure
@@ -63,7 +67,7 @@ def build_segment(directory: str | os.PathLike[str], vectors: np.ndarray, *, met
     """
     files, _params, _vectors, _searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, budget,
-        target_recall, tuning, own_copy=False)
+        target_recall, tuning, sidecars, own_copy=False)
     return files
 
 
@@ -72,6 +76,7 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
                            progress: Callable[[str], None] | None = None,
                            budget: BuildBudget = BACKGROUND,
                            target_recall: float = DEFAULT_TARGET_RECALL,
+                           sidecars: Mapping[str, bytes] | None = None,
                            **tuning: Any) -> tuple[SegmentFiles, "Segment"]:
     """``build_segment``, plus the searchable ``Segment`` kept from the build (no re-read and
     no ScaNN reload; the folder may be renamed afterwards). The segment keeps its own copy of
@@ -79,14 +84,15 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
     from lsmvec.compaction.segment import Segment
     files, params, rows, searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, budget,
-        target_recall, tuning, own_copy=True)
+        target_recall, tuning, sidecars, own_copy=True)
     return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
                                                    file_context(context, VECTORS_FILE)))
 
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
            n_lists: int | None, progress: Callable[[str], None] | None,
-           budget: BuildBudget, target_recall: float, tuning: dict[str, Any], *,
+           budget: BuildBudget, target_recall: float, tuning: dict[str, Any],
+           sidecars: Mapping[str, bytes] | None, *,
            own_copy: bool) -> tuple[SegmentFiles, SearchParams, np.ndarray, Any]:
     started = time.monotonic()
     vectors = _checked_vectors(vectors)
@@ -95,6 +101,11 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     target_recall = check_target_recall(target_recall)
     if not isinstance(budget, BuildBudget):
         raise InvalidTypeError(f"budget must be a BuildBudget, got {type(budget).__name__}")
+    sidecars = dict(sidecars or {})
+    for name in sidecars:
+        if name not in SIDECAR_FILES:
+            raise InvalidArgumentError(f"sidecars: {name!r} is not a segment sidecar file "
+                                       f"(allowed: {', '.join(sorted(SIDECAR_FILES))})")
     # A trained Segment keeps no rows of its own (ScaNN holds them): no private copy then.
     copied = own_copy and params.kind != KIND_TREE_AH
     if copied:
@@ -154,6 +165,8 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
         rows_file.wait()  # the helper's writes end before the caller removes the folder
         raise
     sealed[VECTORS_FILE] = rows_file.result()
+    for name, data in sorted(sidecars.items()):
+        sealed[name] = write_sealed(directory / name, data, key, file_context(context, name))
     sealed[SEGMENT_META_FILE] = write_sealed(
         directory / SEGMENT_META_FILE, encode_meta(params, n, dim, dataset_stored), key,
         file_context(context, SEGMENT_META_FILE))

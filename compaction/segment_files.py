@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from lsmvec.compaction.filenames import SEGMENT_FILES, SEGMENT_META_FILE, VECTORS_FILE
+from lsmvec.compaction.filenames import (SEGMENT_FILES, SEGMENT_META_FILE, SIDECAR_FILES,
+                                         VECTORS_FILE)
+from lsmvec.compaction.scann_assets import file_context
+from lsmvec.compaction.sealed_file import read_sealed
 from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams
 from lsmvec.wal.errors import CorruptionError, storage_error_from
 
 __all__ = ["SEGMENT_FORMAT", "FileEntry", "SegmentFiles", "expected_entries", "check_listing",
-           "encode_meta", "parse_meta"]
+           "encode_meta", "parse_meta", "read_sidecar"]
 
 SEGMENT_FORMAT = 1
 """Version of segment.json; bumped (append-only) when the folder layout changes."""
@@ -130,3 +133,19 @@ def parse_meta(raw: bytes | bytearray, path: str) -> tuple[SearchParams, int, in
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptionError(f"malformed segment description: {exc}", path) from exc
     return params, n, dim, dataset_stored
+
+
+def read_sidecar(directory: Path, entries: Iterable[FileEntry | tuple[str, int, str]], name: str,
+                 *, key: bytes, context: bytes) -> bytearray | None:
+    """The plaintext of sidecar ``name`` (filenames.SIDECAR_FILES) of the segment folder whose
+    manifest file list is ``entries``; None when the list has none (a segment without it, e.g.
+    written before it existed). Authenticated against the manifest's size and SHA-256 and bound
+    to the segment and its name: a damaged, swapped or foreign file raises CorruptionError."""
+    if name not in SIDECAR_FILES:
+        raise ValueError(f"{name!r} is not a sidecar file")
+    for entry in entries:
+        entry = entry if isinstance(entry, FileEntry) else FileEntry(*entry)
+        if entry.name == name:
+            return read_sealed(directory / name, key, file_context(context, name),
+                               expected_size=entry.size, expected_sha256=entry.sha256)
+    return None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lsmvec.compaction.compactor import BACKGROUND, BuildBudget
-from lsmvec.compaction.filenames import temp_segment_dir_name
+from lsmvec.compaction.filenames import TEXT_INDEX_FILE, temp_segment_dir_name
 from lsmvec.compaction.row_gather import concat_rows
 from lsmvec.compaction.segment import build_and_open_segment
 from lsmvec.wal import failpoints, fsio
@@ -38,11 +38,12 @@ log = logging.getLogger(__name__)
 
 def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, *,
                          kind: str = "auto", n_lists: int | None = None,
-                         budget: BuildBudget = BACKGROUND):
+                         budget: BuildBudget = BACKGROUND, text: TextIndex | None = None):
     """Build a segment under a temporary name and rename it in. Returns (files, Segment).
     ``kind``: "brute" for flushes (no training on the write path), "auto" for merges (a tree
     when large enough, with ``n_lists`` leaves, trained within ``budget``: its threads). A
-    trained segment's default search is calibrated to the index's ``target_recall``."""
+    trained segment's default search is calibrated to the index's ``target_recall``. ``text``:
+    the rows' full-text index, sealed into the folder as its text.idx sidecar."""
     root = core.folder / SEGMENTS_DIR
     tmp = root / temp_segment_dir_name(seg_id)
     try:  # every mkdir / write / sync / rename / removal through wal.fsio.FS
@@ -51,7 +52,8 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, *,
             tmp, vectors, metric=core.config.metric, key=core.cipher.segment_key,
             context=core.cipher.segment_context(seg_id, ""), kind=kind, n_lists=n_lists,
             budget=budget, target_recall=core.config.options.target_recall,
-            reorder_precision=REORDER_PRECISION[core.config.options.storage_precision])
+            reorder_precision=REORDER_PRECISION[core.config.options.storage_precision],
+            sidecars={TEXT_INDEX_FILE: text.to_bytes()} if text is not None else None)
         failpoints.hit("segment.before_rename")
         final = segment_folder(core.folder, seg_id)
         fsio.rename(tmp, final)
@@ -100,9 +102,10 @@ def flush_oldest(core: "IndexCore") -> bool:
         seg_id = core.reserve_segment_id() if ids else None
         # Flushes are written exact (no training: seconds saved on the write path); the
         # merger trains segments as they grow.
-        built = build_segment_folder(core, seg_id, vectors, kind="brute") if ids else None
-        terms = TermIndex.build(metadata, len(ids), core.config.options.metadata_schema)
         text = build_text(metadata, len(ids), core.config.options.metadata_schema.full_text)
+        built = (build_segment_folder(core, seg_id, vectors, kind="brute", text=text)
+                 if ids else None)
+        terms = TermIndex.build(metadata, len(ids), core.config.options.metadata_schema)
         # Hash and seal every item before the transaction: in it, a flush only reads locations
         # and puts.
         keys, values = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else ([], [])
@@ -157,7 +160,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
                                picked[0][0].segment.dim) if ids else None)
         new_id = core.reserve_segment_id() if ids else None
         built = (build_segment_folder(core, new_id, vectors, n_lists=n_lists,
-                                      budget=budget) if ids else None)
+                                      budget=budget, text=text) if ids else None)
         source = _new_source(core, new_id, built, ids, terms, text) if built is not None else None
         _failpoint("merge.before_commit")
         # Re-sealing every carried row takes seconds for big merges: install runs it inside

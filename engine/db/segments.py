@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lsmvec.compaction.filenames import parse_segment_dir_name, segment_dir_name
+from lsmvec.compaction.filenames import TEXT_INDEX_FILE, parse_segment_dir_name, segment_dir_name
 from lsmvec.compaction.exact import search_exact
 from lsmvec.compaction.segment import FileEntry, Segment
+from lsmvec.compaction.segment_files import read_sidecar
 
 from lsmvec.disk.filenames import SEGMENTS_DIR
 from lsmvec.errors import CorruptionError
@@ -307,7 +308,15 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
     ids = read_row_ids(store, info.id, info.rows)
     persisted = read_dead(store, info.id, info.rows, info.dead)
     source = SegmentSource(info, segment, ids, persisted, store, read_terms(store, info.id, info.rows))
-    source.text = read_text(store, info.id, info.rows)
+    raw = read_sidecar(path, info.files, TEXT_INDEX_FILE, key=key, context=context)
+    if raw is None:
+        source.text = read_text(store, info.id, info.rows)
+    else:
+        try:
+            source.text = TextIndex.from_bytes(raw, info.rows)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptionError(f"text index of segment {info.id} is malformed ({exc})",
+                                  str(path / TEXT_INDEX_FILE)) from None
     return source
 
 

@@ -22,6 +22,7 @@ from array import array
 from collections import Counter
 from typing import Iterable, Mapping
 
+import msgpack
 import numpy as np
 
 from lsmvec.db.term_index import lower_bound
@@ -200,6 +201,19 @@ class TextIndex:
                 raise ValueError("text index field entry malformed")
             fields[entry[0]] = _checked_field(entry[1:], n)
         return cls(n, fields, raw["analyzer"])
+
+    def to_bytes(self) -> bytes:
+        """The segment folder's text.idx plaintext: ``pack`` as msgpack (sealed by the build)."""
+        return msgpack.packb(self.pack(), use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray, n: int) -> "TextIndex":
+        """Inverse of ``to_bytes``. ValueError on anything malformed."""
+        try:
+            raw = msgpack.unpackb(bytes(data), raw=False)
+        except (msgpack.UnpackException, ValueError, TypeError) as exc:
+            raise ValueError(f"text index is not msgpack ({exc})") from None
+        return cls.unpack(raw, n)
 
     @property
     def nbytes(self) -> int:

@@ -57,8 +57,9 @@ def _terms_key(segment: int) -> bytes:
 
 
 def _text_key(segment: int) -> bytes:
-    """The segment's full-text index (db/text_index.py): a sealed meta value beside its term
-    index, so it is encrypted, switched and removed in the same transaction as the segment."""
+    """Where segments written by 0.1's first BM25 build (commit 0720817) keep their full-text
+    index: a sealed meta value. Newer segments hold it as the sealed ``text.idx`` file in their
+    folder (db/segments.open_segment); this one is still read, and removed with its segment."""
     return b"text/%d" % segment
 
 
@@ -174,8 +175,8 @@ def read_terms(store: Store, segment: int, rows: int) -> TermIndex:
 
 
 def read_text(store: Store, segment: int, rows: int) -> TextIndex | None:
-    """The segment's full-text index; None when it has none (no full_text field, or written
-    before text indexes existed)."""
+    """A segment's full-text index kept in the store (``_text_key``: segments from before the
+    text.idx file); None when it has none."""
     raw = store.get_meta(_text_key(segment))
     if raw is None:
         return None
@@ -362,8 +363,6 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
                 born = np.zeros(edit.add.n_rows, bool) if born is None else born.copy()
                 txn.put_meta(_rows_key(sid), list(edit.add.ids))
                 txn.put_meta(_terms_key(sid), edit.add.terms.pack())
-                if edit.add.text is not None:
-                    txn.put_meta(_text_key(sid), edit.add.text.pack())
                 if born.any():
                     txn.put_meta(_dead_key(sid), np.packbits(born).tobytes())
                 planned.born = born

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from db.test_bm25 import oracle  # the plain-Python BM25 oracle (shared, not copied)
 from lsmvec import AsyncClient, Client, generate_key
+from lsmvec.compaction.filenames import segment_dir_name
 from lsmvec.errors import InvalidArgumentError, InvalidTypeError, LsmvecError
 from lsmvec.request.analyzer import ANALYZER_VERSION, query_terms
 
@@ -301,19 +302,82 @@ async def test_async_text_query(tmp_path: Path, anyio_backend: str) -> None:
         assert [r["id"] for r in await index.query_metadata(text="dog")] == ["b", "a"]
 
 
-def test_damaged_text_index_is_corruption_naming_the_store(data_dir: Path) -> None:
-    from lsmvec.errors import CorruptionError
-    key = generate_key()
+def _one_segment(data_dir: Path, key: bytes) -> Path:
+    """An index "t" with one flushed segment holding a text index; its folder."""
     with Client(data_dir) as client:
         index = make(client, key=key)
-        index.upsert([{"id": "a", "vector": vec(0), "metadata": {"body": "fox"}}])
+        index.upsert([{"id": "a", "vector": vec(0), "metadata": {"body": "fox"}},
+                      {"id": "b", "vector": vec(1), "metadata": {"body": "lazy dog"}}])
         index.flush()
         (segment,) = index.stats()["segments"]
-        core = index._core
-        with core.commit_lock:  # a value that opens (sealed with the key) but is no text index
-            core.store.commit(lambda txn: txn.put_meta(b"text/%d" % segment["id"],
-                                                       {"format": 1, "n": 5}))
+    (folder,) = data_dir.rglob(segment_dir_name(segment["id"]))
+    return folder
+
+
+def test_text_index_is_a_sealed_file_of_the_segment_folder(data_dir: Path) -> None:
+    key = generate_key()
+    folder = _one_segment(data_dir, key)
+    sidecar = folder / "text.idx"
+    assert sidecar.is_file() and sidecar.stat().st_size > 0
+    with Client(data_dir) as client:  # read back from the file after a reopen
+        index = client.load_index("t", key)
+        assert [r["id"] for r in index.query(text="dog")] == ["b"]
+        index.upsert([{"id": "c", "vector": vec(2), "metadata": {"body": "dog dog"}}])
+        index.flush()
+        index.train()  # one merge of every segment: its index goes into the new folder
+        (segment,) = index.stats()["segments"]
+        assert [r["id"] for r in index.query(text="dog")] == ["c", "b"]
+    assert not folder.exists()
+    assert [p.parent.name for p in data_dir.rglob("text.idx")] == [
+        segment_dir_name(segment["id"])]
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete", "truncate"])
+def test_damaged_text_index_file_is_corruption_naming_it(data_dir: Path, damage: str) -> None:
+    from lsmvec.errors import CorruptionError
+    key = generate_key()
+    sidecar = _one_segment(data_dir, key) / "text.idx"
+    if damage == "delete":
+        sidecar.unlink()
+    else:
+        raw = bytearray(sidecar.read_bytes())
+        if damage == "flip":
+            raw[len(raw) // 2] ^= 0x40
+        sidecar.write_bytes(raw if damage == "flip" else raw[:-7])
     with Client(data_dir) as client:
         with pytest.raises(CorruptionError) as info:
             client.load_index("t", key)
-    assert "text index of segment" in str(info.value) and info.value.path
+    assert info.value.path and info.value.path.endswith("text.idx")
+
+
+def test_segment_with_its_text_index_in_the_store_still_reads(data_dir: Path,
+                                                              monkeypatch) -> None:
+    """Segments written by the first BM25 build kept the text index as a store value
+    (text/<segment>) instead of the folder's text.idx: still read, and dropped with them."""
+    import lsmvec.db.jobs as jobs
+    build = jobs.build_segment_folder
+    monkeypatch.setattr(jobs, "build_segment_folder",
+                        lambda *a, **kw: build(*a, **{**kw, "text": None}))
+    key = generate_key()
+    folder = _one_segment(data_dir, key)
+    assert not (folder / "text.idx").exists()
+    with Client(data_dir) as client:
+        index = client.load_index("t", key)
+        core = index._core
+        (source,) = core.segments
+        assert source.text is None  # nothing in the folder, nothing in the store yet
+        from lsmvec.db.text_search import build_text
+        text = build_text([{"body": "fox"}, {"body": "lazy dog"}], 2, ("title", "body"))
+        with core.commit_lock:
+            core.store.commit(lambda txn: txn.put_meta(b"text/%d" % source.id, text.pack()))
+    monkeypatch.undo()
+    with Client(data_dir) as client:
+        index = client.load_index("t", key)
+        assert [r["id"] for r in index.query(text="dog")] == ["b"]
+        check_scores(index, {"a": {"body": "fox"}, "b": {"body": "lazy dog"}}, "lazy fox")
+        index.upsert([{"id": "c", "vector": vec(2), "metadata": {"body": "dog"}}])
+        index.flush()
+        index.train()  # merges the legacy segment away
+        assert index._core.store.get_meta(b"text/%d" % source.id) is None
+        check_scores(index, {"a": {"body": "fox"}, "b": {"body": "lazy dog"},
+                             "c": {"body": "dog"}}, "dog fox")
