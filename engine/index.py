@@ -200,7 +200,9 @@ class Index:
         # The default include needs no check; no filter is None, not a match-all Filter (each
         # saves a few us of a ~135 us single query)
         fields = include if include is _DEFAULT_QUERY_INCLUDE else check_include(include)
-        if filters is None and query_contents is None and text is None and alpha is None:
+        if (filters is None and query_contents is None and text is None and alpha is None
+                and text_fields is None and text_field_weights is None and rrf_k is None
+                and window_mult is None and require_all_terms is False):
             # one vector, no filter: the hot path
             config = core.config
             vector = single_query(query_vectors, config.dimension, config.metric)

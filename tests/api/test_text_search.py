@@ -271,6 +271,13 @@ def test_fused_scores_follow_the_documented_formula(client: Client) -> None:
     ({"text": 3}, InvalidTypeError),
     ({"text": "fox", "require_all_terms": "yes"}, InvalidTypeError),
     ({"query_vectors": [0.0] * DIM, "alpha": 0.5}, InvalidArgumentError),
+    # every text option without text= is refused, also on the single-vector fast path
+    ({"query_vectors": [0.0] * DIM, "text_fields": ["title"]}, InvalidArgumentError),
+    ({"query_vectors": [0.0] * DIM, "text_field_weights": {"title": 2}}, InvalidArgumentError),
+    ({"query_vectors": [0.0] * DIM, "rrf_k": 60}, InvalidArgumentError),
+    ({"query_vectors": [0.0] * DIM, "window_mult": 3}, InvalidArgumentError),
+    ({"query_vectors": [0.0] * DIM, "require_all_terms": True}, InvalidArgumentError),
+    ({"query_vectors": [[0.0] * DIM] * 2, "rrf_k": 60}, InvalidArgumentError),
 ])
 def test_text_errors(client: Client, kwargs: dict, error: type) -> None:
     index = make(client)
