@@ -135,7 +135,12 @@ class WrongKeyError(LsmvecError, ValueError):
 
 
 class IndexLockedError(LsmvecError, RuntimeError):
-    """Another process has this index open for writing."""
+    """Another process has this index open for writing. ``pid``: that process's id, as it
+    wrote it into the LOCK file (None when it could not be read)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class ClosedError(LsmvecError, RuntimeError):

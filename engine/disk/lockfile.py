@@ -29,6 +29,26 @@ _FIRST_DELAY = 0.0005
 _MAX_DELAY = 0.02
 
 
+def _write_pid(fd: int) -> None:
+    """Name the holder in LOCK, for the IndexLockedError of the next process (not fsynced: the
+    flock, not the text, is the lock; a holder killed leaves a stale pid no one trusts)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    except OSError:  # a read-only or full file system: the lock still holds, unnamed
+        pass
+
+
+def holder_pid(path: str | os.PathLike) -> int | None:
+    """The pid the holder of the lock at `path` wrote, or None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(32)
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _Busy(Exception):
     """Another process holds the folder (or the LOCK file)."""
 
@@ -71,8 +91,10 @@ class LockFile:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     waited = f" for {timeout:g} s" if timeout > 0 else ""
-                    raise IndexLockedError(f"{what} is open in another process (lock held on "
-                                           f"{self.folder}{waited})") from None
+                    pid = holder_pid(self.path)
+                    by = f"process {pid}" if pid is not None else "another process"
+                    raise IndexLockedError(f"{what} is open for writing in {by} (lock held on "
+                                           f"{self.folder}{waited})", pid=pid) from None
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, _MAX_DELAY)
 
@@ -96,6 +118,7 @@ class LockFile:
                 if now is not None and now_dir is not None and _same(held, now) and _same(held_dir, now_dir):
                     self._dir_fd, self._fd = dir_fd, fd
                     self._ino, self._dev = held.st_ino, held.st_dev
+                    _write_pid(fd)
                     return
             except BaseException:
                 if fd is not None:

@@ -343,8 +343,10 @@ def test_second_process_error_is_index_locked(client, data_dir, key):
         "try:\n"
         "    c.load_index('held', bytes.fromhex(sys.argv[2]))\n"
         "except IndexLockedError as e:\n"
-        "    print('locked', isinstance(e, RuntimeError))\n"
+        "    print('locked', isinstance(e, RuntimeError), e.pid, e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(data_dir), key.hex()],
                          capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "locked True", out.stderr
+    word, is_runtime, pid, message = out.stdout.strip().split(" ", 3)
+    assert (word, is_runtime) == ("locked", "True"), out.stderr
+    assert int(pid) == os.getpid() and f"process {os.getpid()}" in message  # names the holder

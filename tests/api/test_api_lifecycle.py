@@ -205,8 +205,9 @@ def test_lock_of_killed_process_does_not_block(data_dir, key):
         line = child.stdout.readline()
         assert line.strip() == "ready", child.stderr.read() if child.poll() is not None else line
         with Client(data_dir) as c:  # while the child lives, it holds the lock
-            with pytest.raises(IndexLockedError):
+            with pytest.raises(IndexLockedError) as info:
                 c.load_index("victim", key)
+            assert info.value.pid == child.pid  # the error names the holder
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=CHILD_TIMEOUT)
     finally:
