@@ -1,9 +1,9 @@
 """The relevance measures against values computed by hand on tiny judged sets, the Lee loader's
 grading and layout on a hand-made folder, and the benchmark's query forms through the public API
-against a numpy oracle. The run on the real collection (gensim's files + MiniLM) is slow."""
+against a numpy oracle. The run on the real collection (gensim's files + MiniLM) is a benchmark:
+`python -m lsmvec.tools.bench_relevance` (docs/benchmarks.md), not a test."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -91,25 +91,3 @@ def test_query_forms_against_oracle(tmp_path: Path) -> None:
     assert text == {"qa": ["d3"], "qb": ["d3"]}
     assert all(judged.query_doc[q] not in r and set(r) == set(vector[q]) for q, r in hybrid.items())
     assert bench_relevance.score(text, judged.qrels)["ndcg@10"] == 1.0
-
-
-@pytest.mark.slow
-def test_bench_relevance_real_collection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("sentence_transformers")
-    from lsmvec.tools.relevance_data import RelevanceDataUnavailable, gensim_test_data
-    try:
-        gensim_test_data()
-    except RelevanceDataUnavailable as e:
-        pytest.skip(str(e))
-    assert bench_relevance.main(["--dir", str(tmp_path / "w"), "--no-train"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    setup = rows[0]
-    assert (setup["docs"], setup["queries"]) == (350, 50)
-    index = next(r for r in rows if r["what"] == "index")
-    assert index["vector_top10_equal_to_exact"] == index["of"] == 500
-    by = {r["config"]: r for r in rows if r["what"] == "relevance"}
-    assert set(by) == {"text", "vector", "hybrid", "hybrid_alpha_0.3", "hybrid_alpha_0.5",
-                       "hybrid_alpha_0.7"}
-    assert by["vector"]["ndcg@10"] == setup["exact_cosine_ndcg@10"]
-    for r in by.values():
-        assert r["queries"] == 48 and setup["random_ndcg@10"] < r["ndcg@10"] <= 1
