@@ -22,6 +22,9 @@ importing upward; ``engine.errors`` re-exports it as the public path.
     ├── WrongKeyError (ValueError)             the key does not open this index
     ├── IndexLockedError (RuntimeError)        another process holds the index
     ├── ClosedError (RuntimeError)             use after close()
+    ├── ReadOnlyError (RuntimeError)           a write on an index opened read_only=True
+    ├── LogGone                                (internal: a reader's log records were flushed
+    │                                          and deleted; the reader moves to the new version)
     ├── EmbeddingModelUnavailable (RuntimeError)
     ├── StorageError (OSError)                 the file system failed us
     │   ├── StorageFullError                   ENOSPC / EDQUOT
@@ -54,6 +57,8 @@ __all__ = [
     "WrongKeyError",
     "IndexLockedError",
     "ClosedError",
+    "ReadOnlyError",
+    "LogGone",
     "EmbeddingModelUnavailable",
     "StorageError",
     "StorageFullError",
@@ -145,6 +150,16 @@ class IndexLockedError(LsmvecError, RuntimeError):
 
 class ClosedError(LsmvecError, RuntimeError):
     pass
+
+
+class ReadOnlyError(LsmvecError, RuntimeError):
+    """A write (upsert, delete, update, flush, compact, train, ...) on an index opened with
+    read_only=True: readers never change a file."""
+
+
+class LogGone(LsmvecError):
+    """A log tail's next records were deleted by the writer (flushed into a segment, its
+    checkpoint moved past them). Internal: the reader moves to the newer version."""
 
 
 class EmbeddingModelUnavailable(LsmvecError, RuntimeError):

@@ -55,9 +55,12 @@ class LogFileReader:
     `size` (the file size at open), `records` (data records yielded).
     """
 
-    def __init__(self, path: Path, first_lsn: int, min_lsn: int = 1):
+    def __init__(self, path: Path, first_lsn: int, min_lsn: int = 1, *, offset: int = 0):
+        """`offset` > 0 starts at that byte (a record boundary an earlier read ended at), where
+        the record expected next has LSN `first_lsn` (log tails: wal/tail.py)."""
         self.path = path
         self.first_lsn = first_lsn
+        self.start = offset
         self.min_lsn = min_lsn
         self.damage: Damage | None = None
         self.next_lsn = first_lsn
@@ -71,11 +74,13 @@ class LogFileReader:
         unpack, crc_of, new, rec_cls = HEADER.unpack_from, crc32c.crc32c, _new_record, Record
         hs, cs = HEADER_SIZE, CRC_START
         expected, last_kind, count = self.first_lsn, None, 0
-        base = pos = 0  # buf[pos] is at file offset base + pos
+        base, pos = self.start, 0  # buf[pos] is at file offset base + pos
         buf = b""
         try:
             with open(path, "rb", buffering=0) as f:
                 size = self.size = os.fstat(f.fileno()).st_size
+                if base:
+                    f.seek(base)
                 view = memoryview(buf)
                 while True:
                     avail = len(buf) - pos
