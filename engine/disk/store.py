@@ -16,14 +16,13 @@ place, by growing the map and retrying; LMDB errors become CorruptionError / Sto
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 from operator import itemgetter
 import logging
 import os
-import signal
-import subprocess
-import sys
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,26 +33,22 @@ import msgpack
 
 from lsmvec.wal import failpoints, fsio
 
+from lsmvec.disk import store_walk
 from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.filenames import DATA_FILE, STORE_DIR
 from lsmvec.disk.meta_values import MetaValues, unpack as _unpack
-from lsmvec.errors import CorruptionError, StorageError, StorageFullError, storage_error_from
+from lsmvec.errors import (CorruptionError, ReadOnlyError, StorageError, StorageFullError,
+                           storage_error_from)
 
 log = logging.getLogger(__name__)
 
 _LOC = struct.Struct("<II")
-_WALK_CHILD = """
-import sys, lmdb
-env = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=4, subdir=True)
-with env.begin() as txn:
-    for name in (b"items", b"meta"):
-        db = env.open_db(name, txn=txn, create=False)
-        for key, value in txn.cursor(db=db):
-            pass
-"""
-"""The store walk run by Store.walk_in_child: every key and value of both tables."""
 
 _INITIAL_MAP = 64 << 20
+_READER_MAP = 1 << 40
+"""A reader maps this much address space (not memory): LMDB refuses a read transaction once the
+writer's map outgrows the reader's (MDB_MAP_RESIZED), and growing it needs every transaction of
+the process closed. The writer's map starts at 64 MiB and doubles; 1 TiB is never reached."""
 _PREPARE_BLOCK = 1024
 """Items hashed and sealed between two voluntary GIL releases in a flush (~2-3 ms of work)."""
 _FULL_DISK_BYTES = 64 << 20
@@ -74,13 +69,19 @@ class Store:
     """Thread-safe: LMDB serialises write transactions; reads are short read transactions."""
 
     def __init__(self, folder: Path, cipher: IndexCipher, *, create: bool = False,
-                 initial: Mapping[bytes, Any] | None = None):
+                 initial: Mapping[bytes, Any] | None = None, read_only: bool = False):
         """Open the store of an index folder. `create` (only while the index is being built in
         its temporary folder) makes the file, its tables and the `initial` meta values (name ->
         msgpack-able object; the database's empty manifest, see version.create_store) in one
         transaction; otherwise the file and tables must exist, so a store that lost them is a
-        CorruptionError and never taken for a new, empty index."""
+        CorruptionError and never taken for a new, empty index. `read_only` (a reader process
+        beside the writer): LMDB opened read-only -- the only file it touches is lock.mdb's
+        shared reader table -- and reads go through snapshots (``snapshot()``)."""
         self.path = folder / STORE_DIR
+        self.read_only = read_only
+        self._snap: lmdb.Transaction | None = None
+        self._snap_lock = threading.RLock()
+        self._owner = True  # snapshots share the environment; only its opener closes it
         self._data = str(self.path / DATA_FILE)
         self._cipher = cipher
         self._metas = MetaValues(cipher, self._data)
@@ -91,9 +92,10 @@ class Store:
             if not create and (existing is None or existing < 2 * _MIN_PAGE):
                 raise CorruptionError(f"store file is missing or truncated ({existing} bytes)",
                                       self._data)
-            self.env = lmdb.open(str(self.path), map_size=_INITIAL_MAP, max_dbs=4, subdir=True,
-                                 sync=True, metasync=True, readahead=False, max_readers=254,
-                                 lock=True, meminit=True)
+            self.env = lmdb.open(str(self.path), map_size=_READER_MAP if read_only else _INITIAL_MAP,
+                                 max_dbs=4, subdir=True, sync=True, metasync=True,
+                                 readahead=False, max_readers=254, lock=True, meminit=True,
+                                 readonly=read_only)
         except lmdb.Error as exc:
             raise self._wrap(exc, "open") from None
         except OSError as exc:
@@ -123,7 +125,7 @@ class Store:
                     txn.put_meta(name, obj)
             self.commit(fill)
             fsio.fsync_dir(self.path)  # data.mdb's own directory entry
-        if info["map_size"] < _INITIAL_MAP:
+        if info["map_size"] < _INITIAL_MAP and not read_only:
             self.env.set_mapsize(_INITIAL_MAP)
 
     def _wrap(self, exc: BaseException, what: str) -> Exception:
@@ -214,8 +216,8 @@ class Store:
         key = key or self._cipher.id_hash(item_id)
         try:
             if txn is None:
-                with self.env.begin(db=self._items, buffers=False) as txn:
-                    value = txn.get(key)
+                with self._reading() as txn:
+                    value = txn.get(key, db=self._items)
             else:
                 value = txn.get(key, db=self._items)
         except lmdb.Error as exc:
@@ -252,63 +254,34 @@ class Store:
         id_hash, open_body = self._cipher.id_hash, self._open_body
         out: list[tuple[int, int, bytes] | None] = []
         try:
-            with self.env.begin(db=self._items) as txn:
-                get = txn.get
+            with self._reading() as txn:
+                get, items = txn.get, self._items
                 for item_id in ids:
                     key = id_hash(item_id)
-                    value = get(key)
+                    value = get(key, db=items)
                     out.append(None if value is None else open_body(key, value))
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
         return out
 
     def _tables_within_file(self) -> bool:
-        """A data file shorter than its last page number is not always cut: LMDB never writes
-        the pages a commit allocated and freed again (a big value rewritten or deleted in the
-        same transaction; 150 of 200 such stores ended 1-8 pages short after a clean close,
-        and cleanly closed indexes were refused as truncated). What matters is that every page
-        the tables use is in the file: walked in a child, where reading past the end (SIGBUS)
-        kills only the child. Run only for a short file."""
-        try:
-            done = subprocess.run([sys.executable, "-c", _WALK_CHILD, str(self.path)],
-                                  capture_output=True, timeout=600,
-                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        except (subprocess.TimeoutExpired, OSError):
-            return False
-        return done.returncode == 0
+        return store_walk.tables_within_file(self.path)
 
     def walk_in_child(self, timeout_s: float = 600.0) -> str | None:
-        """Walk every page of both tables in a child process first: LMDB keeps no page
-        checksums and, on some damaged pages, aborts the process from inside the C library
-        (an assertion in mdb_cursor_next) where no exception can be raised. Returns None when
-        the walk finished, else what went wrong (the caller must not walk the tree itself).
-        Callers hold off store writes meanwhile (the child reads without a reader slot)."""
-        try:
-            done = subprocess.run([sys.executable, "-c", _WALK_CHILD, str(self.path)],
-                                  capture_output=True, text=True, timeout=timeout_s,
-                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        except subprocess.TimeoutExpired:
-            return f"walking the store took over {timeout_s:.0f} s"
-        except OSError as exc:
-            log.warning("cannot start the store walk child (%s); walking in-process", exc)
-            return None
-        if done.returncode < 0:
-            name = signal.Signals(-done.returncode).name
-            detail = done.stderr.strip().splitlines()[-1:] or [""]
-            return f"LMDB killed the process walking its B-tree ({name}: {detail[0][:200]})"
-        return None  # exit 0, or an LMDB error the in-process walk reports as CorruptionError
+        """store_walk.walk_in_child: None when a child walked every page, else what failed."""
+        return store_walk.walk_in_child(self.path, timeout_s)
 
     def iter_items(self) -> Iterator[StoredItem]:
         try:
-            with self.env.begin(db=self._items) as txn:
-                for key, value in txn.cursor():
+            with self._reading() as txn:
+                for key, value in txn.cursor(db=self._items):
                     yield self._open_item(key, value)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
     def count(self) -> int:
         try:
-            with self.env.begin() as txn:
+            with self._reading() as txn:
                 return int(txn.stat(self._items)["entries"])
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
@@ -320,7 +293,7 @@ class Store:
         or alive (~16 B a row for 11-character ids) -- only the items table grows with the
         live items alone."""
         try:
-            with self.env.begin() as txn:
+            with self._reading() as txn:
                 stats = [txn.stat(self._items), txn.stat(self._meta), txn.stat()]
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
@@ -337,8 +310,9 @@ class Store:
         """The opened, decoded meta value `name` (None when there is none), in a short read
         transaction. A value that fails to open or decode is a CorruptionError."""
         try:
-            with self.env.begin(db=self._meta) as txn:
-                return self._metas.read(txn.get, name)
+            with self._reading() as txn:
+                meta = self._meta
+                return self._metas.read(lambda key: txn.get(key, db=meta), name)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
@@ -353,6 +327,8 @@ class Store:
         (the caller's switch of its in-memory state), so the long part -- the edit -- blocks
         nobody, while readers still never see the committed store beside the old memory.
         Callers serialize their commits (one write transaction at a time)."""
+        if self.read_only:
+            raise ReadOnlyError(f"the store {self._data} is open read-only")
         try:
             failpoints.hit("store.commit")
         except OSError as exc:
@@ -403,8 +379,64 @@ class Store:
         except (lmdb.Error, OSError) as exc:
             log.warning("store settle commit failed (%s); the file may grow", exc)
 
+    # -- snapshots (readers) -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction: a short one of its own, or this snapshot's (one thread at a time
+        uses it: an LMDB transaction is not for concurrent use)."""
+        if self._snap is None:
+            with self.env.begin() as txn:
+                yield txn
+        else:
+            with self._snap_lock:
+                yield self._snap
+
+    def snapshot(self) -> "Store":
+        """This store as it is now, for a reader's view: every read of the returned Store sees
+        this one committed state until its release(). It holds an LMDB reader slot, which keeps
+        the pages of that state from being reused by the writer: release it soon."""
+        clone = copy.copy(self)
+        try:
+            clone._snap = self.env.begin()
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+        clone._snap_lock = threading.RLock()
+        clone._owner = False
+        return clone
+
+    @property
+    def snapshot_txn_id(self) -> int | None:
+        """The id of the committed transaction this snapshot sees (None: not a snapshot)."""
+        return self._snap.id() if self._snap is not None else None
+
+    def last_txn_id(self) -> int:
+        """The id of the newest committed write transaction (any process's)."""
+        try:
+            return int(self.env.info()["last_txnid"])
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+
+    def release(self) -> None:
+        """End this snapshot's read transaction (its reader slot freed). Idempotent."""
+        with self._snap_lock:
+            snap, self._snap = self._snap, None
+            if snap is not None:
+                snap.abort()
+
+    def check_readers(self) -> int:
+        """Free the reader slots of reader processes that died (kill -9) -- a slot left behind
+        would pin the pages of its old state forever and the file would grow. Returns how many
+        were freed."""
+        try:
+            return int(self.env.reader_check())
+        except lmdb.Error as exc:
+            raise self._wrap(exc, "read") from None
+
     def close(self) -> None:
-        self.env.close()
+        self.release()
+        if self._owner:
+            self.env.close()
 
 
 class StoreTxn:

@@ -90,7 +90,7 @@ def test_verify_walks_the_store_in_a_child_first(tmp_path: Path, monkeypatch) ->
     """LMDB aborts the process on some damaged pages (no exception is possible): verify()
     walks the tree in a child first and reports a child killed by a signal as damage,
     without walking it in-process."""
-    import lsmvec.disk.store as store_module
+    import lsmvec.disk.store_walk as store_module
     client, index, _ = build(tmp_path)
     with client:
         assert index.verify()["ok"]
