@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -226,6 +227,20 @@ class Segment:
         self._chunks.clear()
         if self._lazy is not None:
             self._lazy = (Path(directory) / VECTORS_FILE, *self._lazy[1:])
+
+    def hold_rows_file(self) -> None:
+        """Keep vectors.bin open and read it through that descriptor from now on, so the rows
+        stay readable after the folder is deleted (a reader process whose segment the writer
+        merged away: an open file outlives its name). Closed when the Segment is freed."""
+        if self._lazy is None or str(self._lazy[0]).startswith("/proc/self/fd/"):
+            return
+        path, key, context = self._lazy
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptionError("segment file is missing", str(path)) from None
+        weakref.finalize(self, os.close, fd)
+        self._lazy = (Path(f"/proc/self/fd/{fd}"), key, context)
 
     @property
     def closed(self) -> bool:

@@ -100,7 +100,8 @@ def _batched_write(name: str) -> Callable:
 
 _INDEX_METHODS = ("query", "query_metadata", "get", "list_ids", "get_num_vectors", "train",
                   "is_trained", "training_state", "flush", "compact", "stats", "verify",
-                  "index_name", "index_type", "index_config", "delete_index", "close")
+                  "index_name", "index_type", "index_config", "delete_index", "close", "backup",
+                  "refresh")
 AsyncIndex._target = lambda self: self._index  # type: ignore[attr-defined]
 for _name in _INDEX_METHODS:
     setattr(AsyncIndex, _name, _coroutine_of(Index, _name))
@@ -120,8 +121,8 @@ class AsyncClient(_InThreads):
     """`async with AsyncClient(path) as client:` -- the Client API as coroutines."""
 
     def __init__(self, path: str | os.PathLike, *, durability: str = "fsync",
-                 max_threads: int = DEFAULT_THREADS):
-        self._client = Client(path, durability=durability)
+                 read_only: bool = False, max_threads: int = DEFAULT_THREADS):
+        self._client = Client(path, durability=durability, read_only=read_only)
         self._limiter = anyio.CapacityLimiter(max_threads)
 
     async def create_index(self, *args: Any, **kwargs: Any) -> AsyncIndex:

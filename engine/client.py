@@ -1,7 +1,9 @@
 """Client: a folder of indexes (the sync face). AsyncClient wraps the same object.
 
 One open IndexCore per index folder per process: opening an index that is already open returns
-a new Index face over the same core (reference counted), never a second writer.
+a new Index face over the same core (reference counted), never a second writer. A read_only
+opening (db/reader.py) shares one Reader per folder the same way; where this process has the
+index open for writing, a read_only face over the writer's core is given instead (always fresh).
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from typing import Any
 from lsmvec.disk.catalog import Catalog, check_index_name
 from lsmvec.disk.config import METRICS, config_exists, new_config, read_config, write_config
 from lsmvec.db.core import DURABILITY, IndexCore
+from lsmvec.db.reader import DEFAULT_MAX_STALENESS, Reader
 from lsmvec.disk.crypto import IndexCipher, check_key, generate_key
-from lsmvec.errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError)
+from lsmvec.errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError,
+                           ReadOnlyError)
 from lsmvec.index import Index
 from lsmvec.request.options import IndexOptions
 from lsmvec.db.version import create_store
@@ -32,16 +36,33 @@ def _acquire_core(folder: Path, index_key: bytes, durability: str) -> IndexCore:
     key = os.path.realpath(folder)
     with _registry_lock:
         entry = _registry.get(key)
-        if entry is not None:
+        if entry is not None and isinstance(entry[0], IndexCore):
             read_config(folder, index_key)  # the key must open it, even when already open
             entry[1] += 1
             return entry[0]
+        if entry is not None:  # LMDB allows one environment per file and process
+            raise InvalidArgumentError(f"index {folder.name!r} is open read_only in this "
+                                       "process: close those handles before opening it to write")
         core = IndexCore(folder, index_key, durability=durability)
         _registry[key] = [core, 1]
         return core
 
 
-def _release_core(core: IndexCore) -> None:
+def _acquire_reader(folder: Path, index_key: bytes, max_staleness: float) -> IndexCore | Reader:
+    """This process's Reader of `folder` (or its writer's core, when it has one)."""
+    key = os.path.realpath(folder)
+    with _registry_lock:
+        entry = _registry.get(key)
+        if entry is not None:
+            read_config(folder, index_key)
+            entry[1] += 1
+            return entry[0]
+        reader = Reader(folder, index_key, max_staleness=max_staleness)
+        _registry[key] = [reader, 1]
+        return reader
+
+
+def _release_core(core: IndexCore | Reader) -> None:
     key = os.path.realpath(core.folder)
     with _registry_lock:
         entry = _registry.get(key)
@@ -54,6 +75,13 @@ def _release_core(core: IndexCore) -> None:
     core.close()
 
 
+def _check_staleness(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 3600:
+        raise InvalidArgumentError(f"max_staleness must be a number of seconds in 0.01..3600, "
+                                   f"got {value!r}")
+    return float(value)
+
+
 def _check_durability(durability: object) -> str:
     if durability not in DURABILITY:
         raise InvalidArgumentError(f"durability must be one of {DURABILITY}, got {durability!r}")
@@ -63,11 +91,17 @@ def _check_durability(durability: object) -> str:
 class Client:
     """`Client(path)`: a folder (created if missing) holding any number of indexes."""
 
-    def __init__(self, path: str | os.PathLike, *, durability: str = "fsync"):
+    def __init__(self, path: str | os.PathLike, *, durability: str = "fsync",
+                 read_only: bool = False):
+        """`read_only=True`: every index is loaded read_only (db/reader.py) and nothing in the
+        folder is created, changed or removed; create and delete raise ReadOnlyError."""
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        self._catalog = Catalog(path)
+        if not isinstance(read_only, bool):
+            raise InvalidTypeError(f"read_only must be a bool, got {type(read_only).__name__}")
         self._durability = _check_durability(durability)
+        self.read_only = read_only
+        self._catalog = Catalog(path, read_only=read_only)
         self._open: list[Index] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -80,8 +114,13 @@ class Client:
         if self._closed:
             raise ClosedError("client is closed")
 
-    def _face(self, core: IndexCore) -> Index:
-        index = Index(core, _release_core, self)
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"client of {self.path} is read_only: indexes cannot be created "
+                                "or deleted through it")
+
+    def _face(self, core: IndexCore | Reader, read_only: bool = False) -> Index:
+        index = Index(core, _release_core, self, read_only=read_only)
         with self._lock:
             self._open.append(index)
         return index
@@ -97,6 +136,7 @@ class Client:
         (a TypeError), a bad value InvalidTypeError / InvalidArgumentError, before any file is
         written."""
         self._check_open()
+        self._check_writable()
         options = IndexOptions.from_keywords(tuning)
         check_index_name(index_name)
         key = check_key(index_key)
@@ -124,15 +164,31 @@ class Client:
         folder = self._catalog.create(index_name, populate)
         return self._face(_acquire_core(folder, key, durability))
 
-    def load_index(self, index_name: str, index_key: bytes, *, durability: str | None = None) -> Index:
-        """Open an existing index. Raises IndexNotFoundError, WrongKeyError (before any data is read)."""
+    def load_index(self, index_name: str, index_key: bytes, *, durability: str | None = None,
+                   read_only: bool | None = None,
+                   max_staleness: float = DEFAULT_MAX_STALENESS) -> Index:
+        """Open an existing index. Raises IndexNotFoundError, WrongKeyError (before any data is read).
+
+        `read_only` (default: the client's): open beside the writer process, without its lock;
+        queries see what the writer committed within `max_staleness` seconds (db/reader.py),
+        `index.refresh()` at once; writes raise ReadOnlyError."""
         self._check_open()
         check_index_name(index_name)
         key = check_key(index_key)
+        read_only = self.read_only if read_only is None else read_only
+        if not isinstance(read_only, bool):
+            raise InvalidTypeError(f"read_only must be a bool, got {type(read_only).__name__}")
+        if self.read_only and not read_only:
+            raise ReadOnlyError(f"client of {self.path} is read_only: it cannot open "
+                                f"{index_name!r} for writing")
+        durability = _check_durability(durability or self._durability)
+        staleness = _check_staleness(max_staleness)
         folder = self._catalog.folder(index_name)
         if not config_exists(folder):
             raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
-        return self._face(_acquire_core(folder, key, _check_durability(durability or self._durability)))
+        if read_only:
+            return self._face(_acquire_reader(folder, key, staleness), read_only=True)
+        return self._face(_acquire_core(folder, key, durability))
 
     def get_or_create_index(self, index_name: str, index_key: bytes, *, dimension: int | None = None,
                             metric: str = "euclidean", embedding_model: str | None = None,
@@ -179,6 +235,7 @@ class Client:
         IndexLockedError (another process has it open). Open faces of it in this client are
         closed first (after the key check)."""
         self._check_open()
+        self._check_writable()
         check_index_name(index_name)
         if index_key is None:
             raise InvalidArgumentError("index_key is required to delete an index")
@@ -187,6 +244,7 @@ class Client:
     def _delete(self, index_name: str, index_key: bytes | None) -> None:
         """Delete after the key check; index_key None: an open Index face already proved it."""
         self._check_open()
+        self._check_writable()
         folder = self._catalog.folder(index_name)
         if not config_exists(folder):
             raise IndexNotFoundError(f"index {index_name!r} not found in {self.path}")
@@ -224,4 +282,4 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({str(self.path)!r})"
+        return f"Client({str(self.path)!r}{', read_only=True' if self.read_only else ''})"

@@ -12,7 +12,7 @@ import numpy as np
 from lsmvec.disk.crypto import check_key
 from lsmvec.disk.config import read_config
 from lsmvec.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, MissingVectorError,
-                     WrongKeyError)
+                           ReadOnlyError, WrongKeyError)
 from lsmvec.request.filters import compile_filter
 from lsmvec.request.images import is_image
 from lsmvec.request.items import Batch, normalize_ids, normalize_upsert
@@ -26,6 +26,7 @@ from lsmvec.request.updates import normalize_update
 from lsmvec.db.reads import check_include
 from lsmvec.db.text_search import bm25_config, hybrid_query, text_query, text_request
 from lsmvec.db.iteration import ItemBatch, check_batch_size, iterate, open_cursor
+from lsmvec.db.reader import Reader
 
 _DEFAULT_QUERY_INCLUDE = ("distance",)
 _DEFAULT_GET_INCLUDE = ("vector", "contents", "metadata")
@@ -38,18 +39,45 @@ def _embeddable(value: Any) -> bool:
 class Index:
     """A handle on an open index. Thread-safe. Closing it releases the core when last."""
 
-    def __init__(self, core, release: Callable, client=None):
-        self._core = core
+    def __init__(self, core, release: Callable, client=None, *, read_only: bool = False):
+        """`core`: the writer's IndexCore, or a Reader (db/reader.py) whose current view each
+        call uses. `read_only`: every write raises ReadOnlyError (always so over a Reader)."""
+        self._handle = core
+        self._reader = core if isinstance(core, Reader) else None
+        self.read_only = read_only or self._reader is not None
+        self._name = core.config.name
         self._release = release
         self._client = client
         self._closed = False
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    @property
+    def _core(self):
+        """The core a call uses: the writer's, or the reader's current view (take it once per
+        call: a refresh may swap it)."""
+        reader = self._reader
+        return self._handle if reader is None else reader.view
+
     def _live(self):
         if self._closed:
-            raise ClosedError(f"index {self._core.config.name!r} is closed")
+            raise ClosedError(f"index {self._name!r} is closed")
         return self._core
+
+    def _writable(self):
+        """The core, for a call that writes: ReadOnlyError on a read_only handle, before any
+        argument is looked at."""
+        core = self._live()
+        if self.read_only:
+            raise ReadOnlyError(f"index {self._name!r} is open read_only: it cannot be written")
+        return core
+
+    def refresh(self) -> None:
+        """A read_only index: see now what the writer has committed and logged (else within
+        max_staleness). The writer's own handles are always current: nothing to do."""
+        self._live()
+        if self._reader is not None:
+            self._reader.refresh()
 
     def _check_call_key(self, index_key: object) -> None:
         """The reference's newest API passes index_key on every call: it must match."""
@@ -72,6 +100,7 @@ class Index:
         Raises (before anything is written) the InvalidArgumentError / InvalidTypeError family
         naming the item and field.
         """
+        self._writable()
         self._live().upsert(self._upsert_batch(items, vectors, ids=ids, index_key=index_key))
 
     def delete(self, ids: Any = None, *, filters: dict | None = None,
@@ -84,6 +113,7 @@ class Index:
         survive (db/matching.py). An empty filter without ids is refused (it would delete
         everything); neither ids nor filters is an InvalidArgumentError; a bad filter a
         FilterError -- each before anything is written."""
+        self._writable()
         self._live().delete(self._delete_ids(ids, filters=filters, index_key=index_key))
 
     def update(self, items: Any, *, index_key: bytes | None = None) -> None:
@@ -99,6 +129,7 @@ class Index:
         bad field. One log record: all or nothing, merged at its place in the log, so racing
         updates never lose each other's fields and an update never revives a deleted item
         (db/updating.py)."""
+        self._writable()
         self._live().upsert(self._update_request(items, index_key=index_key))
 
     def _update_request(self, items: Any, *, index_key: bytes | None = None) -> UpdateRequest:
@@ -307,6 +338,7 @@ class Index:
               max_iters: int | None = None, tolerance: float | None = None,
               max_memory: int | None = None, *, index_key: bytes | None = None) -> None:
         """Flush and compact everything into trained segments now."""
+        self._writable()
         self._check_call_key(index_key)
         for name, value in (("n_lists", n_lists), ("batch_size", batch_size), ("max_iters", max_iters),
                             ("max_memory", max_memory)):
@@ -321,10 +353,10 @@ class Index:
         return self._live().training_state()
 
     def flush(self) -> None:
-        self._live().flush()
+        self._writable().flush()
 
     def compact(self) -> None:
-        self._live().compact()
+        self._writable().compact()
 
     def stats(self) -> dict[str, Any]:
         return self._live().stats()
@@ -366,7 +398,7 @@ class Index:
 
         The open handle already holds the key; an index_key passed too must match it
         (WrongKeyError otherwise, and the index is kept). ClosedError on a closed handle."""
-        core = self._live()
+        core = self._writable()
         self._check_call_key(index_key)
         client = self._client
         if client is None:
@@ -379,7 +411,7 @@ class Index:
         self._closed = True
         if self._client is not None:
             self._client._forget(self)
-        self._release(self._core)
+        self._release(self._handle)
 
     def __enter__(self) -> "Index":
         return self
@@ -389,7 +421,18 @@ class Index:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Index {self._core.config.name!r} {state}>"
+        ro = " read_only" if self.read_only else ""
+        return f"<Index {self._name!r} {state}{ro}>"
 
     def __reduce__(self):
         raise InvalidTypeError("an open Index cannot be pickled")
+
+    def backup(self, dest: Any) -> dict[str, Any]:
+        """Copy this index, while writes go on, to the new index folder `dest` (absent or an
+        empty folder; its name a valid index name): `Client(dest.parent).load_index(dest.name,
+        key)` opens it, with this index's key, holding exactly the writes logged up to the
+        returned "lsn" (every write acknowledged before the call). Segment files are hard
+        links where the file system allows. Returns {"lsn", "segments", "linked", "copied",
+        "bytes", "path"}. See lsmvec.db.backup."""
+        from lsmvec.db.backup import backup
+        return backup(self._live(), dest)

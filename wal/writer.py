@@ -141,6 +141,14 @@ class LogWriter:
         """The first LSN of the file records are appended to (its name)."""
         return self._active_first
 
+    def written_end(self) -> tuple[int, Path, int]:
+        """(LSN of the last record written, the active file, its size in bytes), read at one
+        instant under the lock: every record up to that LSN lies in the log files up to that
+        one, within that size, and nothing after it does (an online backup copies exactly
+        that much)."""
+        with self._lock:
+            return self._next_lsn - 1, self._path, self._file_size
+
     @property
     def bytes_on_disk(self) -> int:
         """Total size of the log files in the directory."""

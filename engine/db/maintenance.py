@@ -77,6 +77,11 @@ class Maintenance:
         core = self.core
         try:
             self._store_used, self._store_row_bytes = core.store.used_bytes_split()
+            # A reader process killed (kill -9) leaves its LMDB reader slot behind, pinning the
+            # pages of its old snapshot: freed here, once per install (a scan of 254 slots).
+            if freed := core.store.check_readers():
+                log.info("index %s: freed %d reader slots of dead processes", core.folder.name,
+                         freed)
         except StorageError as exc:  # keep the last figure; the store's own calls report it
             log.debug("index %s: store size unknown: %s", core.folder.name, exc)
         self._logged_since = 0

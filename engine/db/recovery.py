@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["replay_log", "check_store_is_current", "opened_edit"]
+__all__ = ["replay_log", "check_store_is_current", "opened_edit", "apply_record"]
 
 
 def check_store_is_current(manifest: Manifest, folder: Path, store_path: Path) -> None:
@@ -65,7 +65,7 @@ def replay_log(core: "IndexCore", mode: RecoveryMode) -> int:
             payload = core.open_payload(rec.lsn, rec.kind, rec.payload)
         except CorruptionError as exc:
             raise CorruptionError("log record fails authentication", rec.path, rec.offset) from exc
-        _apply(core, rec.lsn, rec.kind, payload, rec.path, rec.offset)
+        apply_record(core, rec.lsn, rec.kind, payload, rec.path, rec.offset)
         last = rec.lsn
     report = getattr(records_iter, "report", None)
     if core.memtable.payload_bytes >= core.memtable_bytes:
@@ -76,8 +76,9 @@ def replay_log(core: "IndexCore", mode: RecoveryMode) -> int:
     return max(last, report.last_lsn) + 1
 
 
-def _apply(core: "IndexCore", lsn: int, kind: int, payload: bytes, path: str | None,
-           offset: int | None) -> None:
+def apply_record(core: "IndexCore", lsn: int, kind: int, payload: bytes, path: str | None,
+                 offset: int | None) -> None:
+    """One authenticated log record's payload applied to `core`'s memory (replay; readers)."""
     if kind == records.KIND_UPSERT:
         rec = records.decode_upsert(payload, path, offset)
         dim = core.memtable.dimension or core.config.dimension

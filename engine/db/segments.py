@@ -72,6 +72,15 @@ class SegmentSource:
         self._spec_masks: dict[tuple, np.ndarray | None] = {}
         self._by_hash = id_index
 
+    def for_view(self, info: SegmentInfo, persisted: np.ndarray, store: Store) -> "SegmentSource":
+        """This segment as a later version of the index sees it (a reader's next view): the
+        same immutable rows, ids, term and text indexes and searcher; that version's dead rows
+        and store."""
+        source = SegmentSource(info, self.segment, self.ids, persisted, store, self.terms,
+                               self._by_hash)
+        source.text = self.text
+        return source
+
     @property
     def n_rows(self) -> int:
         return self.info.rows

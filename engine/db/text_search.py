@@ -204,15 +204,17 @@ def _sources(core: Any, flt: Any) -> tuple[list[bm25.Source], list[Any]]:
             continue
         mask = allowed.get(id(table), np.zeros(n, bool)) if flt is not None and not \
             flt.is_match_all else None
-        out.append(bm25.Source(_Prefix(index, n), ~table.dead_flags()[:n], None if mask is None
-                               else mask[:n]))
+        dead = table.dead_flags()[:n]
+        out.append(bm25.Source(_Prefix(index, n), ~dead if dead.any() else None,
+                               None if mask is None else mask[:n]))
         owners.append(table)
     for seg in core.segments:
         if seg.text is None:
             continue
         mask = (allowed.get(id(seg), np.zeros(seg.n_rows, bool))
                 if flt is not None and not flt.is_match_all else None)
-        out.append(bm25.Source(seg.text, ~seg.dead, mask))
+        # live=None when nothing is dead: bm25 then skips a mask gather per term and per field
+        out.append(bm25.Source(seg.text, ~seg.dead if seg.any_dead else None, mask))
         owners.append(seg)
     return out, owners
 
@@ -278,12 +280,15 @@ def hybrid_query(core: Any, req: TextRequest, queries: np.ndarray, single: bool,
     for hits, text in zip(vector_side, texts):
         with core.read_lock():
             text_side = _text_hits(core, req, text, flt, width)
-            fused = bm25.fuse([h["id"] for h in hits],
-                              [owner.ids[row] for owner, row, _v in text_side],
+            text_ids = [owner.ids[row] for owner, row, _v in text_side]
+            fused = bm25.fuse([h["id"] for h in hits], text_ids,
                               alpha=req.alpha, rrf_k=req.rrf_k, top_k=k)
+            # The text side's rows are live locations in this snapshot: no store lookup for
+            # them (a lookup is ~20 us, ten of them a sixth of a 100k hybrid query).
+            where = {i: (o, r) for i, (o, r, _v) in zip(text_ids, text_side)}
             picked = []
             for item_id, score in fused:
-                at = core.lookup(item_id)
+                at = where.get(item_id) or core.lookup(item_id)
                 if at is not None:
                     picked.append((at[0], at[1], score))
             out.append(_results(picked, include, core))

@@ -49,13 +49,16 @@ def check_index_name(name: object) -> str:
 class Catalog:
     """The root folder. Structural changes (create, delete) hold a root lock across processes."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, read_only: bool = False):
+        """`read_only`: a reader's view of the folder -- nothing is created or collected."""
         self.root = Path(root)
+        self._lock = threading.Lock()
+        if read_only:
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error_from(exc, f"cannot create folder {self.root}") from None
-        self._lock = threading.Lock()
         self.collect_garbage()
 
     def folder(self, name: str) -> Path:
@@ -63,6 +66,8 @@ class Catalog:
 
     def names(self) -> list[str]:
         out = []
+        if not self.root.is_dir():  # a read-only client of a folder not made yet
+            return out
         for entry in sorted(os.listdir(self.root)):
             if not entry.startswith(".") and (self.root / entry / CONFIG).is_file():
                 out.append(entry)

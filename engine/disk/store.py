@@ -422,7 +422,8 @@ class Store:
         with self._snap_lock:
             snap, self._snap = self._snap, None
             if snap is not None:
-                snap.abort()
+                with contextlib.suppress(lmdb.Error):  # its environment already closed
+                    snap.abort()
 
     def check_readers(self) -> int:
         """Free the reader slots of reader processes that died (kill -9) -- a slot left behind
