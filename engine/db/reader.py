@@ -82,15 +82,35 @@ class _TailLog:
         return len(list_logs(self._tail.directory))
 
 
-class _NoMaintenance:
-    """A reader runs no flush or merge: nothing to report, nothing failed."""
+class _ReaderMaintenance:
+    """A reader runs no flush or merge; what it reports is its Reader's refreshing (held
+    weakly: a view must not keep its Reader, nor be kept in a cycle past its last query)."""
 
-    error = None
+    def __init__(self, reader: "Reader") -> None:
+        self._reader = weakref.ref(reader)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The last background refresh's failure (stats()["background_error"])."""
+        reader = self._reader()
+        return reader.error if reader is not None else None
 
     def report(self) -> dict:
-        return {"read_only": True}
+        reader = self._reader()
+        return {"read_only": True, "max_staleness": reader.max_staleness if reader else None,
+                "views_built": reader.refreshes if reader else None}
 
-    def refresh(self) -> None:
+    def refresh(self) -> None:  # the write paths' hooks: a reader freezes memtables as it
+        pass                     # follows the log, and never flushes them
+
+    roll_log = signal_flush = refresh
+
+    # A view's memtable fills while it follows the log (IndexCore.freeze calls these): the
+    # frozen table stays in the view -- the writer rolls its log and flushes it, not the reader.
+    def roll_log(self) -> None:
+        pass
+
+    def signal_flush(self) -> None:
         pass
 
 
@@ -117,7 +137,7 @@ class ReaderView(IndexCore):
         self.seg_by_id: dict[int, SegmentSource] = {}
         self.item_cache = reader.item_cache  # (segment, row) values never change: shared
         self.store = store
-        self.maintenance = _NoMaintenance()
+        self.maintenance = _ReaderMaintenance(reader)
         weakref.finalize(self, store.release)  # the reader slot goes with the last query
         self.manifest = read_manifest(store)
         self.next_segment_id = self.manifest.next_segment_id
@@ -185,12 +205,12 @@ class Reader:
         self._refresh_lock = threading.Lock()
         self._closed = threading.Event()
         self.refreshes = 0  # views built after the first (tests and stats count them)
+        self.error: BaseException | None = None  # the last background refresh's failure
         try:
             self._view = self._build({})
         except BaseException:
             self.store.close()
             raise
-        self.error: BaseException | None = None  # the last background refresh's failure
         self._thread = threading.Thread(target=self._run, name=f"lsmvec-reader-{folder.name}",
                                         daemon=True)
         self._thread.start()

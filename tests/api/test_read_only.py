@@ -27,12 +27,13 @@ WORKER = Path(__file__).resolve().parent.parent / "writer_worker.py"
 class Writer:
     """The writer process and the oracle of what it acknowledged."""
 
-    def __init__(self, folder: Path, key: bytes, *, create: bool = True) -> None:
+    def __init__(self, folder: Path, key: bytes, *, create: bool = True, **options: Any) -> None:
         self.proc = subprocess.Popen([sys.executable, str(WORKER), str(folder), key.hex()],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.items: dict[str, tuple[list[float], dict]] = {}
         if create:
-            self.do(op="create", dimension=DIM, options={"background_compaction": False})
+            self.do(op="create", dimension=DIM, options={"background_compaction": False,
+                                                         **options})
 
     def do(self, **command: Any) -> dict:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -126,6 +127,26 @@ def test_reader_sees_exactly_what_the_writer_acknowledged(writer: Writer, data_d
         writer.close()
         index.refresh()  # the clean close flushed: a new view, same state
         check(index, writer.items)
+
+
+def test_a_reader_freezes_memtables_as_it_follows_a_long_log(data_dir: Path,
+                                                             key: bytes) -> None:
+    data_dir.mkdir(parents=True)
+    writer = Writer(data_dir, key, memtable_bytes=1500)  # a few rows per memtable
+    try:
+        with Client(data_dir, read_only=True) as client:
+            index = client.load_index("t", key, max_staleness=60)
+            for batch in range(6):
+                writer.upsert(rows(f"m{batch}-", 8, batch))
+                writer.delete([f"m{batch}-0"])
+                index.refresh()
+                check(index, writer.items)
+            stats = index.stats()
+            assert stats["frozen_memtables"] >= 2 and stats["segments"] == []
+            assert stats["write_pressure"]["read_only"] is True
+            assert stats["background_error"] is None
+    finally:
+        writer.close()
 
 
 def test_a_write_becomes_visible_by_itself_within_max_staleness(writer: Writer,
