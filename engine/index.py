@@ -362,7 +362,8 @@ class Index:
         return self._live().stats()
 
     def verify(self) -> dict[str, Any]:
-        return self._live().verify()
+        core = self._live()
+        return self._reader.verify() if self._reader is not None else core.verify()
 
     # -- description (as in the reference) ----------------------------------------------------
 

@@ -158,13 +158,15 @@ def id_order(ids: RowIds) -> np.ndarray:
     return order
 
 
-_orders: "weakref.WeakKeyDictionary[SegmentSource, np.ndarray]" = weakref.WeakKeyDictionary()
+# Keyed by the Segment, not the SegmentSource: a reader's next view (db/reader.py) wraps the
+# same immutable Segment and ids in a new source, and must not sort them again (1 s at 1M ids).
+_orders: "weakref.WeakKeyDictionary[Any, np.ndarray]" = weakref.WeakKeyDictionary()
 _orders_lock = threading.Lock()
 
 
 def _segment_order(source: SegmentSource) -> np.ndarray | None:
     with _orders_lock:
-        return _orders.get(source)
+        return _orders.get(source.segment)
 
 
 def _build_order(source: SegmentSource) -> None:
@@ -172,7 +174,7 @@ def _build_order(source: SegmentSource) -> None:
     build the same thing)."""
     order = id_order(source.ids)
     with _orders_lock:
-        _orders.setdefault(source, order)
+        _orders.setdefault(source.segment, order)
 
 
 # -- one step ------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def next_places(tables: list, segments: list, after: str | None, limit: int, sor
         found.extend(_table_after(table, after, limit, sorted_ids))
     for source in segments:
         mask = None if plan is None else source.terms.mask(plan)  # cached per plan
-        found.extend(_segment_after(source, _orders[source], after_b, limit, mask))
+        found.extend(_segment_after(source, _orders[source.segment], after_b, limit, mask))
     found.sort(key=lambda place: place[0])
     found = found[:limit]
     # Each live id lives in one source, and every id found sorts after `after`: checked (O(batch)),

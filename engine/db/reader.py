@@ -236,6 +236,18 @@ class Reader:
             self._view = self._build({s.id: s for s in view.segments})
             self.refreshes += 1
 
+    def verify(self) -> dict[str, Any]:
+        """verify() of the current view. The writer goes on meanwhile, and may delete a log file
+        or segment the view checks, or reuse store pages the unlocked page walk reads: a report
+        with problems while the store moved on is taken again on a newer view."""
+        for attempt in range(_BUILD_ATTEMPTS):
+            view = self.view
+            report = view.verify()
+            if report["ok"] or self.store.last_txn_id() == view.store.snapshot_txn_id:
+                return report
+            self.refresh()
+        return report
+
     def _build(self, reuse: dict[int, SegmentSource]) -> ReaderView:
         """A view of the newest committed state; built again when the writer deleted something
         it needed meanwhile (a merged segment's folder, a flushed log file)."""
