@@ -434,6 +434,11 @@ class Index:
         key)` opens it, with this index's key, holding exactly the writes logged up to the
         returned "lsn" (every write acknowledged before the call). Segment files are hard
         links where the file system allows. Returns {"lsn", "segments", "linked", "copied",
-        "bytes", "path"}. See lsmvec.db.backup."""
+        "bytes", "path"}. ReadOnlyError on a read_only handle (back up from the writer).
+        See lsmvec.db.backup."""
         from lsmvec.db.backup import backup
-        return backup(self._live(), dest)
+        core = self._live()
+        if self.read_only:  # a reader's view has no log writer to take a position from
+            raise ReadOnlyError(f"index {self._name!r} is open read_only: back it up through "
+                                "its writer")
+        return backup(core, dest)

@@ -1,4 +1,5 @@
-"""The `lsmvec` command: demo, bench, bench-ingest, bench-space, inspect, verify, compact.
+"""The `lsmvec` command: demo, bench, bench-ingest, bench-space, inspect, verify, compact,
+backup, restore.
 
 Exit codes: 0 success; 1 verify found damage; 2 usage error (also: no key given, a key that is
 not hex, a --key-file that cannot be read); 3 the index cannot be opened (not found, locked by
@@ -136,6 +137,41 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Open PATH (as its writer: beside a running application, call index.backup() there) and
+    copy it to DEST at one log position."""
+    from lsmvec.errors import LsmvecError
+    client, index = _open(args)
+    with client:
+        try:
+            report = index.backup(args.dest)
+        except LsmvecError as exc:
+            print(f"lsmvec: backup failed: {exc}", file=sys.stderr)
+            return EXIT_USAGE if isinstance(exc, (ValueError, TypeError)) else EXIT_OPEN
+    _print(report, args.json)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Copy the backup BACKUP to the new index folder DEST, after opening and verifying it."""
+    from lsmvec.db.backup import restore
+    from lsmvec.errors import (CorruptionError, IndexNotFoundError, LsmvecError, WrongKeyError)
+    key = _key(args)
+    try:
+        report = restore(Path(args.path).resolve(), Path(args.dest).resolve(), key)
+    except CorruptionError as exc:
+        print(f"lsmvec: the backup is corrupt: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except (IndexNotFoundError, WrongKeyError) as exc:
+        print(f"lsmvec: cannot open {args.path}: {exc}", file=sys.stderr)
+        return EXIT_OPEN
+    except LsmvecError as exc:
+        print(f"lsmvec: restore failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (ValueError, TypeError)) else EXIT_OPEN
+    _print(report, args.json)
+    return 0
+
+
 def _delegate(module: str):
     def run(args: argparse.Namespace) -> int:
         rest = list(args.rest)
@@ -170,9 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_delegate(module))
     for name, func, text in (("inspect", cmd_inspect, "config, stats, segments and log files"),
                              ("verify", cmd_verify, "check every checksum and tag; exit 1 on damage"),
-                             ("compact", cmd_compact, "merge segments now (--train: into one trained)")):
+                             ("compact", cmd_compact, "merge segments now (--train: into one trained)"),
+                             ("backup", cmd_backup, "copy the index at one log position to DEST "
+                              "(a new index folder)"),
+                             ("restore", cmd_restore, "open and verify the backup PATH, then copy "
+                              "it to DEST (a new index folder)")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("path", help="the index folder: <client folder>/<index name>")
+        p.add_argument("path", help="the index folder: <client folder>/<index name>"
+                       if name != "restore" else "the backup folder")
+        if name in ("backup", "restore"):
+            p.add_argument("dest", help="the new index folder: <client folder>/<index name> "
+                                        "(absent, or an empty folder)")
         p.add_argument("--key-hex", help="the 32-byte key as hex (else LSMVEC_KEY)")
         p.add_argument("--key-file", help="a file holding the key: its 32 raw bytes, or 64 hex "
                                           "digits as text (a trailing newline is fine)")

@@ -101,6 +101,7 @@ class IndexCore:
             # buffers) are freed but kept by malloc: 6 MB of a 60k x 384 trained index's 116 MB
             trim_heap()
             self.maintenance = Maintenance(self)  # starts the flusher and merger threads
+            self._lock.name_holder()  # the open succeeded: LOCK now names this process
         except BaseException:
             if getattr(self, "wal", None) is not None:
                 self.wal.close(clean=False)
@@ -469,7 +470,8 @@ class IndexCore:
                 self.writes.close()  # refuse new writes, wait for the queued ones
                 self._close_log()
             finally:
-                self.store.close()
+                with self.flush_lock:  # a running backup() (db/backup.py) reads the store
+                    self.store.close()
                 for source in self.segments:
                     source.segment.close()
                 self._lock.release()

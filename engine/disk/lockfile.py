@@ -118,7 +118,6 @@ class LockFile:
                 if now is not None and now_dir is not None and _same(held, now) and _same(held_dir, now_dir):
                     self._dir_fd, self._fd = dir_fd, fd
                     self._ino, self._dev = held.st_ino, held.st_dev
-                    _write_pid(fd)
                     return
             except BaseException:
                 if fd is not None:
@@ -139,6 +138,12 @@ class LockFile:
             raise _Busy() from None
         except OSError as exc:
             raise storage_error_from(exc, f"cannot lock {what}") from None
+
+    def name_holder(self) -> None:
+        """Write this process's pid into LOCK, for the IndexLockedError of the next opener.
+        Called once the holder's open succeeded: a refused open leaves LOCK as it was."""
+        if self._fd is not None:
+            _write_pid(self._fd)
 
     @property
     def held(self) -> bool:
