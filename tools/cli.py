@@ -54,8 +54,9 @@ def _key(args: argparse.Namespace) -> bytes:
         raise SystemExit("lsmvec: the key must be hex (64 hex digits for 32 bytes)") from None
 
 
-def _open(args: argparse.Namespace):
-    """(client, index) for PATH = <root>/<index_name>; exits with a clear message."""
+def _open(args: argparse.Namespace, *, read_only: bool = False):
+    """(client, index) for PATH = <root>/<index_name>; exits with a clear message.
+    `read_only`: as a reader beside a running writer (no lock taken, nothing written)."""
     from lsmvec import Client
     from lsmvec.disk.config import config_exists
     from lsmvec.errors import CorruptionError, LsmvecError
@@ -65,7 +66,7 @@ def _open(args: argparse.Namespace):
             print(f"lsmvec: {folder} is not an lsmvec index folder (no CONFIG)", file=sys.stderr)
             raise SystemExit(EXIT_OPEN)
         key = _key(args)
-        client = Client(folder.parent)
+        client = Client(folder.parent, read_only=read_only)
         return client, client.load_index(folder.name, key)
     except CorruptionError as exc:
         print(f"lsmvec: index is corrupt: {exc}", file=sys.stderr)
@@ -90,7 +91,7 @@ def _print(obj: Any, as_json: bool) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lsmvec.wal import list_logs
-    client, index = _open(args)
+    client, index = _open(args, read_only=not args.write)
     with client:
         stats = index.stats()
         logs = [{"file": path.name, "first_lsn": lsn, "bytes": path.stat().st_size}
@@ -101,8 +102,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    client, index = _open(args, read_only=not args.write)
+    with client:
+        report = {"index": index.index_name(), **index.stats()}
+    _print(report, args.json)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    client, index = _open(args)
+    client, index = _open(args, read_only=not args.write)
     with client:
         report = index.verify()
     _print(report, args.json)
@@ -205,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on")
         p.set_defaults(func=_delegate(module))
     for name, func, text in (("inspect", cmd_inspect, "config, stats, segments and log files"),
+                             ("stats", cmd_stats, "counts, segments, log and disk bytes"),
                              ("verify", cmd_verify, "check every checksum and tag; exit 1 on damage"),
                              ("compact", cmd_compact, "merge segments now (--train: into one trained)"),
                              ("backup", cmd_backup, "copy the index at one log position to DEST "
@@ -221,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-file", help="a file holding the key: its 32 raw bytes, or 64 hex "
                                           "digits as text (a trailing newline is fine)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("inspect", "stats", "verify"):
+            p.add_argument("--write", action="store_true",
+                           help="open as the writer (takes its lock) instead of as a reader "
+                                "beside a running application (the default)")
         if name == "compact":
             p.add_argument("--train", action="store_true", help="merge everything into one trained segment")
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
