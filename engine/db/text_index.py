@@ -36,12 +36,17 @@ PACK_FORMAT = 1
 class FieldPostings:
     """One field of a TextIndex: see the module docstring."""
 
-    __slots__ = ("terms", "term_ends", "rows", "tfs", "post_ends", "lengths")
+    __slots__ = ("terms", "term_ends", "rows", "tfs", "post_ends", "lengths", "impacts", "stats")
 
     def __init__(self, terms: bytes, term_ends: np.ndarray, rows: np.ndarray, tfs: np.ndarray,
                  post_ends: np.ndarray, lengths: np.ndarray) -> None:
         self.terms, self.term_ends = terms, term_ends
         self.rows, self.tfs, self.post_ends, self.lengths = rows, tfs, post_ends, lengths
+        # term -> (avgdl, k1, b, tf part of each posting's BM25 score): db/bm25.py fills it;
+        # valid while the corpus statistics it was computed with hold
+        self.impacts: dict[str, tuple[float, float, float, np.ndarray]] = {}
+        # live-rows version -> (rows with the field, its total length) over those rows
+        self.stats: dict[object, tuple[int, int]] = {}
 
     @classmethod
     def from_triples(cls, vocab: list[str], term_ids: np.ndarray, rows: np.ndarray,

@@ -214,7 +214,8 @@ def _sources(core: Any, flt: Any) -> tuple[list[bm25.Source], list[Any]]:
         mask = (allowed.get(id(seg), np.zeros(seg.n_rows, bool))
                 if flt is not None and not flt.is_match_all else None)
         # live=None when nothing is dead: bm25 then skips a mask gather per term and per field
-        out.append(bm25.Source(seg.text, ~seg.dead if seg.any_dead else None, mask))
+        out.append(bm25.Source(seg.text, ~seg.dead if seg.any_dead else None, mask,
+                               live_key=seg.n_dead))  # dead rows only ever grow
         owners.append(seg)
     return out, owners
 
