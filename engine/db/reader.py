@@ -231,8 +231,8 @@ class Reader:
                 try:
                     view.catch_up()
                     return
-                except LogGone:
-                    pass  # the writer flushed past this view: its store moved on too
+                except LogGone as gone:  # the writer flushed past this view: its store moved
+                    log.debug("index %s: %s; a new view", self.folder.name, gone)
             self._view = self._build({s.id: s for s in view.segments})
             self.refreshes += 1
 

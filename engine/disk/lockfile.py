@@ -14,6 +14,7 @@ stat) so the write path can refuse writes once LOCK was removed or replaced unde
 from __future__ import annotations
 
 import errno
+import logging
 import fcntl
 import os
 import time
@@ -23,6 +24,7 @@ from lsmvec.disk.filenames import LOCK
 from lsmvec.errors import ClosedError, IndexLockedError, StorageError, storage_error_from
 
 LOCK_NAME = LOCK
+log = logging.getLogger(__name__)
 
 _ATTEMPTS = 8  # LOCK replaced between our open and our flock this often in a row: give up
 _FIRST_DELAY = 0.0005
@@ -35,8 +37,8 @@ def _write_pid(fd: int) -> None:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-    except OSError:  # a read-only or full file system: the lock still holds, unnamed
-        pass
+    except OSError as exc:  # a read-only or full file system: the lock still holds, unnamed
+        log.debug("cannot name the holder in the LOCK file: %s", exc)
 
 
 def holder_pid(path: str | os.PathLike) -> int | None:
