@@ -10,6 +10,8 @@ next time. The states, and what ``read`` does:
     intact records after its offset            yields them, advances offset and next_lsn
     clean end of a file, next file exists      moves to the file named next_lsn, goes on
     clean end of the newest file               stops (nothing new yet)
+    clean end, the next file missing, a later  CorruptionError (records were lost)
+    one present
     damage at the end of the newest file       stops before it (a write in progress)
     damage, and a newer file exists            reads once more; still damaged: CorruptionError
     its file, or the one it needs, is gone     LogGone (the writer flushed past next_lsn and
@@ -80,6 +82,10 @@ class LogTail:
                                           again.damage.offset)
                 continue  # it was a write finishing: the loop reads it properly
             if not newer:
+                later = [p.name for first, p in list_logs(self.directory) if first > self._at]
+                if later:  # the writer never skips an LSN: the file holding _at is gone
+                    raise CorruptionError(f"log file {following.name} is missing (the log goes "
+                                          f"on in {later[0]})", str(following))
                 return
             self._path, self._offset = following, 0
 

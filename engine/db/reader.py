@@ -49,7 +49,7 @@ from lsmvec.disk.filenames import WAL_DIR
 from lsmvec.disk.store import Store
 from lsmvec.errors import ClosedError, CorruptionError, LogGone, ReadOnlyError
 from lsmvec.request.options import IndexOptions
-from lsmvec.wal import list_logs
+from lsmvec.wal import list_logs, log_name
 from lsmvec.wal.tail import LogTail
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,31 @@ class ReaderView(IndexCore):
                                       context=self.cipher.segment_context(info.id, ""),
                                       metric=self.config.metric)
                 source.segment.hold_rows_file()
+                # kept for the next attempt when this build fails (the writer merged a segment
+                # away meanwhile): a retry then opens only what is new, and can catch up with
+                # a writer installing faster than a whole build takes
+                reuse[info.id] = source
             self.add_segment(source)
         self._live = store.count()
         self.tail = LogTail(self.wal_dir, self.manifest.checkpoint_lsn + 1)
         self.wal = _TailLog(self.tail)
         self.memtable.first_lsn = self.tail.next_lsn
         self.catch_up()
+        self._check_log()
+
+    def _check_log(self) -> None:
+        """What the store says the log must hold, as the writer's open checks it (recovery.py):
+        the newest log file the writer recorded creating, and after a clean close every record
+        up to its CLOSE record (no damage there is a write in progress: no writer is running)."""
+        manifest, folder = self.manifest, self.wal_dir
+        if manifest.log_head and not (folder / log_name(manifest.log_head)).exists():
+            raise CorruptionError(f"log file {log_name(manifest.log_head)} the store names is "
+                                  "missing", str(folder))
+        if manifest.closed_lsn and self.tail.next_lsn <= manifest.closed_lsn:
+            name, offset = self.tail.position
+            raise CorruptionError(f"the log of a cleanly closed index ends before its CLOSE "
+                                  f"record (LSN {manifest.closed_lsn}): it was cut or damaged",
+                                  str(folder / name) if name else str(folder), offset)
 
     def catch_up(self) -> int:
         """Apply the log records written since the last call; returns how many. Raises LogGone

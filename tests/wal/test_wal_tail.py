@@ -136,3 +136,19 @@ def test_holds_no_file_open_between_reads(tmp_path: Path) -> None:
     fds_after = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
                  if os.path.exists(f"/proc/self/fd/{fd}")}
     assert writer_file in fds and writer_file not in fds_after
+
+
+def test_a_missing_file_before_a_later_one_is_corruption(tmp_path: Path) -> None:
+    log = LogWriter(tmp_path, 1, durability="os")
+    for i in range(1, 10):
+        log.append(KIND, payload(i))
+        if i in (3, 6):
+            log.roll()
+    log.close(clean=False)
+    middle = list_logs(tmp_path)[1][1]  # records 4..6
+    middle.unlink()
+    tail = LogTail(tmp_path, 1)
+    with pytest.raises(CorruptionError) as info:
+        read_all(tail)
+    assert info.value.path == str(middle)
+    assert tail.next_lsn == 4  # records 1..3 were given
