@@ -10,9 +10,10 @@ next time. The states, and what ``read`` does:
     intact records after its offset            yields them, advances offset and next_lsn
     clean end of a file, next file exists      moves to the file named next_lsn, goes on
     clean end of the newest file               stops (nothing new yet)
-    clean end, the next file missing, a later  CorruptionError (records were lost)
-    one present
+    clean end, the next file missing, a later  LogGone (flushed and deleted, or lost: the
+    one present                                caller tells by whether the store moved on)
     damage at the end of the newest file       stops before it (a write in progress)
+    damage with intact records after it        reads once more; still damaged: CorruptionError
     damage, and a newer file exists            reads once more; still damaged: CorruptionError
     its file, or the one it needs, is gone     LogGone (the writer flushed past next_lsn and
                                                deleted those files: the caller reopens from
@@ -30,7 +31,7 @@ from pathlib import Path
 from .errors import CorruptionError, LogGone
 from .filenames import list_logs, log_name
 from .format import HEADER_SIZE
-from .reader import LogFileReader, Record
+from .reader import LogFileReader, Record, find_intact_record
 
 __all__ = ["LogTail", "LogGone"]
 
@@ -73,19 +74,25 @@ class LogTail:
             following = self.directory / log_name(self._at)
             newer = following != path and following.exists()  # an empty file is its own name
             if reader.damage is not None:
-                if not any(later.name > path.name for _f, later in list_logs(self.directory)):
+                finished = any(later.name > path.name for _f, later in list_logs(self.directory))
+                at = reader.damage.offset if reader.damage.offset is not None else self._offset
+                if not finished and find_intact_record(path, at + 1, self._at) is None:
                     return  # a record being written: read again from here next time
+                # A finished file, or intact records after the damage (a write in progress
+                # has none): once more, in case a write just completed; then it is damage.
                 again = LogFileReader(path, self._at, self.next_lsn, offset=self._offset)
                 if not any(True for _ in again) and again.damage is not None:
-                    raise CorruptionError(f"log record damaged ({again.damage.reason}) in a log "
-                                          "file the writer has finished", str(path),
-                                          again.damage.offset)
+                    where = "a log file the writer has finished" if finished else \
+                        "the log, with intact records after it"
+                    raise CorruptionError(f"log record damaged ({again.damage.reason}) in "
+                                          f"{where}", str(path), again.damage.offset)
                 continue  # it was a write finishing: the loop reads it properly
             if not newer:
                 later = [p.name for first, p in list_logs(self.directory) if first > self._at]
-                if later:  # the writer never skips an LSN: the file holding _at is gone
-                    raise CorruptionError(f"log file {following.name} is missing (the log goes "
-                                          f"on in {later[0]})", str(following))
+                if later:  # the writer never skips an LSN: the file holding _at is gone --
+                    # flushed and deleted (the store moved on), or lost: the caller tells
+                    raise LogGone(f"log file {following.name} is missing (the log goes on in "
+                                  f"{later[0]})")
                 return
             self._path, self._offset = following, 0
 

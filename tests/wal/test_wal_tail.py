@@ -138,7 +138,9 @@ def test_holds_no_file_open_between_reads(tmp_path: Path) -> None:
     assert writer_file in fds and writer_file not in fds_after
 
 
-def test_a_missing_file_before_a_later_one_is_corruption(tmp_path: Path) -> None:
+def test_a_missing_file_before_a_later_one_is_gone(tmp_path: Path) -> None:
+    """Gone, not corrupt: a writer's flush deletes whole files below its checkpoint, and only
+    the caller (has the store moved on?) can tell that from a lost file."""
     log = LogWriter(tmp_path, 1, durability="os")
     for i in range(1, 10):
         log.append(KIND, payload(i))
@@ -148,7 +150,20 @@ def test_a_missing_file_before_a_later_one_is_corruption(tmp_path: Path) -> None
     middle = list_logs(tmp_path)[1][1]  # records 4..6
     middle.unlink()
     tail = LogTail(tmp_path, 1)
-    with pytest.raises(CorruptionError) as info:
+    with pytest.raises(LogGone, match=middle.name):
         read_all(tail)
-    assert info.value.path == str(middle)
     assert tail.next_lsn == 4  # records 1..3 were given
+
+
+def test_damage_with_intact_records_after_it_is_corruption(tmp_path: Path) -> None:
+    log = LogWriter(tmp_path, 1, durability="os")
+    for i in range(1, 6):
+        log.append(KIND, payload(i))
+    log.close(clean=False)
+    (_first, path), = list_logs(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[:8] = bytes(8)  # record 1's header zeroed; records 2..5 intact after it
+    path.write_bytes(raw)
+    with pytest.raises(CorruptionError) as info:
+        read_all(LogTail(tmp_path, 1))
+    assert info.value.path == str(path) and info.value.offset == 0
