@@ -58,6 +58,7 @@ class LogTail:
         if self._path is None:
             self._at, self._path = self._locate()
             self._offset = 0
+        reread_at: tuple[Path, int] | None = None
         while True:
             path = self._path
             reader = LogFileReader(path, self._at, self.next_lsn, offset=self._offset)
@@ -89,11 +90,15 @@ class LogTail:
                 continue  # it was a write finishing: the loop reads it properly
             if not newer:
                 later = [p.name for first, p in list_logs(self.directory) if first > self._at]
-                if later:  # the writer never skips an LSN: the file holding _at is gone --
-                    # flushed and deleted (the store moved on), or lost: the caller tells
-                    raise LogGone(f"log file {following.name} is missing (the log goes on in "
-                                  f"{later[0]})")
-                return
+                if not later:
+                    return
+                if reread_at != (path, self._offset):  # it may have grown before the writer
+                    reread_at = (path, self._offset)   # rolled: read on from here once more
+                    continue
+                # the writer never skips an LSN: the file holding _at is gone -- flushed and
+                # deleted (the store moved on), or lost: the caller tells
+                raise LogGone(f"log file {following.name} is missing (the log goes on in "
+                              f"{later[0]})")
             self._path, self._offset = following, 0
 
     def _locate(self) -> tuple[int, Path]:
