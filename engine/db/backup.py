@@ -30,13 +30,14 @@ can be removed by hand).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import lmdb
 
@@ -91,14 +92,12 @@ def backup(core: "IndexCore", dest: object) -> dict[str, Any]:
     the bytes the copy's files hold (linked ones included)."""
     if core.closed:
         raise ClosedError(f"index {core.config.name!r} is closed")
-    if getattr(core, "read_only", False):
-        raise InvalidArgumentError(f"index {core.config.name!r} is open read-only: back it up "
-                                   "from its writer process")
     path = check_destination(dest, source=core.folder)
     core.writes.check()  # a poisoned log may hold records no caller saw acknowledged
     tmp = _temp_folder(path, "backup")
     counts = {"linked": 0, "copied": 0}
-    try:
+    failed = f"cannot back up index {core.config.name!r} to {str(path)!r}"
+    with _cleaned_on_failure(tmp, failed):
         with core.flush_lock:
             if core.closed:  # closed while we waited for the lock
                 raise ClosedError(f"index {core.config.name!r} is closed")
@@ -124,17 +123,7 @@ def backup(core: "IndexCore", dest: object) -> dict[str, Any]:
             finally:
                 txn.abort()
         total = _sync_tree(tmp)
-        fsio.rename(tmp, path)
-        fsio.fsync_dir(path.parent)
-    except OSError as exc:
-        fsio.remove_tree(tmp, ignore_errors=True)
-        if isinstance(exc, StorageError):
-            raise
-        raise storage_error_from(exc, f"cannot back up index {core.config.name!r} "
-                                      f"to {str(path)!r}") from None
-    except BaseException:
-        fsio.remove_tree(tmp, ignore_errors=True)
-        raise
+        _rename_in(tmp, path)
     log.info("index %s: backup at LSN %d to %s (%d segment files linked, %d copied, %d bytes)",
              core.folder.name, lsn, path, counts["linked"], counts["copied"], total)
     return {"lsn": lsn, "segments": len(manifest.segments), **counts, "bytes": total,
@@ -159,7 +148,7 @@ def restore(backup_folder: object, dest: object, index_key: bytes) -> dict[str, 
     read_config(src, index_key)  # WrongKeyError before anything is written
     path = check_destination(dest, source=src)
     tmp = _temp_folder(path, "restore")
-    try:
+    with _cleaned_on_failure(tmp, f"cannot restore {str(src)!r} to {str(path)!r}"):
         shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False,
                         ignore=lambda _d, names: [n for n in names if n in (LOCK, "lock.mdb")])
         core = IndexCore(tmp, index_key)
@@ -173,20 +162,33 @@ def restore(backup_folder: object, dest: object, index_key: bytes) -> dict[str, 
                                   str(src))
         segments = len(core.manifest.segments)
         _sync_tree(tmp)
-        fsio.rename(tmp, path)
-        fsio.fsync_dir(path.parent)
-    except OSError as exc:
-        fsio.remove_tree(tmp, ignore_errors=True)
-        if isinstance(exc, StorageError):
-            raise
-        raise storage_error_from(exc, f"cannot restore {str(src)!r} to {str(path)!r}") from None
-    except BaseException:
-        fsio.remove_tree(tmp, ignore_errors=True)
-        raise
+        _rename_in(tmp, path)
     return {"count": count, "segments": segments, "path": str(path)}
 
 
 # -- the pieces ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _cleaned_on_failure(tmp: Path, what: str) -> Iterator[None]:
+    """The hidden folder `tmp` is removed when the block fails; an OSError that is not yet a
+    StorageError becomes one, saying `what` could not be done."""
+    try:
+        yield
+    except OSError as exc:
+        fsio.remove_tree(tmp, ignore_errors=True)
+        if isinstance(exc, StorageError):
+            raise
+        raise storage_error_from(exc, what) from None
+    except BaseException:
+        fsio.remove_tree(tmp, ignore_errors=True)
+        raise
+
+
+def _rename_in(tmp: Path, path: Path) -> None:
+    """The whole, fsynced copy takes its name; the parent's entry is made durable."""
+    fsio.rename(tmp, path)
+    fsio.fsync_dir(path.parent)
+
 
 def _temp_folder(dest: Path, what: str) -> Path:
     """A fresh hidden folder beside `dest` (its parents made): no Client lists or opens it."""

@@ -57,6 +57,15 @@ exec(OPS_SOURCE, _ns)
 make_op, run_op = _ns["make_op"], _ns["run_op"]
 
 
+def run_ops(index, numbers, acked: list) -> list:
+    """Run make_op(i) for each i, appending (i, the LSN its record got) to `acked` once it
+    returned (acknowledged); returns `acked`."""
+    for i in numbers:
+        run_op(index, make_op(i))
+        acked.append((i, index._core.wal.last_lsn))
+    return acked
+
+
 def oracle_state(acked: list[tuple[int, int]], upto: int) -> dict[str, tuple]:
     """id -> (vector, contents, metadata) after the acknowledged ops (i, lsn) with lsn <= upto."""
     state: dict[str, tuple] = {}
@@ -189,13 +198,9 @@ def test_backups_under_load_hold_exactly_the_oracle_state_at_their_lsn(loaded, t
 
 def test_segment_files_are_hard_links_and_log_files_copies(loaded, tmp_path):
     client, index, key = loaded
-    acked = []
-    for i in range(120):
-        run_op(index, make_op(i))
-        acked.append((i, index._core.wal.last_lsn))
+    acked = run_ops(index, range(120), [])
     index.flush()
-    run_op(index, make_op(120))  # an unflushed write: the copy replays it from its log
-    acked.append((120, index._core.wal.last_lsn))
+    run_ops(index, [120], acked)  # an unflushed write: the copy replays it from its log
     report = index.backup(tmp_path / "copy")
     source, copy = index._core.folder, Path(report["path"])
     seg_files = sorted(p.relative_to(copy) for p in (copy / "segments").rglob("*") if p.is_file())
@@ -219,10 +224,7 @@ def test_segment_files_are_copied_where_links_fail(loaded, tmp_path, monkeypatch
     import errno
     import lsmvec.db.backup as backup_module
     client, index, key = loaded
-    acked = []
-    for i in range(60):
-        run_op(index, make_op(i))
-        acked.append((i, index._core.wal.last_lsn))
+    acked = run_ops(index, range(60), [])
     index.flush()
 
     def no_link(a, b):
@@ -312,10 +314,7 @@ def test_a_read_only_handle_refuses_backup(loaded, tmp_path):
 
 def test_restore_copies_verifies_and_leaves_the_backup_alone(loaded, tmp_path):
     client, index, key = loaded
-    acked = []
-    for i in range(80):
-        run_op(index, make_op(i))
-        acked.append((i, index._core.wal.last_lsn))
+    acked = run_ops(index, range(80), [])
     report = index.backup(tmp_path / "bk")
     backup = Path(report["path"])
 

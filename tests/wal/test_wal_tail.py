@@ -20,6 +20,16 @@ def payload(i: int) -> bytes:
     return b"record-%d-" % i + bytes([i % 251]) * (i % 37)
 
 
+def write_log(folder: Path, n: int, roll_after: tuple[int, ...] = ()) -> LogWriter:
+    """A log of records 1..n (payload(i)), a new file after each LSN in `roll_after`."""
+    log = LogWriter(folder, 1, durability="os")
+    for i in range(1, n + 1):
+        log.append(KIND, payload(i))
+        if i in roll_after:
+            log.roll()
+    return log
+
+
 def read_all(tail: LogTail) -> list[tuple[int, bytes]]:
     return [(r.lsn, bytes(r.payload)) for r in tail.read()]
 
@@ -45,11 +55,7 @@ def test_follows_appends_and_rolls(tmp_path: Path) -> None:
 
 
 def test_starts_mid_file_at_any_lsn(tmp_path: Path) -> None:
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 20):
-        log.append(KIND, payload(i))
-        if i == 8:
-            log.roll()
+    log = write_log(tmp_path, 19, roll_after=(8,))
     for start in (1, 5, 9, 12, 19, 20):
         assert [lsn for lsn, _ in read_all(LogTail(tmp_path, start))] == list(range(start, 20))
     log.close()
@@ -75,9 +81,7 @@ def test_a_record_being_written_is_read_only_once_whole(tmp_path: Path) -> None:
 
 
 def test_stopping_early_resumes_after_the_last_record_given(tmp_path: Path) -> None:
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 11):
-        log.append(KIND, payload(i))
+    log = write_log(tmp_path, 10)
     tail = LogTail(tmp_path, 1)
     got = []
     for record in tail.read():
@@ -90,11 +94,7 @@ def test_stopping_early_resumes_after_the_last_record_given(tmp_path: Path) -> N
 
 
 def test_deleted_log_is_reported_as_gone(tmp_path: Path) -> None:
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 6):
-        log.append(KIND, payload(i))
-    log.roll()
-    log.append(KIND, payload(6))
+    log = write_log(tmp_path, 6, roll_after=(5,))
     tail = LogTail(tmp_path, 3)
     log.remove_below(5)  # the writer flushed 1..5: their file goes
     with pytest.raises(LogGone):
@@ -106,11 +106,7 @@ def test_deleted_log_is_reported_as_gone(tmp_path: Path) -> None:
 
 
 def test_damage_before_a_newer_file_is_corruption(tmp_path: Path) -> None:
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 4):
-        log.append(KIND, payload(i))
-    log.roll()
-    log.append(KIND, payload(4))
+    log = write_log(tmp_path, 4, roll_after=(3,))
     log.close(clean=False)
     first = list_logs(tmp_path)[0][1]
     raw = bytearray(first.read_bytes())
@@ -141,11 +137,7 @@ def test_holds_no_file_open_between_reads(tmp_path: Path) -> None:
 def test_a_missing_file_before_a_later_one_is_gone(tmp_path: Path) -> None:
     """Gone, not corrupt: a writer's flush deletes whole files below its checkpoint, and only
     the caller (has the store moved on?) can tell that from a lost file."""
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 10):
-        log.append(KIND, payload(i))
-        if i in (3, 6):
-            log.roll()
+    log = write_log(tmp_path, 9, roll_after=(3, 6))
     log.close(clean=False)
     middle = list_logs(tmp_path)[1][1]  # records 4..6
     middle.unlink()
@@ -156,9 +148,7 @@ def test_a_missing_file_before_a_later_one_is_gone(tmp_path: Path) -> None:
 
 
 def test_damage_with_intact_records_after_it_is_corruption(tmp_path: Path) -> None:
-    log = LogWriter(tmp_path, 1, durability="os")
-    for i in range(1, 6):
-        log.append(KIND, payload(i))
+    log = write_log(tmp_path, 5)
     log.close(clean=False)
     (_first, path), = list_logs(tmp_path)
     raw = bytearray(path.read_bytes())
