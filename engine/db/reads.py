@@ -74,12 +74,10 @@ def one_segment(source: SegmentSource, query: np.ndarray, k: int, n_probes: int 
     return hits_of([(source, r, d) for r, d in zip(rows, dists)], include, store, cache)
 
 
-def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,
-              include: tuple[str, ...] = ("distance",), store: Any = None,
-              cache: ItemCache | None = None) -> list[list[dict[str, Any]]]:
-    """Top-k over every source of one snapshot (memtables offer search() and hit(), segments
-    search()); metadata / contents of segment rows come from `store` through `cache`
-    (hits_of). `flt` None matches everything."""
+def locate(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None
+           ) -> list[list[tuple[Any, int, float]]]:
+    """Per query, the (source, row, distance) of its top-k over every source of one snapshot,
+    best first (memtables offer search(), segments search()); `flt` None matches everything."""
     found = []
     for source in sources:
         part = source.search(queries, k, flt=flt, n_probes=n_probes)
@@ -94,9 +92,32 @@ def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes:
         src, rows, dists = merge_topk([part for _, part in found], k)
     sources = [source for source, _ in found]
     keep = np.isfinite(dists) & (rows >= 0)
-    picked = [[(sources[s], r, d) for s, r, d, ok in zip(src_q, rows_q, dists_q, keep_q) if ok]
-              for src_q, rows_q, dists_q, keep_q in zip(src.tolist(), rows.tolist(), dists.tolist(),
-                                                        keep.tolist())]
+    return [[(sources[s], r, d) for s, r, d, ok in zip(src_q, rows_q, dists_q, keep_q) if ok]
+            for src_q, rows_q, dists_q, keep_q in zip(src.tolist(), rows.tolist(), dists.tolist(),
+                                                      keep.tolist())]
+
+
+def nearest(sources: list, query: np.ndarray, k: int, n_probes: int | None, flt=None
+            ) -> list[tuple[Any, int, float]]:
+    """locate() of one checked (d,) query; one ScaNN call when a lone segment is all there is
+    and nothing filters (one_segment's path)."""
+    if flt is None and len(sources) == 1 and type(sources[0]) is SegmentSource:
+        source = sources[0]
+        segment = source.segment
+        fast = (segment.search_one(query, k, n_probes, source.dead, source.n_dead)
+                if source.any_dead else segment.search_one(query, k, n_probes))
+        if fast is not None:
+            return [(source, r, d) for r, d in zip(fast[0].tolist(), fast[1].tolist())]
+    return locate(sources, query[None, :], k, flt=flt, n_probes=n_probes)[0]
+
+
+def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,
+              include: tuple[str, ...] = ("distance",), store: Any = None,
+              cache: ItemCache | None = None) -> list[list[dict[str, Any]]]:
+    """Top-k over every source of one snapshot (locate), as result dicts; metadata / contents
+    of segment rows come from `store` through `cache` (hits_of). `flt` None matches
+    everything."""
+    picked = locate(sources, queries, k, flt=flt, n_probes=n_probes)
     if include == ("distance",) or not include:
         with_distance = bool(include)
         return [[{"id": source.ids[r], "distance": d} if with_distance else {"id": source.ids[r]}

@@ -42,9 +42,9 @@ class FieldPostings:
                  post_ends: np.ndarray, lengths: np.ndarray) -> None:
         self.terms, self.term_ends = terms, term_ends
         self.rows, self.tfs, self.post_ends, self.lengths = rows, tfs, post_ends, lengths
-        # term -> (avgdl, k1, b, tf part of each posting's BM25 score): db/bm25.py fills it;
-        # valid while the corpus statistics it was computed with hold
-        self.impacts: dict[str, tuple[float, float, float, np.ndarray]] = {}
+        # term -> (avgdl, k1, b, rows, tf part of each posting's BM25 score, [(idf, idf x part)]):
+        # db/bm25.py fills it; valid while the corpus statistics it was computed with hold
+        self.impacts: dict[str, tuple] = {}
         # live-rows version -> (rows with the field, its total length) over those rows
         self.stats: dict[object, tuple[int, int]] = {}
 

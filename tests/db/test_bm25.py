@@ -171,6 +171,7 @@ def test_top_k_is_a_prefix_and_filters_keep_statistics(ops, cuts, query, k):
     full = search(sources, terms, FIELDS)
     top = search(sources, terms, FIELDS, top_k=k)
     assert list(zip(top.sources, top.rows)) == list(zip(full.sources, full.rows))[:k]
+    assert top.scores.tolist() == full.scores[:k].tolist()  # the same bits either way
     # a filter admitting every other id narrows the answer but leaves each score unchanged
     admitted = {i for i in final if i in "acegi"}
     filtered = [Source(s.index, s.live, np.array([i in admitted for i in ids[n]], bool))
@@ -179,6 +180,31 @@ def test_top_k_is_a_prefix_and_filters_keep_statistics(ops, cuts, query, k):
     want = {(s, r): v for s, r, v in zip(full.sources, full.rows, full.scores)
             if ids[s][r] in admitted}
     assert {(s, r): v for s, r, v in zip(got.sources, got.rows, got.scores)} == want
+    # ... and its top k (sums read at the postings, cut below the k-th) is the same prefix
+    top = search(filtered, terms, FIELDS, top_k=k)
+    assert list(zip(top.sources, top.rows, top.scores)) == list(zip(
+        got.sources, got.rows, got.scores))[:k]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_of_many_overlapping_terms_is_the_full_ranking_prefix(seed):
+    """Rows holding several query terms each, so a row appears in many postings lists: every
+    top_k (filtered or not, one source or three) is the full ranking's prefix, to the bit."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(12)]
+    docs = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 9)))) for _ in range(300)]
+    cuts = [0, 120, 250, 300] if seed % 2 else [0, 300]
+    sources = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        ix = TextIndex.build(({"title": d} for d in docs[lo:hi]), hi - lo, ("title",))
+        allowed = rng.random(hi - lo) < 0.6 if seed >= 2 else None
+        sources.append(Source(ix, None, allowed))
+    terms = vocab[:7]
+    full = search(sources, terms, ("title",))
+    for k in (1, 2, 3, 5, 10, 30, 100):
+        top = search(sources, terms, ("title",), top_k=k)
+        assert list(zip(top.sources, top.rows, top.scores)) == list(zip(
+            full.sources, full.rows, full.scores))[:k], k
 
 
 def test_reference_fox_score_is_ln2():
