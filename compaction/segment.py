@@ -37,6 +37,7 @@ from lsmvec.compaction.segment_build import build_and_open_segment, build_segmen
 from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing,
                                              expected_entries, parse_meta)
 from lsmvec.compaction.exact import search_exact
+from lsmvec.compaction.row_gather import gather_rows
 from lsmvec.compaction.segment_search import empty_result, pad_result, select_live
 from lsmvec.wal.errors import (ClosedError, CorruptionError, DimensionMismatchError,
                                InvalidArgumentError)
@@ -207,6 +208,51 @@ class Segment:
         blob = b"".join(self._chunk(c) for c in range(first, last + 1))
         offset = start - first * CHUNK_SIZE
         return np.frombuffer(blob[offset:offset + size], np.float32)
+
+    @property
+    def rows_resident(self) -> bool:
+        """Whether the rows are held in memory (an untrained segment) rather than read back
+        from the sealed file (a trained one: ScaNN holds its own copy)."""
+        return self._vectors is not None
+
+    def _chunk_span(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first, last) chunk of vectors.bin holding each row (a row may straddle two)."""
+        start = np.asarray(rows, np.int64) * (self._dim * 4)
+        return start // CHUNK_SIZE, (start + self._dim * 4 - 1) // CHUNK_SIZE
+
+    def chunks_holding(self, rows: np.ndarray) -> int:
+        """How many 1 MiB chunks gather(rows) decrypts (0 when the rows are in memory)."""
+        if self._vectors is not None or not len(rows):
+            return 0
+        first, last = self._chunk_span(rows)
+        return int(np.union1d(first, last).size)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """``vectors[rows]`` as a fresh C-contiguous array; a trained segment decrypts only
+        the chunks holding them, each run of consecutive chunks in one read."""
+        if self._closed:
+            raise ClosedError("segment is closed")
+        rows = np.asarray(rows, np.int64)
+        if self._vectors is not None:
+            return gather_rows(self._vectors, rows)
+        out = np.empty((len(rows), self._dim), np.float32)
+        if not len(rows):
+            return out
+        path, key, context = self._lazy  # type: ignore[misc]
+        total = self._n * self._dim * 4
+        first, last = self._chunk_span(rows)
+        needed = np.union1d(first, last)
+        if 2 * needed.size > -(-total // CHUNK_SIZE):  # most of the file: one pass into place
+            return gather_rows(self.vectors, rows)
+        breaks = np.flatnonzero(np.diff(needed) > 1) + 1
+        for run in np.split(needed, breaks):
+            lo, hi = int(run[0]) * CHUNK_SIZE, min((int(run[-1]) + 1) * CHUNK_SIZE, total)
+            floats = np.frombuffer(read_sealed_range(path, key, context, lo, hi - lo),
+                                   np.float32)
+            inside = np.flatnonzero((first >= run[0]) & (first <= run[-1]))
+            at = (rows[inside] * (self._dim * 4) - lo) // 4
+            out[inside] = floats[at[:, None] + np.arange(self._dim)]
+        return out
 
     def _chunk(self, number: int) -> bytes:
         """One decrypted 1 MiB chunk of vectors.bin; the last few are kept, since the rows a

@@ -39,6 +39,16 @@ _PREFILTER_SHARE = 0.15
 # Gathered vectors of a plan's rows are cached per segment (a few plans, bounded bytes).
 _SUBMATRIX_MAX_BYTES = 64 << 20
 _SUBMATRIX_CACHE = 8
+# A trained segment keeps no rows (ScaNN holds its own copy): gathering a plan's rows decrypts
+# every 1 MiB chunk holding one (~0.35 ms each). Up to this many, the exact path gathers them;
+# more (a 10% filter touches every chunk: 88 of them, ~100 ms, at 60k x 384), and the plan is
+# answered like a wide one, by ScaNN with the other rows excluded (60k MiniLM, a 10% filter:
+# 1.8 ms, against 0.44 ms exact over cached rows) -- until the plan is asked for again and
+# the cache has room, or it has been asked for more often than the entry it would evict (so
+# plans cycling through more entries than the cache holds keep most of them cached instead
+# of decrypting at every query: 45 ms a query before).
+_GATHER_MAX_CHUNKS = 16
+_ASKS_KEPT = 256
 
 
 def id_index_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +79,7 @@ class SegmentSource:
         # decrypted store values of this segment's rows (set by IndexCore.add_segment)
         self.cache: ItemCache | None = None
         self._subs: dict[tuple, tuple] = {}
+        self._asks: dict[tuple, int] = {}  # plan -> how often its rows were asked for
         self._spec_masks: dict[tuple, np.ndarray | None] = {}
         self._by_hash = id_index
 
@@ -199,7 +210,7 @@ class SegmentSource:
             return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
         dim = self.segment.dim
         if (count <= max(_PREFILTER_MIN_ROWS, int(self.info.rows * _PREFILTER_SHARE))
-                and count * dim * 4 <= _SUBMATRIX_MAX_BYTES):
+                and count * dim * 4 <= _SUBMATRIX_MAX_BYTES and self._gatherable(key, mask)):
             rows, sub, norms = self._submatrix(key, mask)
             found, dists = search_exact(sub, queries, k, self.segment.metric, sqnorms=norms,
                                         dead=self.dead[rows])
@@ -210,11 +221,29 @@ class SegmentSource:
             n_probes = min(params.num_leaves, int(np.ceil(base * self.info.rows / count)))
         return self.segment.search(queries, k, n_probes=n_probes, exclude=~mask | self.dead)
 
+    def _gatherable(self, key: tuple, mask: np.ndarray) -> bool:
+        """Whether the exact path may gather `mask`'s rows: cached, in memory, in at most
+        _GATHER_MAX_CHUNKS chunks of a trained segment's sealed rows, or worth caching (see
+        _GATHER_MAX_CHUNKS)."""
+        asks = self._asks
+        if len(asks) >= _ASKS_KEPT:
+            asks.clear()
+        asks[key] = count = asks.get(key, 0) + 1
+        segment = self.segment
+        if (key in self._subs or segment.rows_resident
+                or segment.chunks_holding(np.flatnonzero(mask)) <= _GATHER_MAX_CHUNKS):
+            return True
+        if count < 2:
+            return False
+        if len(self._subs) < _SUBMATRIX_CACHE:
+            return True
+        return count > asks.get(next(iter(self._subs)), 0)
+
     def _submatrix(self, key: tuple, mask: np.ndarray):
         cached = self._subs.get(key)
         if cached is None:
             rows = np.flatnonzero(mask)
-            sub = np.ascontiguousarray(self.segment.vectors[rows])
+            sub = self.segment.gather(rows)
             norms = np.einsum("nd,nd->n", sub, sub) if self.segment.metric != "cosine" else None
             cached = (rows, sub, norms)
             if len(self._subs) >= _SUBMATRIX_CACHE:

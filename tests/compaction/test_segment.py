@@ -445,3 +445,37 @@ def test_build_refuses_bad_input(tmp_path: Path) -> None:
         segment.search(np.zeros((1, 4), np.float32), 0)
     with pytest.raises(InvalidArgumentError):
         segment.search(np.zeros((1, 4), np.float32), 3, exclude=np.zeros(3, bool))
+
+
+def test_trained_segment_gathers_rows_from_only_the_chunks_holding_them(tmp_path: Path) -> None:
+    """dim 24: a row is 96 bytes, so row 10922 straddles the first 1 MiB chunk boundary."""
+    rows, _queries = clustered(15_000, 1, 24, 20, seed=3, unit=False)
+    files, segment = build_and_open_segment(tmp_path / "seg", rows, metric="euclidean",
+                                            key=KEY, context=CONTEXT, n_lists=40,
+                                            kind=KIND_TREE_AH, leaves_to_search=10)
+    assert segment.kind == KIND_TREE_AH and not segment.rows_resident
+    rng = np.random.default_rng(4)
+    for wanted in (np.array([10922]), np.array([0, 10921, 10922, 10923, 14999]),
+                   np.sort(rng.choice(15_000, 700, replace=False)), np.arange(15_000),
+                   np.array([], np.int64)):
+        got = segment.gather(wanted)
+        assert got.shape == (len(wanted), 24) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, rows[wanted])
+    assert segment.chunks_holding(np.array([10922])) == 2  # the straddling row needs both
+    assert segment.chunks_holding(np.array([0, 5])) == 1
+    assert segment.chunks_holding(np.arange(15_000)) == 2
+    reads = []
+    real = Segment.gather.__globals__["read_sealed_range"]
+    Segment.gather.__globals__["read_sealed_range"] = lambda *a: reads.append(a[3:]) or real(*a)
+    try:
+        np.testing.assert_array_equal(segment.gather(np.array([3, 7])), rows[[3, 7]])
+    finally:
+        Segment.gather.__globals__["read_sealed_range"] = real
+    assert reads == [(0, 1 << 20)]  # one chunk read, not the whole file
+    untrained = build_and_open_segment(tmp_path / "small", rows[:50], metric="euclidean",
+                                       key=KEY, context=CONTEXT)[1]
+    assert untrained.rows_resident and untrained.chunks_holding(np.arange(50)) == 0
+    np.testing.assert_array_equal(untrained.gather(np.array([4, 2])), rows[[4, 2]])
+    segment.close()
+    with pytest.raises(ClosedError):
+        segment.gather(np.array([1]))

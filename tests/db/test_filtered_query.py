@@ -118,3 +118,49 @@ def test_term_index_survives_reopen_and_merge(tmp_path) -> None:
         after = ix.query(np.ones(DIM, np.float32), top_k=50, filters={"g": 3})
         assert [h["id"] for h in after] == [h["id"] for h in before]
         assert all(int(h["id"]) % 10 == 3 for h in after)
+
+
+def test_trained_segment_gathers_a_filters_rows_only_when_worth_caching(tmp_path,
+                                                                         monkeypatch) -> None:
+    """A trained segment holds no rows: the rows of a filter spread over more than
+    _GATHER_MAX_CHUNKS chunks are not decrypted for a one-off filter (ScaNN answers with the
+    other rows excluded); a filter asked again is gathered and cached while the cache has
+    room; filters cycling through more entries than it holds never evict one asked as often."""
+    import lsmvec.db.segments as segments
+    from lsmvec.compaction.segment import Segment
+    monkeypatch.setattr(segments, "_GATHER_MAX_CHUNKS", 0)
+    gathers = []
+    real_gather = Segment.gather
+    monkeypatch.setattr(Segment, "gather", lambda s, rows: gathers.append(len(rows)) or
+                        real_gather(s, rows))
+    rng = np.random.default_rng(9)
+    n, dim = 20_000, 32
+    centres = rng.standard_normal((40, dim)).astype(np.float32) * 4
+    vectors = (centres[rng.integers(0, 40, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+    groups = np.arange(n) % 10
+    with Client(tmp_path) as client:
+        ix = client.create_index("t", generate_key(), dimension=dim, metric="euclidean",
+                                 background_compaction=False)
+        ix.upsert([{"id": str(i), "vector": vectors[i], "metadata": {"g": int(groups[i])}}
+                   for i in range(n)])
+        ix.train()
+        assert ix.stats()["segments"][0]["kind"] == "tree_ah"
+        queries = (centres[rng.integers(0, 40, 10)] + rng.standard_normal((10, dim))).astype(
+            np.float32)
+
+        def recall_of_a_cycle() -> float:
+            found = 0
+            for g, q in enumerate(queries):
+                hits = ix.query(q, top_k=10, filters={"g": g})
+                assert len(hits) == 10 and all(int(h["id"]) % 10 == g for h in hits)
+                rows = np.flatnonzero(groups == g)
+                truth = rows[np.argsort(np.linalg.norm(vectors[rows] - q, axis=1))[:10]]
+                found += len({int(h["id"]) for h in hits} & set(truth.tolist()))
+            return found / (10 * len(queries))
+
+        assert recall_of_a_cycle() >= 0.9 and gathers == []  # each filter once: ScaNN
+        assert recall_of_a_cycle() >= 0.9  # asked again: the first 8 gathered and cached
+        assert gathers == [2000] * segments._SUBMATRIX_CACHE
+        for _ in range(2):  # the last two never evict an entry asked as often
+            assert recall_of_a_cycle() >= 0.9
+        assert len(gathers) == segments._SUBMATRIX_CACHE
