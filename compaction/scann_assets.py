@@ -55,7 +55,8 @@ from lsmvec.compaction.scann_logging import set_scann_log_level
 from lsmvec.compaction.scann_params import SearchParams
 from lsmvec.compaction.scann_serialize import serialize_searcher
 from lsmvec.compaction.sealed_batch import MemoryFileRange, SealedRead, read_sealed_files
-from lsmvec.compaction.sealed_file import (SealedFileInfo, read_sealed, sealed_plaintext_size,
+from lsmvec.compaction.sealed_file import (SealedFileInfo, read_pins, read_sealed,
+                                           sealed_plaintext_size,
                                            write_sealed)
 from lsmvec.wal.errors import CorruptionError, LsmvecError, storage_error_from
 
@@ -394,13 +395,16 @@ class SealedRows(NamedTuple):
     context: bytes
     """The file's own associated data (``file_context(segment context, file name)``)."""
     shape: tuple[int, int] | None = None
+    salt: str = ""
+    """The header's salt as the manifest records it ("" for segments from before: then the
+    SHA-256 is checked; sealed_file.read_pins)."""
 
 
-def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]],
+def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str, str]],
                          rows: np.ndarray | SealedRows, key: bytes, context: bytes,
                          loader: Callable[[str], scann_ops_pybind.ScannSearcher] | None = None,
                          threads: int = 1) -> scann_ops_pybind.ScannSearcher:
-    """Unseal the ScaNN assets ``{name: (size, sha256)}`` of ``directory`` into memory files
+    """Unseal the ScaNN assets ``{name: (size, sha256, salt)}`` of ``directory`` into memory files
     linked from a fresh scratch folder -- each authenticated and decrypted chunk by chunk into
     its memory file, no plaintext buffer of its size -- plus ``dataset.npy`` rebuilt from ``rows``
     when not stored (an array, or the sealed vectors.bin decrypted the same way: at 1M x 128
@@ -421,12 +425,12 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
     try:
         listed: set[str] = set()
         unseal: list[SealedRead] = []  # every other file, checked together below
-        for name, (size, sha256) in asset_files.items():
+        for name, (size, sha256, salt) in asset_files.items():
             if name not in SCANN_ASSET_FILES:
                 raise CorruptionError("not a ScaNN asset name", str(directory / name))
             if name == SCANN_ASSETS_INDEX_FILE:
                 data = read_sealed(directory / name, key, file_context(context, name),
-                                   expected_size=size, expected_sha256=sha256)
+                                   expected_size=size, **read_pins(sha256, salt))
                 listed = _check_asset_paths(bytes(data), directory / name)
                 assets.write(name, data)
                 continue
@@ -434,7 +438,7 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
             plain = sealed_plaintext_size(path, size)
             unseal.append(SealedRead(path, key, file_context(context, name),
                                      MemoryFileRange(assets.sized(name, plain), 0, plain),
-                                     size, sha256))
+                                     size, **read_pins(sha256, salt)))
         # rebuilt only where ScaNN's list names it: a bfloat16 / int8 reorder has no float32
         # dataset, and handing ScaNN one anyway would cost the memory the precision saves
         if SCANN_DATASET_FILE not in asset_files and SCANN_DATASET_FILE in listed:
@@ -448,7 +452,7 @@ def load_sealed_searcher(directory: Path, asset_files: dict[str, tuple[int, str]
                 os.pwrite(fd, head, 0)  # 128 bytes: one write
                 unseal.append(SealedRead(rows.path, key, rows.context,
                                          MemoryFileRange(fd, len(head), plain), rows.size,
-                                         rows.sha256))
+                                         **read_pins(rows.sha256, rows.salt)))
             else:
                 assets.write_array(SCANN_DATASET_FILE, rows)
         read_sealed_files(unseal, threads)

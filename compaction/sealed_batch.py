@@ -47,6 +47,7 @@ class SealedRead(NamedTuple):
     out: Buffer | MemoryFileRange
     expected_size: int | None = None
     expected_sha256: str | None = None
+    expected_salt: bytes | None = None
 
 
 def read_sealed_files(requests: list[SealedRead], threads: int) -> None:
@@ -57,7 +58,7 @@ def read_sealed_files(requests: list[SealedRead], threads: int) -> None:
     if threads <= 1:  # one file after the other, each in one pass: read, hash, decrypt
         for r in requests:
             read_sealed_into(r.path, r.key, r.context, r.out, expected_size=r.expected_size,
-                             expected_sha256=r.expected_sha256)
+                             expected_sha256=r.expected_sha256, expected_salt=r.expected_salt)
         return
     files: list[SealedReader] = []
     try:
@@ -87,7 +88,7 @@ def read_sealed_files(requests: list[SealedRead], threads: int) -> None:
 
 def _reader(request: SealedRead) -> SealedReader:
     return SealedReader(request.path, request.key, request.context, request.out,
-                        request.expected_size, request.expected_sha256)
+                        request.expected_size, request.expected_sha256, request.expected_salt)
 
 
 def _run(files: list[SealedReader], tasks: list[tuple[int, int, int, int, int]],

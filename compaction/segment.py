@@ -31,8 +31,8 @@ from lsmvec.compaction.filenames import (SCANN_ASSETS_INDEX_FILE, SCANN_DATASET_
 from lsmvec.compaction.scann_assets import SealedRows, file_context, load_sealed_searcher
 from lsmvec.compaction.scann_params import (KIND_TREE_AH, SearchParams, leaves_for_probes,
                                             scann_scores_to_distances)
-from lsmvec.compaction.sealed_file import (CHUNK_SIZE, read_sealed, read_sealed_into,
-                                           read_sealed_range)
+from lsmvec.compaction.sealed_file import (CHUNK_SIZE, read_pins, read_sealed,
+                                           read_sealed_into, read_sealed_range)
 from lsmvec.compaction.segment_build import build_and_open_segment, build_segment
 from lsmvec.compaction.segment_files import (FileEntry, SegmentFiles, check_listing,
                                              expected_entries, parse_meta)
@@ -61,7 +61,7 @@ def _read_rows(rows: SealedRows, key: bytes) -> np.ndarray:
     decryption fills: no zero-filled buffer first). Raises CorruptionError like read_sealed."""
     out = np.empty(rows.shape, np.float32)
     read_sealed_into(rows.path, key, rows.context, out, expected_size=rows.size,
-                     expected_sha256=rows.sha256)
+                     **read_pins(rows.sha256, rows.salt))
     out.setflags(write=False)
     return out
 
@@ -74,7 +74,7 @@ class Segment:
                  "_metric", "_reorder", "_lazy", "_closed", "_chunks", "__weakref__")
 
     def __init__(self, params: SearchParams, vectors: np.ndarray, searcher: Any = None,
-                 lazy: tuple[Path, bytes, bytes] | None = None) -> None:
+                 lazy: tuple[Path, bytes, bytes, bytes | None] | None = None) -> None:
         """Wrap rows and (for tree_ah) a loaded ScaNN searcher; use ``open`` or
         ``build_and_open_segment`` rather than calling this directly.
 
@@ -117,7 +117,7 @@ class Segment:
         def unseal(name: str) -> bytearray:
             entry = expected[name]
             return read_sealed(directory / name, key, file_context(context, name),
-                               expected_size=entry.size, expected_sha256=entry.sha256)
+                               expected_size=entry.size, **entry.pins())
 
         meta_path = str(directory / SEGMENT_META_FILE)
         params, n, dim, dataset_stored = parse_meta(unseal(SEGMENT_META_FILE), meta_path)
@@ -137,7 +137,7 @@ class Segment:
                                   f"{params.kind} segment", meta_path)
         rows_file = expected[VECTORS_FILE]
         rows = SealedRows(directory / VECTORS_FILE, rows_file.size, rows_file.sha256,
-                          file_context(context, VECTORS_FILE), (n, dim))
+                          file_context(context, VECTORS_FILE), (n, dim), rows_file.salt)
         if assets and not dataset_stored:
             # A trained segment keeps no rows (ScaNN holds them): vectors.bin is authenticated
             # and decrypted straight into the memory file ScaNN loads as its dataset.
@@ -147,12 +147,13 @@ class Segment:
             vectors = _read_rows(rows, key)  # every byte authenticated, even if ScaNN has its own
             dataset = vectors
         searcher = load_sealed_searcher(
-            directory, {name: (e.size, e.sha256) for name, e in assets.items()},
+            directory, {name: (e.size, e.sha256, e.salt) for name, e in assets.items()},
             dataset, key, context) if assets else None
         logger.debug("opened %s segment %s (%d x %d) in %.3fs", params.kind, directory, n, dim,
                      time.monotonic() - started)
         return cls(params, vectors, searcher,
-                   (directory / VECTORS_FILE, key, file_context(context, VECTORS_FILE)))
+                   (directory / VECTORS_FILE, key, file_context(context, VECTORS_FILE),
+                    rows_file.pins().get("expected_salt")))
 
     # ------------------------------------------------------------ properties
     @property
@@ -190,9 +191,9 @@ class Segment:
             raise ClosedError("segment is closed")
         if self._vectors is not None:
             return self._vectors
-        path, key, context = self._lazy  # type: ignore[misc]
+        path, key, context, salt = self._lazy  # type: ignore[misc]
         rows = np.empty((self._n, self._dim), np.float32)  # filled by the decryption: no memset
-        read_sealed_into(path, key, context, rows)
+        read_sealed_into(path, key, context, rows, expected_salt=salt)
         rows.setflags(write=False)
         return rows
 
@@ -238,7 +239,7 @@ class Segment:
         out = np.empty((len(rows), self._dim), np.float32)
         if not len(rows):
             return out
-        path, key, context = self._lazy  # type: ignore[misc]
+        path, key, context, salt = self._lazy  # type: ignore[misc]
         total = self._n * self._dim * 4
         first, last = self._chunk_span(rows)
         needed = np.union1d(first, last)
@@ -247,7 +248,7 @@ class Segment:
         breaks = np.flatnonzero(np.diff(needed) > 1) + 1
         for run in np.split(needed, breaks):
             lo, hi = int(run[0]) * CHUNK_SIZE, min((int(run[-1]) + 1) * CHUNK_SIZE, total)
-            floats = np.frombuffer(read_sealed_range(path, key, context, lo, hi - lo),
+            floats = np.frombuffer(read_sealed_range(path, key, context, lo, hi - lo, salt),
                                    np.float32)
             inside = np.flatnonzero((first >= run[0]) & (first <= run[-1]))
             at = (rows[inside] * (self._dim * 4) - lo) // 4
@@ -259,10 +260,10 @@ class Segment:
         get() asks for usually cluster (a batch of neighbours, a range of ids)."""
         chunk = self._chunks.get(number)
         if chunk is None:
-            path, key, context = self._lazy  # type: ignore[misc]
+            path, key, context, salt = self._lazy  # type: ignore[misc]
             total = self._n * self._dim * 4
             chunk = read_sealed_range(path, key, context, number * CHUNK_SIZE,
-                                      min(CHUNK_SIZE, total - number * CHUNK_SIZE))
+                                      min(CHUNK_SIZE, total - number * CHUNK_SIZE), salt)
             if len(self._chunks) >= _CHUNK_CACHE:
                 self._chunks.pop(next(iter(self._chunks)), None)
             self._chunks[number] = chunk
@@ -280,13 +281,13 @@ class Segment:
         merged away: an open file outlives its name). Closed when the Segment is freed."""
         if self._lazy is None or str(self._lazy[0]).startswith("/proc/self/fd/"):
             return
-        path, key, context = self._lazy
+        path, key, context, salt = self._lazy
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CorruptionError("segment file is missing", str(path)) from None
         weakref.finalize(self, os.close, fd)
-        self._lazy = (Path(f"/proc/self/fd/{fd}"), key, context)
+        self._lazy = (Path(f"/proc/self/fd/{fd}"), key, context, salt)
 
     @property
     def closed(self) -> bool:

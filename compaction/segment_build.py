@@ -85,8 +85,10 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
     files, params, rows, searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, budget,
         target_recall, tuning, sidecars, own_copy=True)
+    rows_file = next(e for e in files.files if e.name == VECTORS_FILE)
     return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
-                                                   file_context(context, VECTORS_FILE)))
+                                                   file_context(context, VECTORS_FILE),
+                                                   rows_file.pins().get("expected_salt")))
 
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,
@@ -173,7 +175,7 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     _fsync_directory(directory)
     report("done")
     files = SegmentFiles(
-        files=tuple(FileEntry(name, info.size, info.sha256)
+        files=tuple(FileEntry(name, info.size, info.sha256, info.salt)
                     for name, info in sorted(sealed.items())),
         n=n, dim=dim, metric=metric, kind=params.kind, n_lists=params.num_leaves)
     logger.info("built %s segment of %d x %d (%s) in %s in %.2fs", params.kind, n, dim, metric,

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from lsmvec.compaction.filenames import (SEGMENT_FILES, SEGMENT_META_FILE, SIDECAR_FILES,
                                          VECTORS_FILE)
 from lsmvec.compaction.scann_assets import file_context
-from lsmvec.compaction.sealed_file import read_sealed
+from lsmvec.compaction.sealed_file import read_pins, read_sealed
 from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams
 from lsmvec.wal.errors import CorruptionError, storage_error_from
 
@@ -28,11 +28,37 @@ SEGMENT_FORMAT = 1
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One sealed file of a segment as the manifest records it."""
+    """One sealed file of a segment as the manifest records it: name, size, SHA-256 of the
+    sealed bytes and (segments built since it was recorded) the salt of the file's header."""
 
     name: str
     size: int
     sha256: str
+    salt: str = ""
+
+    def pins(self) -> dict[str, Any]:
+        """How a read makes sure this is the very file the manifest names (sealed_file's
+        read_pins: by its salt when recorded, else by its SHA-256)."""
+        return read_pins(self.sha256, self.salt)
+
+    def as_list(self) -> list:
+        """The manifest's form: [name, size, sha256] or [name, size, sha256, salt]."""
+        return ([self.name, self.size, self.sha256, self.salt] if self.salt
+                else [self.name, self.size, self.sha256])
+
+    @classmethod
+    def of(cls, raw: "FileEntry | Iterable[Any]") -> "FileEntry":
+        """From the manifest's form (as_list). Raises CorruptionError when malformed."""
+        if isinstance(raw, FileEntry):
+            return raw
+        try:
+            name, size, sha, *rest = raw
+            salt = str(rest[0]) if rest else ""
+            if len(rest) > 1 or (salt and len(bytes.fromhex(salt)) != 16):
+                raise ValueError(f"bad file entry {raw!r}")
+            return cls(str(name), int(size), str(sha), salt)
+        except (TypeError, ValueError) as exc:
+            raise CorruptionError(f"malformed segment file entry: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -53,7 +79,7 @@ class SegmentFiles:
 
     def as_dict(self) -> dict[str, Any]:
         """msgpack / JSON-ready form (no pickle)."""
-        return {"files": [[e.name, e.size, e.sha256] for e in self.files], "n": self.n,
+        return {"files": [e.as_list() for e in self.files], "n": self.n,
                 "dim": self.dim, "metric": self.metric, "kind": self.kind,
                 "n_lists": self.n_lists}
 
@@ -61,8 +87,7 @@ class SegmentFiles:
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentFiles:
         """Inverse of ``as_dict``. Raises CorruptionError when the mapping is malformed."""
         try:
-            files = tuple(FileEntry(str(name), int(size), str(sha)) for name, size, sha
-                          in data["files"])
+            files = tuple(FileEntry.of(raw) for raw in data["files"])
             return cls(files, int(data["n"]), int(data["dim"]), str(data["metric"]),
                        str(data["kind"]), int(data["n_lists"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -75,7 +100,7 @@ def expected_entries(entries: Iterable[FileEntry | tuple[str, int, str]],
     segment may not hold (e.g. ``scann_docids.pkl``), repeats one, or lacks a required one."""
     expected: dict[str, FileEntry] = {}
     for entry in entries:
-        entry = entry if isinstance(entry, FileEntry) else FileEntry(*entry)
+        entry = FileEntry.of(entry)
         if entry.name not in SEGMENT_FILES or entry.name in expected:
             raise CorruptionError(f"manifest names an invalid or repeated segment file "
                                   f"{entry.name!r}", str(directory))
@@ -144,8 +169,8 @@ def read_sidecar(directory: Path, entries: Iterable[FileEntry | tuple[str, int, 
     if name not in SIDECAR_FILES:
         raise ValueError(f"{name!r} is not a sidecar file")
     for entry in entries:
-        entry = entry if isinstance(entry, FileEntry) else FileEntry(*entry)
+        entry = FileEntry.of(entry)
         if entry.name == name:
             return read_sealed(directory / name, key, file_context(context, name),
-                               expected_size=entry.size, expected_sha256=entry.sha256)
+                               expected_size=entry.size, **entry.pins())
     return None

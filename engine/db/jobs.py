@@ -80,7 +80,7 @@ def _new_source(core: "IndexCore", seg_id: int, built, ids: list[str],
                 terms: TermIndex, text: TextIndex | None = None) -> SegmentSource:
     """The built segment as the version will hold it (no dead row yet: install decides)."""
     files, segment = built
-    info = SegmentInfo(seg_id, files.n, files.kind, [[f.name, f.size, f.sha256] for f in files.files],
+    info = SegmentInfo(seg_id, files.n, files.kind, [f.as_list() for f in files.files],
                        files.n_lists or None, 0)
     source = SegmentSource(info, segment, ids, np.zeros(len(ids), bool), core.store, terms,
                            id_index_of(ids))

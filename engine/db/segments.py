@@ -339,7 +339,7 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
                  metric: str) -> SegmentSource:
     """Load one manifest segment. Raises CorruptionError naming the file when anything differs."""
     path = segment_folder(folder, info.id)
-    segment = Segment.open(path, [FileEntry(n, s, h) for n, s, h in info.files], key=key,
+    segment = Segment.open(path, [FileEntry.of(f) for f in info.files], key=key,
                            context=context, metric=metric)
     if segment.n != info.rows:
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)

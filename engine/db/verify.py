@@ -39,8 +39,10 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
             check_listing(folder, expected)
             context = core.cipher.segment_context(info.id, "")
             for name, entry in expected.items():
+                # the deep check: the salt the manifest names and the SHA-256 of every byte
                 read_sealed(folder / name, core.cipher.segment_key, file_context(context, name),
-                            expected_size=entry.size, expected_sha256=entry.sha256)
+                            expected_size=entry.size, expected_sha256=entry.sha256,
+                            expected_salt=entry.pins().get("expected_salt"))
                 report["segment_files"] += 1
             report["segments"] += 1
         except LsmvecError as exc:

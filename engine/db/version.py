@@ -71,7 +71,7 @@ class SegmentInfo:
     id: int
     rows: int
     kind: str
-    files: list[list[Any]]  # [name, size, sha256 hex]
+    files: list[list[Any]]  # [name, size, sha256 hex(, salt hex)]: FileEntry.as_list
     n_lists: int | None = None
     dead: int = 0
     """Rows of the segment the store no longer points at: the size of its dead/ set, kept in

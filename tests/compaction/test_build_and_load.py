@@ -218,12 +218,20 @@ def test_a_damaged_chunk_of_the_rows_is_corruption_before_scann_loads(
     assert seen == []  # ScaNN never loaded
 
 
-def test_rows_of_another_build_fail_the_checksum_before_scann_loads(
-        built: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("manifest", ["with salts", "before salts"])
+def test_rows_of_another_build_are_refused_before_scann_loads(
+        built: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manifest: str) -> None:
     """An authentic vectors.bin of the same segment (same size, another build) passes every
-    chunk's authentication: the manifest's SHA-256 refuses it, before ScaNN sees it."""
+    chunk's authentication: the salt the manifest records refuses it (another build drew
+    another salt), or, for a manifest written before salts were recorded, its SHA-256 --
+    before ScaNN sees it."""
+    import dataclasses
     import shutil
     folder, files, rows = built
+    assert all(len(bytes.fromhex(e.salt)) == 16 for e in files.files)
+    if manifest == "before salts":
+        files = dataclasses.replace(files, files=tuple(
+            dataclasses.replace(e, salt="") for e in files.files))
     copy = tmp_path / "seg"
     shutil.copytree(folder, copy)
     (copy / VECTORS_FILE).unlink()
@@ -232,6 +240,7 @@ def test_rows_of_another_build_fail_the_checksum_before_scann_loads(
     write_sealed(copy / VECTORS_FILE, other, KEY,
                  scann_assets.file_context(CONTEXT, VECTORS_FILE))
     seen = _spy_loads(monkeypatch)
-    with pytest.raises(CorruptionError, match="SHA-256"):
+    with pytest.raises(CorruptionError, match="SHA-256" if manifest == "before salts"
+                       else "salt differs"):
         Segment.open(copy, files, key=KEY, context=CONTEXT, metric="euclidean")
     assert seen == []

@@ -210,18 +210,25 @@ def test_a_damaged_rows_chunk_stops_the_open_before_the_load(
     assert loads == [] and _open_fds() == before
 
 
-def test_an_authentic_stale_rows_file_is_refused_by_its_checksum_before_the_load(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("manifest", ["with salts", "before salts"])
+def test_an_authentic_stale_rows_file_is_refused_before_the_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manifest: str) -> None:
     """vectors.bin re-sealed under its own key and context (what a crashed build of a reused
-    segment id leaves: every chunk authenticates): only the manifest's SHA-256 tells it apart,
-    and it is checked before ScaNN reads a byte."""
+    segment id leaves: every chunk authenticates): only the manifest's record of the file tells
+    it apart -- its salt, or for a manifest from before salts its SHA-256 -- and it is checked
+    before ScaNN reads a byte."""
+    import dataclasses
     rows, files = _trained(tmp_path)
+    if manifest == "before salts":
+        files = dataclasses.replace(files, files=tuple(
+            dataclasses.replace(e, salt="") for e in files.files))
     target = tmp_path / "seg" / VECTORS_FILE
     target.unlink()
     write_sealed(target, rows, KEY, scann_assets.file_context(b"c", VECTORS_FILE))
     loads: list[str] = []
     monkeypatch.setattr(scann_assets.scann_ops_pybind, "load_searcher",
                         lambda folder: loads.append(folder))
-    with pytest.raises(CorruptionError, match="recorded SHA-256"):
+    with pytest.raises(CorruptionError, match="recorded SHA-256" if manifest == "before salts"
+                       else "salt differs"):
         Segment.open(tmp_path / "seg", files, key=KEY, context=b"c", metric="euclidean")
     assert loads == []
