@@ -28,6 +28,7 @@ from lsmvec.wal import failpoints
 from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.store import Store, StoreTxn
 from lsmvec.errors import CorruptionError
+from lsmvec.db.row_ids import RowIds
 from lsmvec.db.term_index import TermIndex
 from lsmvec.db.text_index import TextIndex
 
@@ -153,13 +154,20 @@ def read_dead(store: Store, segment: int, rows: int, expected: int) -> np.ndarra
     return dead
 
 
-def read_row_ids(store: Store, segment: int, rows: int) -> list[str]:
+def read_row_ids(store: Store, segment: int, rows: int) -> RowIds | list[str]:
+    """A segment's ids by row: packed (RowIds.pack), or a list of str (segments written
+    before the packed form)."""
     ids = store.get_meta(_rows_key(segment))
     if ids is None:
         raise CorruptionError(f"row ids of segment {segment} are missing", store.data_file)
-    if not isinstance(ids, list) or len(ids) != rows:
-        raise CorruptionError(f"row ids of segment {segment} are malformed", store.data_file)
-    return ids
+    if isinstance(ids, dict):
+        try:
+            return RowIds.unpack(ids, rows)
+        except ValueError:
+            pass
+    elif isinstance(ids, list) and len(ids) == rows:
+        return ids
+    raise CorruptionError(f"row ids of segment {segment} are malformed", store.data_file)
 
 
 def read_terms(store: Store, segment: int, rows: int) -> TermIndex:
@@ -361,7 +369,8 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
                 sid = edit.add.id
                 born = changes.born_dead
                 born = np.zeros(edit.add.n_rows, bool) if born is None else born.copy()
-                txn.put_meta(_rows_key(sid), list(edit.add.ids))
+                ids = edit.add.ids
+                txn.put_meta(_rows_key(sid), (ids if isinstance(ids, RowIds) else RowIds(ids)).pack())
                 txn.put_meta(_terms_key(sid), edit.add.terms.pack())
                 if born.any():
                     txn.put_meta(_dead_key(sid), np.packbits(born).tobytes())

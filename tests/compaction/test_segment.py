@@ -466,7 +466,7 @@ def test_trained_segment_gathers_rows_from_only_the_chunks_holding_them(tmp_path
     assert segment.chunks_holding(np.arange(15_000)) == 2
     reads = []
     real = Segment.gather.__globals__["read_sealed_range"]
-    Segment.gather.__globals__["read_sealed_range"] = lambda *a: reads.append(a[3:]) or real(*a)
+    Segment.gather.__globals__["read_sealed_range"] = lambda *a: reads.append(a[3:5]) or real(*a)
     try:
         np.testing.assert_array_equal(segment.gather(np.array([3, 7])), rows[[3, 7]])
     finally:

@@ -58,3 +58,45 @@ def test_packed_ids_cost_a_fraction_of_a_tuple_of_str() -> None:
     assert packed.nbytes * 4 < as_tuple  # 14 bytes a row against ~63
     wide = ["é" * 3 + str(i) for i in range(1000)]  # the non-ASCII path: byte offsets
     assert list(RowIds(wide)) == wide
+
+
+def test_pack_round_trips_through_msgpack_and_refuses_damage():
+    import msgpack
+    ids = ["a", "", "東京", "x" * 300, "7"]
+    raw = msgpack.unpackb(msgpack.packb(RowIds(ids).pack()))
+    assert RowIds.unpack(raw, len(ids)) == ids and list(RowIds.unpack(raw, 5)) == ids
+    empty = msgpack.unpackb(msgpack.packb(RowIds([]).pack()))
+    assert RowIds.unpack(empty, 0) == []
+    ends = np.frombuffer(raw["ends"], "<u8")
+    for bad in ({**raw, "format": 2}, {**raw, "extra": 1},
+                {**raw, "data": raw["data"][:-1]},  # the last offset past the data
+                {**raw, "ends": ends[::-1].astype("<u8").tobytes()},  # falling offsets
+                {**raw, "ends": (ends + 1).astype("<u8").tobytes()}):  # not from 0
+        with pytest.raises(ValueError):
+            RowIds.unpack(bad, len(ids))
+    with pytest.raises(ValueError):
+        RowIds.unpack(raw, len(ids) + 1)  # another row count
+
+
+def test_segments_store_packed_row_ids_and_still_read_lists(tmp_path):
+    """New segments keep their ids packed; a segment whose ids the store holds as a list of str
+    (written before) opens the same."""
+    from lsmvec import Client, generate_key
+    from lsmvec.db.version import _rows_key, read_row_ids
+    key = generate_key()
+    with Client(tmp_path) as client:
+        index = client.create_index("r", key, dimension=4)
+        index.upsert([(f"id-{i}", np.full(4, i, np.float32)) for i in range(50)])
+        index.flush()
+        core = index._core
+        (source,) = core.segments
+        raw = core.store.get_meta(_rows_key(source.id))
+        assert isinstance(raw, dict) and raw["format"] == 1
+        assert read_row_ids(core.store, source.id, 50) == [f"id-{i}" for i in range(50)]
+        core.store.commit(lambda txn: txn.put_meta(_rows_key(source.id),
+                                                   [f"id-{i}" for i in range(50)]))
+    with Client(tmp_path) as client:
+        index = client.load_index("r", key)
+        assert sorted(index.list_ids()) == sorted(f"id-{i}" for i in range(50))
+        got = index.query(np.full(4, 7, np.float32), top_k=1, include=["distance"])
+        assert got[0]["id"] == "id-7"
