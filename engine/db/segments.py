@@ -9,6 +9,7 @@ shadowing must not have outlived it.
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -60,11 +61,13 @@ def id_index_of(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 class SegmentSource:
     def __init__(self, info: SegmentInfo, segment: Segment, ids: Sequence[str], persisted: np.ndarray,
-                 store: Store, terms: TermIndex,
+                 store: Store, terms: TermIndex | None,
                  id_index: tuple[np.ndarray, np.ndarray] | None = None):
+        """`terms` None: read from `store` at first use (the terms property)."""
         self.info = info
         self.id: int = info.id  # a plain attribute: read for every hit hydrated
-        self.terms = terms
+        self._terms = terms
+        self._terms_lock = threading.Lock()
         self.text: TextIndex | None = None  # full-text index (db/text_index.py), if any
         self.segment = segment
         # Packed (row_ids.py: ~14 bytes a row, not ~65 as str objects) and invisible to the
@@ -87,7 +90,7 @@ class SegmentSource:
         """This segment as a later version of the index sees it (a reader's next view): the
         same immutable rows, ids, term and text indexes and searcher; that version's dead rows
         and store."""
-        source = SegmentSource(info, self.segment, self.ids, persisted, store, self.terms,
+        source = SegmentSource(info, self.segment, self.ids, persisted, store, self._terms,
                                self._by_hash)
         source.text = self.text
         return source
@@ -95,6 +98,22 @@ class SegmentSource:
     @property
     def n_rows(self) -> int:
         return self.info.rows
+
+    @property
+    def terms(self) -> TermIndex:
+        """The segment's term index (db/term_index.py), read from the store at its first use:
+        an index never filtered never holds it. MiniLM 60k with ~80 bytes of metadata a row
+        (unique titles and numbers: 120k terms): 5 MB packed, plus the ~9 MB of store pages
+        it is read from -- a tenth of the trained index's resident memory. A segment's terms
+        never change while it lives, and a merge reads them before it retires the segment
+        (jobs.py remaps them), so the store still holds them whenever they are first asked."""
+        terms = self._terms
+        if terms is None:
+            with self._terms_lock:
+                terms = self._terms
+                if terms is None:
+                    terms = self._terms = read_terms(self.store, self.id, self.info.rows)
+        return terms
 
     def kill(self, row: int) -> None:
         if not self.dead[row]:
@@ -345,7 +364,7 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
     ids = read_row_ids(store, info.id, info.rows)
     persisted = read_dead(store, info.id, info.rows, info.dead)
-    source = SegmentSource(info, segment, ids, persisted, store, read_terms(store, info.id, info.rows))
+    source = SegmentSource(info, segment, ids, persisted, store, None)  # terms: at first use
     raw = read_sidecar(path, info.files, TEXT_INDEX_FILE, key=key, context=context)
     if raw is None:
         source.text = read_text(store, info.id, info.rows)
