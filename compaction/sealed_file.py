@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import os
 import struct
-from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 from cryptography.exceptions import InvalidTag
@@ -60,7 +59,6 @@ __all__ = [
     "read_sealed_range",
     "read_pins",
     "sealed_plaintext_size",
-    "file_sha256",
     "MemoryFileRange",
     "SealedReader",
 ]
@@ -97,11 +95,10 @@ class SealedFileInfo(NamedTuple):
 
 
 def read_pins(sha256: str, salt: str = "") -> dict[str, Any]:
-    """The keyword arguments of read_sealed that make sure a file is the one a manifest names:
-    ``expected_salt`` when its salt was recorded (the salt derives the file's key, so AES-GCM,
-    which authenticates every chunk anyway, refuses any other file -- a crashed build's
-    authentic file under the same name has another salt), else ``expected_sha256`` (a second
-    pass over every byte: 0.43 s of the 645 MB a 1M x 128 segment unseals at open)."""
+    """read_sealed's keyword arguments pinning the file a manifest names: its salt when
+    recorded (the salt derives the file's key: GCM, checking every chunk anyway, refuses any
+    other file, even another build's authentic one), else its SHA-256 (a second pass over
+    every byte: 0.43 s of the 645 MB a 1M x 128 segment unseals at open)."""
     return {"expected_salt": bytes.fromhex(salt)} if salt else {"expected_sha256": sha256}
 
 
@@ -500,17 +497,3 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):  # cleanup after a failure: the failure is reported
         fsio.FS.remove(path)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (for verify tools). Raises StorageError on I/O failure."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb", buffering=0) as f:
-            buffer = bytearray(CHUNK_SIZE)
-            view = memoryview(buffer)
-            while got := f.readinto(buffer):
-                digest.update(view[:got])
-    except OSError as exc:
-        raise storage_error_from(exc, f"read {Path(path)}") from exc
-    return digest.hexdigest()

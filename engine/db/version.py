@@ -160,14 +160,15 @@ def read_row_ids(store: Store, segment: int, rows: int) -> RowIds | list[str]:
     ids = store.get_meta(_rows_key(segment))
     if ids is None:
         raise CorruptionError(f"row ids of segment {segment} are missing", store.data_file)
-    if isinstance(ids, dict):
-        try:
-            return RowIds.unpack(ids, rows)
-        except ValueError:
-            pass
-    elif isinstance(ids, list) and len(ids) == rows:
+    if isinstance(ids, list) and len(ids) == rows:
         return ids
-    raise CorruptionError(f"row ids of segment {segment} are malformed", store.data_file)
+    try:
+        if isinstance(ids, dict):
+            return RowIds.unpack(ids, rows)
+        raise ValueError("neither a list nor a packed form")
+    except ValueError:
+        raise CorruptionError(f"row ids of segment {segment} are malformed",
+                              store.data_file) from None
 
 
 def read_terms(store: Store, segment: int, rows: int) -> TermIndex:

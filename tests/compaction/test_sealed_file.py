@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, MAGIC, TAG_SIZE, file_sha256,
+from lsmvec.compaction.sealed_file import (CHUNK_SIZE, HEADER_SIZE, MAGIC, TAG_SIZE, 
                                     read_sealed, sealed_size, write_sealed)
 from lsmvec.wal.errors import CorruptionError, InvalidKeyError, StorageError
 
@@ -35,7 +35,8 @@ def test_round_trip(tmp_path: Path, size: int) -> None:
     info = write_sealed(path, data, KEY, CONTEXT)
     raw = path.read_bytes()
     assert info.size == len(raw) == sealed_size(size)
-    assert info.sha256 == hashlib.sha256(raw).hexdigest() == file_sha256(path)
+    assert info.sha256 == hashlib.sha256(raw).hexdigest() == hashlib.sha256(
+        Path(path).read_bytes()).hexdigest()
     assert raw.startswith(MAGIC)
     got = read_sealed(path, KEY, CONTEXT, expected_size=info.size, expected_sha256=info.sha256)
     assert bytes(got) == data
