@@ -234,15 +234,20 @@ class Store:
         and sealing a flush does before it takes any lock (the transaction then only puts).
         Two flat lists of bytes, no per-item tuples: tens of thousands of new container
         objects would set off a full garbage collection, a GIL pause other threads feel."""
-        id_hash, seal = self._cipher.id_hash, self._seal_item
+        id_hash, aad, seal_many = self._cipher.id_hash, self._aad, self._cipher.store.seal_many
+        # one Packer for the call (packb makes one per value: 1.1 -> 0.2 us; not shared
+        # between threads), the same bytes as _seal_item's
+        pack = msgpack.Packer(use_bin_type=True).pack
         keys: list[bytes] = []
         values: list[bytes] = []
         for start in range(0, len(ids), _PREPARE_BLOCK):
             block = ids[start:start + _PREPARE_BLOCK]
+            rows = range(start, start + len(block))
             hashed = [id_hash(item_id) for item_id in block]
-            values.extend(seal(key, item_id, segment, row, contents[row], metadata[row])
-                          for row, key, item_id in zip(range(start, start + len(block)),
-                                                       hashed, block))
+            sealed = seal_many([pack([item_id, contents[row], metadata[row]])
+                                for row, item_id in zip(rows, block)],
+                               [aad(key, segment, row) for row, key in zip(rows, hashed)])
+            values.extend([_LOC.pack(segment, row) + value for row, value in zip(rows, sealed)])
             keys.extend(hashed)
             time.sleep(0)  # let waiting threads (an event loop) have the GIL between blocks
         return keys, values
