@@ -168,7 +168,7 @@ class Segment:
                      time.monotonic() - started)
         return cls(params, vectors, searcher,
                    (directory / VECTORS_FILE, key, file_context(context, VECTORS_FILE),
-                    rows_file.pins().get("expected_salt")))
+                    rows_file.salt_bytes))
 
     # ------------------------------------------------------------ properties
     @property

@@ -88,7 +88,7 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
     rows_file = next(e for e in files.files if e.name == VECTORS_FILE)
     return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
                                                    file_context(context, VECTORS_FILE),
-                                                   rows_file.pins().get("expected_salt")))
+                                                   rows_file.salt_bytes))
 
 
 def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, context: bytes,

@@ -41,6 +41,11 @@ class FileEntry:
         read_pins: by its salt when recorded, else by its SHA-256)."""
         return read_pins(self.sha256, self.salt)
 
+    @property
+    def salt_bytes(self) -> bytes | None:
+        """The recorded salt as read_sealed's ``expected_salt`` (None: not recorded)."""
+        return bytes.fromhex(self.salt) if self.salt else None
+
     def as_list(self) -> list:
         """The manifest's form: [name, size, sha256] or [name, size, sha256, salt]."""
         return ([self.name, self.size, self.sha256, self.salt] if self.salt

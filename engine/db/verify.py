@@ -42,7 +42,7 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
                 # the deep check: the salt the manifest names and the SHA-256 of every byte
                 read_sealed(folder / name, core.cipher.segment_key, file_context(context, name),
                             expected_size=entry.size, expected_sha256=entry.sha256,
-                            expected_salt=entry.pins().get("expected_salt"))
+                            expected_salt=entry.salt_bytes)
                 report["segment_files"] += 1
             report["segments"] += 1
         except LsmvecError as exc:
