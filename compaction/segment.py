@@ -371,16 +371,16 @@ class Segment:
 
     def search_one(self, query: np.ndarray, k: int, n_probes: int | None = None,
                    exclude: np.ndarray | None = None, n_excluded: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+                   ) -> tuple[list[int], list[float]] | None:
         """``search`` of one query for a caller that already checked it -- a C-contiguous
         float32 (dim,) vector (unit under cosine), k >= 1, ``exclude`` as in search() holding
-        ``n_excluded`` True rows -- without the checks and array reshaping (a few us of a
-        ~135 us query). Returns (rows (k,), distances float32 (k,)), ascending, or None when
-        this path cannot answer alone (a brute or closed segment, k rows not found, many
-        excluded rows): search() then does, with the same result."""
+        ``n_excluded`` True rows (or None) -- without the checks and array reshaping. Returns
+        (rows, distances) as lists (the float32 distances as Python floats), ascending, or None
+        when this path cannot answer alone (a brute or closed segment, k rows not found, many
+        excluded rows): search() then does, with the same result. Each numpy call here costs
+        2-3 us on the cold caches a ScaNN search leaves behind (of a ~150 us query)."""
         scann = self._scann
-        n = self._n
-        if scann is None or k > n - n_excluded or n_excluded > 4 * k:
+        if scann is None or k > self._n - n_excluded or n_excluded > 4 * k:
             return None
         leaves = (self._params.leaves_to_search if n_probes is None
                   else leaves_for_probes(self._params, n_probes))
@@ -393,8 +393,8 @@ class Segment:
         if found.shape[0] != k:
             return None
         if self._metric == "cosine":  # scann_scores_to_distances, one call fewer (float32 in,
-            return found, 1.0 - scores  # float32 out): ~1 us of a cold query path
-        return found, scann_scores_to_distances(self._metric, scores)
+            return found.tolist(), (1.0 - scores).tolist()  # float32 out)
+        return found.tolist(), scann_scores_to_distances(self._metric, scores).tolist()
 
     def _search_tree(self, scann: Any, queries: np.ndarray, k: int,
                      n_probes: int | None, exclude: np.ndarray | None,

@@ -213,11 +213,10 @@ def _segment_after(source: SegmentSource, order: np.ndarray, after: bytes | None
     rows it marks only: a binary search in its sort permutation, then live rows in order
     (dead and unmarked ones skipped a chunk at a time)."""
     ids = source.ids
-    data, ends = ids._data, ids._ends
     pos = 0
     if after is not None:
-        pos = bisect.bisect_right(range(len(order)), after,
-                                  key=lambda p: data[ends[order[p]]:ends[order[p] + 1]])
+        id_bytes = ids.id_bytes
+        pos = bisect.bisect_right(range(len(order)), after, key=lambda p: id_bytes(order[p]))
     rows: list[int] = []
     step, dead = limit, source.dead
     while pos < len(order) and len(rows) < limit:

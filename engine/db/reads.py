@@ -58,7 +58,8 @@ def one_segment(source: SegmentSource, query: np.ndarray, k: int, n_probes: int 
     Index.query down to here costs ~20 us of Python around a ~150 us ScaNN search (MiniLM
     60k; a hand-written minimum -- normalise, lock, search, dicts -- costs ~18 us), and the
     metadata of 10 cached hits ~30 us more (one msgpack call builds their objects)."""
-    fast = _search_one(source, query, k, n_probes)
+    fast = source.segment.search_one(query, k, n_probes, source.dead if source.any_dead else None,
+                                     source.n_dead)
     if fast is None:
         return None
     rows, dists = fast
@@ -100,20 +101,12 @@ def nearest(sources: list, query: np.ndarray, k: int, n_probes: int | None, flt=
     """locate() of one checked (d,) query; one ScaNN call when a lone segment is all there is
     and nothing filters (one_segment's path)."""
     if flt is None and len(sources) == 1 and type(sources[0]) is SegmentSource:
-        fast = _search_one(sources[0], query, k, n_probes)
+        source = sources[0]
+        fast = source.segment.search_one(query, k, n_probes,
+                                         source.dead if source.any_dead else None, source.n_dead)
         if fast is not None:
-            return [(sources[0], r, d) for r, d in zip(*fast)]
+            return [(source, r, d) for r, d in zip(*fast)]
     return locate(sources, query[None, :], k, flt=flt, n_probes=n_probes)[0]
-
-
-def _search_one(source: SegmentSource, query: np.ndarray, k: int, n_probes: int | None
-                ) -> tuple[list[int], list[float]] | None:
-    """(rows, distances) as lists from one ScaNN call of the lone segment (Segment.search_one,
-    its dead rows excluded), or None when that call cannot answer alone."""
-    segment = source.segment
-    fast = (segment.search_one(query, k, n_probes, source.dead, source.n_dead) if source.any_dead
-            else segment.search_one(query, k, n_probes))
-    return None if fast is None else (fast[0].tolist(), fast[1].tolist())
 
 
 def run_query(sources: list, queries: np.ndarray, k: int, *, flt=None, n_probes: int | None = None,

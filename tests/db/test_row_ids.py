@@ -11,8 +11,10 @@ from hypothesis import given, settings, strategies as st
 
 from lsmvec.db.row_ids import RowIds
 
-ids_strategy = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
-                        max_size=40)
+ids_strategy = st.one_of(
+    st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12), max_size=40),
+    # all ASCII (the usual case): held as one str, read by slicing
+    st.lists(st.text(st.characters(max_codepoint=127), max_size=12), max_size=40))
 
 
 @settings(max_examples=200, deadline=None)
@@ -39,6 +41,12 @@ def test_row_ids_read_back_as_the_list_they_were_made_from(ids: list[str], data)
         with pytest.raises(ValueError):
             packed.index("absent\x00")
     assert RowIds(iter(ids)) == packed  # any iterable
+    assert [packed.id_bytes(i) for i in range(len(ids))] == [i.encode("utf-8") for i in ids]
+    assert packed.take(tuple(np.int64(r) for r in rows)) == [ids[r] for r in rows]
+    again = RowIds.unpack(packed.pack(), len(ids))
+    assert again == ids and list(again) == ids and again.take(rows) == [ids[r] for r in rows]
+    data_bytes, ends = packed.packed()
+    assert bytes(data_bytes) == "".join(ids).encode("utf-8") and ends[-1] == len(data_bytes)
     assert packed != [*ids, "x"] and (not ids or packed != ids[:-1])
 
 
