@@ -18,6 +18,7 @@ from lsmvec.request.images import is_image
 from lsmvec.request.items import Batch, normalize_ids, normalize_upsert
 from lsmvec.request.vectors import normalize_query, single_query
 from lsmvec.disk.records import KIND_DELETE, KIND_UPSERT
+from lsmvec.embedding import embed_batch, embed_queries
 from lsmvec.db.matching import FilterDelete
 from lsmvec.db.metadata_select import select_ids
 from lsmvec.request.metadata_query import check_index_only, limit_of, order_of
@@ -141,7 +142,8 @@ class Index:
         if len(update):
             check_live(core, update.batch.ids)  # before the model runs: a clear, early error
             if len(update.batch.embed_rows):
-                update = update.embedded(core.embed_batch(update.batch))
+                update = update.embedded(embed_batch(core.embedder, update.batch,
+                                                     core.config.metric))
         return UpdateRequest(update)
 
     def _upsert_batch(self, items: Any = None, vectors: Any = None, *, ids: Any = None,
@@ -154,7 +156,7 @@ class Index:
         batch = normalize_upsert(items, ids=ids, vectors=vectors, dimension=core.dimension,
                                  metric=core.config.metric, embeds=core.embedder is not None)
         if len(batch.embed_rows):
-            batch = core.embed_batch(batch)
+            batch = embed_batch(core.embedder, batch, core.config.metric)
         return batch
 
     def _delete_ids(self, ids: Any = None, *, filters: dict | None = None,
@@ -260,12 +262,12 @@ class Index:
         if query_vectors is None and query_contents is None:
             raise MissingVectorError("query needs query_vectors or query_contents")
         if query_contents is not None:
-            queries, single = core.embed_queries(query_contents)
+            queries, single = embed_queries(core.embedder, query_contents, core.config)
         else:
             # str or PIL image (never read as an array of pixels): contents to embed
             if _embeddable(query_vectors) or (isinstance(query_vectors, list) and query_vectors
                                               and all(_embeddable(q) for q in query_vectors)):
-                queries, single = core.embed_queries(query_vectors)
+                queries, single = embed_queries(core.embedder, query_vectors, core.config)
             else:
                 queries, single = normalize_query(query_vectors, dimension=core.dimension,
                                                   metric=core.config.metric)

@@ -291,16 +291,6 @@ class IndexCore:
                 raise DimensionMismatchError(
                     f"vectors have dimension {dim}, the index has dimension {self.config.dimension}")
 
-    def embed_batch(self, batch: Batch) -> Batch:
-        """Compute the vectors of items that came with text only (outside every lock)."""
-        from lsmvec.embedding import embed_batch
-        return embed_batch(self.embedder, batch, self.config.metric)
-
-    def embed_queries(self, contents: Any) -> tuple[np.ndarray, bool]:
-        """Text queries -> unit/finite (q, d) vectors; a single str -> single=True."""
-        from lsmvec.embedding import embed_queries
-        return embed_queries(self.embedder, contents, self.config)
-
     def upsert(self, batch: Batch) -> None:
         self._raise_first(self.write_many([(records.KIND_UPSERT, batch)]))
 
@@ -396,18 +386,16 @@ class IndexCore:
     def query_one(self, query: np.ndarray, k: int, n_probes: int | None,
                   include: tuple[str, ...]) -> list[dict[str, Any]]:
         """One unfiltered query, a checked (d,) vector (request.vectors.single_query): its hits.
-        Ids + distances of a lone segment are searched without the lock, then checked (a
-        closed segment's searcher lives on while a search holds it); anything that reads the
+        Ids + distances of a lone segment read no store: searched without the lock (3 us of a
+        cold ~150 us query), kept only when no writer entered meanwhile (RWLock.epoch; a
+        segment a merge closes meanwhile lives on while this search holds it). What reads the
         store takes the lock, which keeps the store and the segments in step."""
         if self._closed:
             raise ClosedError(f"index {self.config.name!r} is closed")
         rw = self._rw
         epoch = rw.epoch
         if not epoch & 1 and include == ("distance",):
-            # Ids and distances read no store: no lock (3 us of a cold ~150 us query), checked
-            # instead -- kept only when no writer entered meanwhile (rwlock.py's epoch); a
-            # segment a merge closes under it stays usable while this search holds it
-            segments = self.segments
+            segments = self.segments[:2]  # one atomic copy: an install edits the list in place
             if len(segments) == 1 and not self.frozen and not self.memtable.row_of:
                 hits = one_segment(segments[0], query, k, n_probes, include, None, None)
                 if hits is not None and rw.epoch == epoch:

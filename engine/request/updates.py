@@ -12,7 +12,7 @@ upsert, whose items carry every field, that is its "last occurrence wins".)
 
 A str (or PIL image: stored as PNG, as upsert does) `contents` without a `vector`, on an index
 with an embedding model, is to be re-embedded: such rows are the Batch's `embed_rows` / `texts`,
-filled by the same embedding path as upsert's (IndexCore.embed_batch). Bytes contents without a
+filled by the same embedding path as upsert's (lsmvec.embedding.embed_batch). Bytes contents without a
 vector there are refused as upsert refuses them: the stored vector would no longer be the
 contents' embedding.
 """
@@ -47,7 +47,7 @@ class Update:
         return len(self.batch.ids)
 
     def embedded(self, batch: Batch) -> "Update":
-        """This update with its batch's embeddings attached (IndexCore.embed_batch)."""
+        """This update with its batch's embeddings attached (lsmvec.embedding.embed_batch)."""
         return replace(self, batch=batch)
 
 
