@@ -24,6 +24,7 @@ __all__ = [
     "SEGMENT_FILES",
     "SIDECAR_FILES",
     "TEXT_INDEX_FILE",
+    "ROW_IDS_FILE",
     "SCRATCH_PREFIX",
     "scratch_dir_prefix",
     "parse_scratch_dir_name",
@@ -71,7 +72,11 @@ TEXT_INDEX_FILE = "text.idx"
 """Sealed full-text index of the segment's rows (the engine's db/text_index.py packs it; opaque
 bytes here). Present only in an index with full_text fields."""
 
-SIDECAR_FILES: frozenset[str] = frozenset({TEXT_INDEX_FILE})
+ROW_IDS_FILE = "ids.bin"
+"""Sealed ids of the segment's rows (the engine's db/row_ids.py packs them; opaque bytes here).
+Segments written before it keep their ids in the store (meta b"rows/<segment>")."""
+
+SIDECAR_FILES: frozenset[str] = frozenset({TEXT_INDEX_FILE, ROW_IDS_FILE})
 """Optional files the engine hands a build to seal beside the rows (``build_segment(sidecars=)``)
 and reads back with ``segment_files.read_sidecar``; never given to ScaNN."""
 

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lsmvec.compaction.filenames import TEXT_INDEX_FILE, parse_segment_dir_name, segment_dir_name
+from lsmvec.compaction.filenames import (ROW_IDS_FILE, TEXT_INDEX_FILE, parse_segment_dir_name,
+                                         segment_dir_name)
 from lsmvec.compaction.exact import search_exact
 from lsmvec.compaction.segment import FileEntry, Segment
 from lsmvec.compaction.segment_files import read_sidecar
@@ -362,7 +363,16 @@ def open_segment(folder: Path, info: SegmentInfo, store: Store, *, key: bytes, c
                            context=context, metric=metric)
     if segment.n != info.rows:
         raise CorruptionError(f"segment {info.id} holds {segment.n} rows, manifest says {info.rows}", path)
-    ids = read_row_ids(store, info.id, info.rows)
+    raw = read_sidecar(path, info.files, ROW_IDS_FILE, key=key, context=context)
+    if raw is None:  # a segment written before ids.bin: its ids are in the store
+        ids: RowIds | list[str] = read_row_ids(store, info.id, info.rows)
+    else:
+        try:
+            ids = RowIds.from_bytes(raw, info.rows)
+        except ValueError as exc:
+            raise CorruptionError(f"row ids of segment {info.id} are malformed ({exc})",
+                                  str(path / ROW_IDS_FILE)) from None
+        del raw
     persisted = read_dead(store, info.id, info.rows, info.dead)
     source = SegmentSource(info, segment, ids, persisted, store, None)  # terms: at first use
     raw = read_sidecar(path, info.files, TEXT_INDEX_FILE, key=key, context=context)

@@ -155,8 +155,9 @@ def read_dead(store: Store, segment: int, rows: int, expected: int) -> np.ndarra
 
 
 def read_row_ids(store: Store, segment: int, rows: int) -> RowIds | list[str]:
-    """A segment's ids by row: packed (RowIds.pack), or a list of str (segments written
-    before the packed form)."""
+    """The ids by row of a segment written before ids.bin (segments.open_segment reads that
+    file when the segment has one), from the store: packed (RowIds.pack), or a list of str
+    (before the packed form)."""
     ids = store.get_meta(_rows_key(segment))
     if ids is None:
         raise CorruptionError(f"row ids of segment {segment} are missing", store.data_file)
@@ -370,8 +371,6 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
                 sid = edit.add.id
                 born = changes.born_dead
                 born = np.zeros(edit.add.n_rows, bool) if born is None else born.copy()
-                ids = edit.add.ids
-                txn.put_meta(_rows_key(sid), (ids if isinstance(ids, RowIds) else RowIds(ids)).pack())
                 txn.put_meta(_terms_key(sid), edit.add.terms.pack())
                 if born.any():
                     txn.put_meta(_dead_key(sid), np.packbits(born).tobytes())

@@ -62,8 +62,8 @@ def test_packed_ids_cost_a_fraction_of_a_tuple_of_str() -> None:
     ids = [str(i) for i in range(100_000, 200_000)]
     packed = RowIds(ids)
     as_tuple = sys.getsizeof(tuple(ids)) + sum(sys.getsizeof(i) for i in ids)
-    assert packed.nbytes == 6 * len(ids) + 8 * (len(ids) + 1)
-    assert packed.nbytes * 4 < as_tuple  # 14 bytes a row against ~63
+    assert packed.nbytes == 6 * len(ids) + 4 * (len(ids) + 1)  # 4-byte offsets
+    assert packed.nbytes * 6 < as_tuple  # 10 bytes a row against ~63
     wide = ["é" * 3 + str(i) for i in range(1000)]  # the non-ASCII path: byte offsets
     assert list(RowIds(wide)) == wide
 
@@ -86,25 +86,74 @@ def test_pack_round_trips_through_msgpack_and_refuses_damage():
         RowIds.unpack(raw, len(ids) + 1)  # another row count
 
 
-def test_segments_store_packed_row_ids_and_still_read_lists(tmp_path):
-    """New segments keep their ids packed; a segment whose ids the store holds as a list of str
-    (written before) opens the same."""
+def test_segments_keep_their_ids_in_a_sealed_file_and_older_forms_still_read(tmp_path,
+                                                                            monkeypatch):
+    """New segments keep their ids packed in their folder (ids.bin, sealed, authenticated like
+    the other files; no store value). A segment written before that file existed keeps them in
+    the store -- packed, or older still a list of str -- and opens the same."""
+    import msgpack
+
+    import lsmvec.db.jobs as jobs
     from lsmvec import Client, generate_key
     from lsmvec.db.version import _rows_key, read_row_ids
+    from lsmvec.errors import CorruptionError
     key = generate_key()
+    want = [f"id-{i}" for i in range(50)]
     with Client(tmp_path) as client:
         index = client.create_index("r", key, dimension=4)
         index.upsert([(f"id-{i}", np.full(4, i, np.float32)) for i in range(50)])
         index.flush()
         core = index._core
         (source,) = core.segments
-        raw = core.store.get_meta(_rows_key(source.id))
-        assert isinstance(raw, dict) and raw["format"] == 1
-        assert read_row_ids(core.store, source.id, 50) == [f"id-{i}" for i in range(50)]
-        core.store.commit(lambda txn: txn.put_meta(_rows_key(source.id),
-                                                   [f"id-{i}" for i in range(50)]))
+        assert core.store.get_meta(_rows_key(source.id)) is None
+        folder = core.folder / "segments"
+    (ids_file,) = folder.glob("*/ids.bin")
+    assert b"id-7" not in ids_file.read_bytes()  # sealed
     with Client(tmp_path) as client:
         index = client.load_index("r", key)
-        assert sorted(index.list_ids()) == sorted(f"id-{i}" for i in range(50))
-        got = index.query(np.full(4, 7, np.float32), top_k=1, include=["distance"])
-        assert got[0]["id"] == "id-7"
+        assert list(index._core.segments[0].ids) == want
+    for form in ("packed", "list"):  # a segment without ids.bin: its ids in the store
+        build = jobs.build_segment_folder
+        monkeypatch.setattr(jobs, "build_segment_folder",
+                            lambda core, seg_id, vectors, ids, **kw: build(core, seg_id, vectors,
+                                                                           None, **kw))
+        with Client(tmp_path / form) as client:
+            index = client.create_index("r", key, dimension=4)
+            index.upsert([(f"id-{i}", np.full(4, i, np.float32)) for i in range(50)])
+            index.flush()
+            core = index._core
+            (source,) = core.segments
+            stored = RowIds(want).pack() if form == "packed" else want
+            with core.commit_lock:
+                core.store.commit(lambda txn: txn.put_meta(_rows_key(source.id), stored))
+            assert read_row_ids(core.store, source.id, 50) == want
+            assert not list((core.folder / "segments").glob("*/ids.bin"))
+        monkeypatch.undo()
+        with Client(tmp_path / form) as client:
+            index = client.load_index("r", key)
+            assert sorted(index.list_ids()) == sorted(want)
+            got = index.query(np.full(4, 7, np.float32), top_k=1, include=["distance"])
+            assert got[0]["id"] == "id-7"
+            index.upsert([("id-50", np.full(4, 50, np.float32))])
+            old_id = index._core.segments[0].id
+            index.train()  # one merged segment, with its ids.bin; the old store value goes
+            (source,) = index._core.segments
+            assert index._core.store.get_meta(_rows_key(old_id)) is None
+            assert index._core.store.get_meta(_rows_key(source.id)) is None
+            assert sorted(source.ids) == sorted([*want, "id-50"])
+        with Client(tmp_path / form) as client:
+            assert sorted(client.load_index("r", key).list_ids()) == sorted([*want, "id-50"])
+    # ids.bin is authenticated: a file whose ids are not the segment's is refused
+    raw = RowIds([f"x-{i}" for i in range(50)]).to_bytes()
+    assert RowIds.from_bytes(raw, 50) == [f"x-{i}" for i in range(50)]
+    with pytest.raises(ValueError):
+        RowIds.from_bytes(raw, 49)
+    with pytest.raises(ValueError):
+        RowIds.from_bytes(msgpack.packb([1, 2]), 2)
+    with pytest.raises(ValueError):
+        RowIds.from_bytes(b"\xc1garbage", 2)
+    ids_file.write_bytes(ids_file.read_bytes()[:-1] + bytes([ids_file.read_bytes()[-1] ^ 1]))
+    with Client(tmp_path) as client:
+        with pytest.raises(CorruptionError) as info:
+            client.load_index("r", key)
+    assert "ids.bin" in str(info.value.path)

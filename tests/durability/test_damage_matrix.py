@@ -55,7 +55,7 @@ pytestmark = pytest.mark.slow
 # its log or numbers segments, these numbers need updating, not the test's rules).
 LOGS = {"clean": 1, "clean_kept_log": 4, "crashed": 3}
 SEGMENTS = {"clean": 3, "clean_kept_log": 2, "crashed": 2}
-SEGMENT_FILES = ("segment.json", "vectors.bin")
+SEGMENT_FILES = ("segment.json", "vectors.bin", "ids.bin")
 
 LOG_DAMAGES = ("delete", "truncate0", "truncate_half", "zero64")
 SEGMENT_DAMAGES = ("delete", "truncate_half", "zero64")
