@@ -148,3 +148,36 @@ def test_a_read_transaction_lmdb_failed_is_corruption_not_a_storage_error(
     monkeypatch.setattr(store._metas, "read", failed_txn)
     with pytest.raises(CorruptionError, match="MDB_BAD_TXN"):
         store.get_meta(b"manifest")
+
+
+def test_a_write_transaction_lmdb_failed_is_corruption_not_a_storage_error(
+        store: Store) -> None:
+    """A delete on a damaged page can succeed as far as Python sees and still leave LMDB's
+    transaction failed: the next operation of the edit gets MDB_BAD_TXN (a merge's write, the
+    corruption fuzz: a bit flipped in a data.mdb page header). The edit never ran past an
+    error of its own, so that is damage -- CorruptionError -- and nothing is committed."""
+    store.commit(lambda txn: txn.put_meta(b"dead/1", b"\x00"))
+
+    def edit(txn) -> None:
+        txn.delete_meta(b"dead/1")
+        raise lmdb.BadTxnError("mdb_del: MDB_BAD_TXN: Transaction must abort, has a child, "
+                               "or is invalid")
+    with pytest.raises(CorruptionError, match="MDB_BAD_TXN"):
+        store.commit(edit)
+    assert store.get_meta(b"dead/1") == b"\x00"  # the failed edit changed nothing
+
+
+def test_a_store_whose_meta_pages_claim_another_format_is_corruption(tmp_path: Path) -> None:
+    """A bit flipped in the format version of data.mdb's meta pages (the corruption fuzz): LMDB
+    refuses the file with its base error class; the store reports the damage."""
+    cipher = IndexCipher(generate_key(), os.urandom(16))
+    Store(tmp_path, cipher, create=True, initial={b"manifest": {"v": 1}}).close()
+    (data,) = tmp_path.rglob("data.mdb")
+    raw = bytearray(data.read_bytes())
+    page = 4096
+    for meta_page in (0, 1):
+        raw[meta_page * page + 20] ^= 1 << 5  # mm_version: after the 16-byte page header, magic
+    data.write_bytes(bytes(raw))
+    with pytest.raises(CorruptionError) as info:
+        Store(tmp_path, cipher, create=False)
+    assert info.value.path == str(data)
