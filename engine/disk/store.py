@@ -136,17 +136,11 @@ class Store:
                             lmdb.CursorFullError, lmdb.PanicError, lmdb.BadChecksumError,
                             lmdb.IncompatibleError, lmdb.ProblemError)):
             return CorruptionError(f"store {what}: {exc}", self._data)
-        if type(exc) is lmdb.Error and what == "open":
-            # py-lmdb's own checks of the file's header (a bit flipped in the meta page's
-            # version field: "LMDB data format v33 is not supported by this build") raise the
-            # base class; this build wrote the file, so its header was damaged
-            return CorruptionError(f"store {what}: {exc}", self._data)
-        if isinstance(exc, lmdb.BadTxnError):
-            # Our transactions are never used after an operation raised (the exception ends
-            # them) and never nest, so LMDB marks one failed only after a damaged page made an
-            # operation fail inside while it reported success or "not found" (planted faults:
-            # a bit flipped in data.mdb -- MDB_BAD_TXN at the next get of a read; at the next
-            # delete of a merge's write, after a delete returned True: 2 of 59 page headers).
+        # py-lmdb's own header check at open (a flipped version bit: "LMDB data format v33 is
+        # not supported"): this build wrote the file. MDB_BAD_TXN: our transactions never go
+        # on after an error and never nest, so LMDB failed one silently on a damaged page (a
+        # planted bit flip: at the next get of a read, at the next delete of a merge's write).
+        if (type(exc) is lmdb.Error and what == "open") or isinstance(exc, lmdb.BadTxnError):
             return CorruptionError(f"store {what}: {exc}", self._data)
         if isinstance(exc, OSError):
             return storage_error_from(exc, f"store {what}")
