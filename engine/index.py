@@ -223,11 +223,11 @@ class Index:
         core = self._core
         if index_key is not None:
             self._check_call_key(index_key)
-        if (type(top_k) is int and top_k > 0 and filters is None and query_contents is None
-                and text is None and include is _DEFAULT_QUERY_INCLUDE
-                and (n_probes is None or type(n_probes) is int and n_probes > 0)
-                and alpha is None and text_fields is None and text_field_weights is None
-                and rrf_k is None and window_mult is None and require_all_terms is False):
+        plain = (filters is None and query_contents is None and text is None and alpha is None
+                 and text_fields is None and text_field_weights is None and rrf_k is None
+                 and window_mult is None and require_all_terms is False)
+        if (plain and type(top_k) is int and top_k > 0 and include is _DEFAULT_QUERY_INCLUDE
+                and (n_probes is None or type(n_probes) is int and n_probes > 0)):
             # one vector, nothing else asked: the hot path, its arguments checked in the
             # fewest steps (each step is paid on the cold caches a ScaNN search leaves)
             config = core.config
@@ -244,10 +244,7 @@ class Index:
         # The default include needs no check; no filter is None, not a match-all Filter (each
         # saves a few us of a ~135 us single query)
         fields = include if include is _DEFAULT_QUERY_INCLUDE else check_include(include)
-        if (filters is None and query_contents is None and text is None and alpha is None
-                and text_fields is None and text_field_weights is None and rrf_k is None
-                and window_mult is None and require_all_terms is False):
-            # one vector, no filter (an include or numpy ints given)
+        if plain:  # one vector, no filter (an include or numpy ints given)
             config = core.config
             vector = single_query(query_vectors, config.dimension, config.metric)
             if vector is not None:
