@@ -76,15 +76,18 @@ def build_and_open_segment(directory: str | os.PathLike[str], vectors: np.ndarra
                            progress: Callable[[str], None] | None = None,
                            budget: BuildBudget = BACKGROUND,
                            target_recall: float = DEFAULT_TARGET_RECALL,
-                           sidecars: Mapping[str, bytes] | None = None,
+                           sidecars: Mapping[str, bytes] | None = None, borrow: bool = False,
                            **tuning: Any) -> tuple[SegmentFiles, "Segment"]:
     """``build_segment``, plus the searchable ``Segment`` kept from the build (no re-read and
     no ScaNN reload; the folder may be renamed afterwards). The segment keeps its own copy of
-    the rows, so the caller may reuse ``vectors``. Same errors."""
+    the rows, so the caller may reuse ``vectors`` -- unless ``borrow``: the caller promises
+    they never change again (a frozen memtable's rows), and an exact segment keeps them as
+    they are (a flush of 100k x 384 copied 154 MB into fresh pages: 0.23 s, 1.5 us a row).
+    Same errors."""
     from lsmvec.compaction.segment import Segment
     files, params, rows, searcher = _build(
         Path(directory), vectors, metric, key, context, n_lists, progress, budget,
-        target_recall, tuning, sidecars, own_copy=True)
+        target_recall, tuning, sidecars, own_copy=not borrow)
     rows_file = next(e for e in files.files if e.name == VECTORS_FILE)
     return files, Segment(params, rows, searcher, (Path(directory) / VECTORS_FILE, key,
                                                    file_context(context, VECTORS_FILE),

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from lsmvec.disk.catalog import Catalog, check_index_name
-from lsmvec.disk.config import METRICS, config_exists, new_config, read_config, write_config
+from lsmvec.disk.config import METRICS, cipher_of, config_exists, new_config, read_config, write_config
 from lsmvec.db.core import DURABILITY, IndexCore
 from lsmvec.db.reader import DEFAULT_MAX_STALENESS, Reader
-from lsmvec.disk.crypto import IndexCipher, check_key, generate_key
+from lsmvec.disk.crypto import check_key, generate_key
 from lsmvec.errors import (ClosedError, IndexNotFoundError, InvalidArgumentError, InvalidTypeError,
                            ReadOnlyError)
 from lsmvec.index import Index
@@ -156,7 +156,7 @@ class Client:
             dimension = model_dimension(embedding_model, dimension)
         config = new_config(index_name, key, dimension=dimension, metric=metric,
                             embedding_model=embedding_model, options=options)
-        cipher = IndexCipher(key, config.uuid_bytes)
+        cipher = cipher_of(key, config)
         def populate(tmp: Path) -> None:  # the whole index is made before it is renamed in
             write_config(tmp, config, cipher)
             create_store(tmp, cipher).close()

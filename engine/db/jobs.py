@@ -22,6 +22,7 @@ from lsmvec.compaction.row_gather import concat_rows
 from lsmvec.compaction.segment import build_and_open_segment
 from lsmvec.wal import failpoints, fsio
 from lsmvec.wal.errors import storage_error_from
+from lsmvec.disk.config import bare_values
 
 from lsmvec.db.row_ids import RowIds
 from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, ids: RowIds | None, *,
                          kind: str = "auto", n_lists: int | None = None,
-                         budget: BuildBudget = BACKGROUND, text: TextIndex | None = None):
+                         budget: BuildBudget = BACKGROUND, text: TextIndex | None = None,
+                         borrow: bool = False):
     """Build a segment under a temporary name and rename it in. Returns (files, Segment).
     ``kind``: "brute" for flushes (no training on the write path), "auto" for merges (a tree
     when large enough, with ``n_lists`` leaves, trained within ``budget``: its threads). A
@@ -47,7 +49,8 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, id
     the rows' ids, sealed into the folder as its ids.bin sidecar (read by a file read at open,
     not through the store's map: 1-3 MB fewer resident store pages at 60k rows; None: none,
     the form of builds before it, whose ids the store holds); ``text``: the rows' full-text
-    index, its text.idx sidecar."""
+    index, its text.idx sidecar; ``borrow``: the rows never change (a frozen memtable's), so
+    an exact segment holds them as they are (segment_build.build_and_open_segment)."""
     root = core.folder / SEGMENTS_DIR
     tmp = root / temp_segment_dir_name(seg_id)
     try:  # every mkdir / write / sync / rename / removal through wal.fsio.FS
@@ -58,7 +61,8 @@ def build_segment_folder(core: "IndexCore", seg_id: int, vectors: np.ndarray, id
             budget=budget, target_recall=core.config.options.target_recall,
             reorder_precision=REORDER_PRECISION[core.config.options.storage_precision],
             sidecars={**({ROW_IDS_FILE: ids.to_bytes()} if ids is not None else {}),
-                      **({TEXT_INDEX_FILE: text.to_bytes()} if text is not None else {})})
+                      **({TEXT_INDEX_FILE: text.to_bytes()} if text is not None else {})},
+            borrow=borrow)
         failpoints.hit("segment.before_rename")
         final = segment_folder(core.folder, seg_id)
         fsio.rename(tmp, final)
@@ -93,6 +97,10 @@ def _new_source(core: "IndexCore", seg_id: int, built, ids: list[str], row_ids: 
     return source
 
 
+def _is_bare(contents: object, metadata: object) -> bool:
+    return contents is None and metadata is None
+
+
 def flush_oldest(core: "IndexCore") -> bool:
     """Write the oldest frozen memtable as a segment and advance the WAL checkpoint."""
     with core.flush_lock:
@@ -108,13 +116,18 @@ def flush_oldest(core: "IndexCore") -> bool:
         # Flushes are written exact (no training: seconds saved on the write path); the
         # merger trains segments as they grow.
         text = build_text(metadata, len(ids), core.config.options.metadata_schema.full_text)
-        row_ids = RowIds(ids)
-        built = (build_segment_folder(core, seg_id, vectors, row_ids, kind="brute", text=text)
-                 if ids else None)
+        # an item with neither contents nor metadata is stored bare (disk/item_values.py; from
+        # format 2 on): its row says so, sealed with its id
+        bare = (np.fromiter(map(_is_bare, contents, metadata), bool, len(ids))
+                if bare_values(core.config.format) else None)
+        row_ids = RowIds(ids, bare)
+        built = (build_segment_folder(core, seg_id, vectors, row_ids, kind="brute", text=text,
+                                      borrow=True) if ids else None)
         terms = TermIndex.build(metadata, len(ids), core.config.options.metadata_schema)
         # Hash and seal every item before the transaction: in it, a flush only reads locations
         # and puts.
-        keys, values = core.store.prepare_items(ids, seg_id, contents, metadata) if ids else ([], [])
+        keys, values = (core.store.values.prepare(ids, seg_id, contents, metadata, bare)
+                        if ids else ([], []))
         source = (_new_source(core, seg_id, built, ids, row_ids, terms, text)
                   if built is not None else None)
         _failpoint("flush.before_commit")
@@ -166,7 +179,8 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
         vectors = (concat_rows([(src.segment.vectors, rows) for src, rows in picked],
                                picked[0][0].segment.dim) if ids else None)
         new_id = core.reserve_segment_id() if ids else None
-        row_ids = RowIds(ids)
+        # a carried item keeps its store value's form: bare rows stay bare
+        row_ids = RowIds(ids, np.concatenate([src.ids.bare_of(rows) for src, rows in picked]))
         built = (build_segment_folder(core, new_id, vectors, row_ids, n_lists=n_lists,
                                       budget=budget, text=text) if ids else None)
         source = (_new_source(core, new_id, built, ids, row_ids, terms, text)

@@ -11,6 +11,10 @@ slice and no decode: ``take`` of a query's 10 hits 8.1 -> 7.1 us on the cold cac
 search leaves behind (a tuple of str would be ~0.3 us warm, at the memory price above).
 Otherwise it is UTF-8 bytes and each read decodes. Ids are valid Unicode (lone surrogates are
 refused at the door: request/items.py), so UTF-8 round-trips every one of them.
+
+`bare` marks the rows whose item has neither contents nor metadata: the store keeps only their
+location (engine/disk/store.py, "bare values"), and this flag -- sealed in the segment's ids.bin
+with the ids -- is what lets a reader tell such a value from a sealed one an attacker stripped.
 """
 from __future__ import annotations
 
@@ -35,13 +39,30 @@ def _offset_array(ends: np.ndarray) -> array:
     return array("I" if narrow else "Q", ends.astype(np.uint32 if narrow else np.uint64).tobytes())
 
 
+def _bare_bits(bare: np.ndarray | Sequence[bool] | None, rows: int) -> np.ndarray | None:
+    """`bare` (a bool per row) as read-only packed bits (numpy.packbits: 1 bit a row, 125 KB
+    at 1M rows), or None when no row is bare (the common case costs no array)."""
+    if bare is None:
+        return None
+    flags = np.asarray(bare, dtype=bool)
+    if flags.shape != (rows,):
+        raise ValueError(f"bare flags: expected {rows}, got shape {flags.shape}")
+    if not flags.any():
+        return None
+    bits = np.packbits(flags)
+    bits.flags.writeable = False
+    return bits
+
+
 class RowIds(Sequence[str]):
     """An immutable sequence of str (a segment's ids by row) held as UTF-8 bytes + offsets.
     Equal to any sequence of the same strs in the same order (a tuple or list too)."""
 
-    __slots__ = ("_data", "_ends")
+    __slots__ = ("_data", "_ends", "_bare")
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
+    def __init__(self, ids: Iterable[str] = (), bare: np.ndarray | None = None) -> None:
+        """`bare`: a bool per row, True where the store holds the item without a body (None:
+        no row is bare)."""
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         joined = "".join(ids)
         data: str | bytes = joined
@@ -54,21 +75,46 @@ class RowIds(Sequence[str]):
         ends.extend(accumulate(lengths))
         self._data = data  # str when all ASCII, else UTF-8 bytes
         self._ends = _offset_array(np.frombuffer(ends, np.uint64))
+        self._bare = _bare_bits(bare, len(ids))
+
+    @property
+    def any_bare(self) -> bool:
+        return self._bare is not None
+
+    def is_bare(self, row: int) -> bool:
+        """Whether the store holds row `row`'s item as a bare location (no body)."""
+        bits = self._bare
+        return bits is not None and bool(bits[row >> 3] >> (7 - (row & 7)) & 1)
+
+    def bare_of(self, rows: np.ndarray) -> np.ndarray:
+        """The bare flag of each of `rows` (an int array), as a bool array."""
+        if self._bare is None:
+            return np.zeros(len(rows), bool)
+        rows = np.asarray(rows, np.int64)
+        return (self._bare[rows >> 3] >> (7 - (rows & 7)) & 1).astype(bool)
 
     def pack(self) -> dict:
         """The store's form (msgpack-able, no pickle): {"format": 1, "data": UTF-8 bytes,
-        "ends": the n + 1 offsets as little-endian uint64}. Loading it is two copies, where
-        a list of a million str objects cost 0.1 s to decode and 0.07 s to pack again (a
-        tenth of the reopen of a 1M-row index)."""
-        return {"format": PACK_FORMAT, "data": self._utf8(),
-                "ends": self._offsets().astype("<u8").tobytes()}
+        "ends": the n + 1 offsets as little-endian uint64} and, when any row is bare, "bare":
+        the flags as bits (numpy.packbits). Loading it is two copies, where a list of a
+        million str objects cost 0.1 s to decode and 0.07 s to pack again (a tenth of the
+        reopen of a 1M-row index)."""
+        out = {"format": PACK_FORMAT, "data": self._utf8(),
+               "ends": self._offsets().astype("<u8").tobytes()}
+        if self._bare is not None:
+            out["bare"] = self._bare.tobytes()
+        return out
 
     @classmethod
     def unpack(cls, raw: dict, rows: int) -> "RowIds":
         """Inverse of pack, checked (ValueError for anything malformed: a foreign format,
         offsets not rising from 0 to the data's end, another row count)."""
-        if raw.get("format") != PACK_FORMAT or set(raw) != {"format", "data", "ends"}:
+        if raw.get("format") != PACK_FORMAT or not {"format", "data", "ends"} <= set(raw) \
+                or not set(raw) <= {"format", "data", "ends", "bare"}:
             raise ValueError("not a packed row id list")
+        bits = raw.get("bare")
+        if bits is not None and (not isinstance(bits, bytes) or len(bits) != (rows + 7) // 8):
+            raise ValueError("packed row ids: the bare flags do not fit the row count")
         data, ends = raw["data"], np.frombuffer(raw["ends"], "<u8")
         if not isinstance(data, bytes) or len(ends) != rows + 1 or ends[0] != 0 \
                 or ends[-1] != len(data) or (len(ends) > 1 and (np.diff(ends.astype(np.int64)) < 0).any()):
@@ -76,6 +122,8 @@ class RowIds(Sequence[str]):
         out = cls.__new__(cls)
         out._data = data.decode("ascii") if data.isascii() else data  # 7 MB at 1M rows: ~2 ms
         out._ends = _offset_array(ends)
+        out._bare = (None if bits is None else
+                     _bare_bits(np.unpackbits(np.frombuffer(bits, np.uint8), count=rows), rows))
         return out
 
     def to_bytes(self) -> bytes:
@@ -189,8 +237,9 @@ class RowIds(Sequence[str]):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the UTF-8 buffer and the offsets."""
-        return len(self._data) + self._ends.itemsize * len(self._ends)
+        """Bytes held: the UTF-8 buffer, the offsets and the bare flags."""
+        return (len(self._data) + self._ends.itemsize * len(self._ends)
+                + (0 if self._bare is None else self._bare.nbytes))
 
     def __repr__(self) -> str:
         head = ", ".join(repr(item) for item in self.take(range(min(3, len(self)))))

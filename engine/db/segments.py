@@ -23,6 +23,7 @@ from lsmvec.compaction.segment_files import read_sidecar
 
 from lsmvec.disk.filenames import SEGMENTS_DIR
 from lsmvec.errors import CorruptionError
+from lsmvec.disk.item_values import ItemValues
 from lsmvec.disk.store import Store
 from lsmvec.db.item_cache import ItemCache, key as cache_key
 from lsmvec.db.term_index import TermIndex
@@ -306,20 +307,26 @@ class SegmentSource:
 
 def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
             keys: list[int]) -> tuple[list[bytes], list[int]]:
-    """The plaintext store body ([id, contents, metadata], Store.decode_body) of each (segment
-    source, live row): from the cache, the rest in one store read transaction (one AES-GCM
+    """The plaintext store body ([id, contents, metadata]: ItemValues.decode_body) of each (segment
+    source, live row): from the cache; a bare row's ([id, None, None]: its id is the row's)
+    made here, with no store read; the rest in one store read transaction (one AES-GCM
     open each); and the positions read from the store, which the caller checks and then
-    caches. Raises CorruptionError when the store has no value for the row's item
-    or places it elsewhere (store and segments disagree: a damaged store)."""
+    caches. Raises CorruptionError when the store has no value for the row's item,
+    places it elsewhere, or holds it bare where the segment says it has a body (store and
+    segments disagree: a damaged or tampered store)."""
     bodies = cache.get_many(keys) if cache is not None else [None] * len(keys)
     if None not in bodies:
         return bodies, []  # type: ignore[return-value]
     missing = [i for i, body in enumerate(bodies) if body is None]
     first: dict[int, int] = {}  # a row twice in a batch is read once
     for i in missing:
-        first.setdefault(keys[i], i)
+        source, row = wanted[i]
+        if source.ids.any_bare and source.ids.is_bare(row):
+            bodies[i] = ItemValues.bare_body(source.ids[row])
+        else:
+            first.setdefault(keys[i], i)
     unique = list(first.values())
-    read = store.get_bodies([wanted[i][0].ids[wanted[i][1]] for i in unique])
+    read = store.get_bodies([wanted[i][0].ids[wanted[i][1]] for i in unique]) if unique else []
     for i, got in zip(unique, read):
         source, row = wanted[i]
         if got is None:
@@ -328,9 +335,12 @@ def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSou
         if got[0] != source.id or got[1] != row:
             raise CorruptionError(f"segment {source.id} row {row}: the store places its item "
                                   f"at segment {got[0]} row {got[1]}", store.path)
+        if got[2] is None:
+            raise CorruptionError(f"segment {source.id} row {row}: the store holds its item "
+                                  f"without the body the segment says it has", store.path)
         bodies[i] = got[2]
-    if len(unique) < len(missing):
-        for i in missing:
+    for i in missing:  # a row asked twice: read once
+        if bodies[i] is None:
             bodies[i] = bodies[first[keys[i]]]
     return bodies, unique  # type: ignore[return-value]
 
@@ -344,7 +354,7 @@ def segment_items(store: Store, cache: ItemCache | None, wanted: list[tuple[Segm
     if keys is None:
         keys = [cache_key(source.id, row) for source, row in wanted]
     bodies, read = _bodies(store, cache, wanted, keys)
-    items = store.decode_bodies(bodies)
+    items = store.values.decode_bodies(bodies)
     for i in read:
         source, row = wanted[i]
         if items[i][0] != source.ids[row]:

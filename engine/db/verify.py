@@ -56,11 +56,12 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
         for item in core.store.iter_items():
             report["items"] += 1
             source = rows.get(item.segment)
-            if source is None or item.row >= source.n_rows or source.ids[item.row] != item.id \
-                    or source.persisted[item.row]:
+            if source is None or item.row >= source.n_rows or source.persisted[item.row] \
+                    or not _holds(core, source, item):
                 problems.append({"error": "CorruptionError", "path": str(core.store.path),
                                  "offset": None, "message": f"item points at segment "
-                                 f"{item.segment} row {item.row}, which does not hold it"})
+                                 f"{item.segment} row {item.row}, which does not hold it"
+                                 + (" as a bare item" if item.id is None else "")})
     except LsmvecError as exc:
         problems.append(_problem(exc))
     live_rows = sum(int(s.n_rows - s.persisted.sum()) for s in segments)
@@ -83,3 +84,12 @@ def verify_index(core: "IndexCore") -> dict[str, Any]:
     report["ok"] = not problems
     report["problems"] = problems
     return report
+
+
+def _holds(core: "IndexCore", source, item) -> bool:
+    """Whether segment row item.row holds the stored item: its id, or for a bare value (no
+    id of its own) a row marked bare whose id hashes to the item's key."""
+    if item.id is not None:
+        return source.ids[item.row] == item.id and not source.ids.is_bare(item.row)
+    return (source.ids.is_bare(item.row)
+            and core.cipher.id_hash(source.ids[item.row]) == item.key)

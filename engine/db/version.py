@@ -216,7 +216,7 @@ Must be rerunnable from scratch (a full map aborts the transaction and runs it a
 @dataclass
 class FlushItems:
     """A flush: the memtable's items become rows 0.. of the new segment (keys and sealed values
-    from Store.prepare_items); its tombstones delete. The rows they supersede die."""
+    from ItemValues.prepare); its tombstones delete. The rows they supersede die."""
     ids: list[str]
     keys: list[bytes]
     values: list[bytes]
@@ -224,11 +224,11 @@ class FlushItems:
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         dead: dict[int, list[int]] = {}
-        for item_id, key, value in zip(self.ids, self.keys, self.values):
-            loc = txn.location(item_id, key)
+        replace = txn.replace_prepared
+        for key, value in zip(self.keys, self.values):
+            loc = replace(key, value)
             if loc is not None:
                 dead.setdefault(loc[0], []).append(loc[1])
-            txn.put_prepared(key, value)
         for item_id in self.tombstones:
             loc = txn.location(item_id)
             if loc is not None:

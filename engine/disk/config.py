@@ -20,7 +20,24 @@ from lsmvec.disk import filenames
 from lsmvec.disk.crypto import IndexCipher, key_check_value
 from lsmvec.errors import CorruptionError, WrongKeyError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""What new indexes are created in. Formats this build reads and writes, each kept for the life
+of its index (an older build refuses a newer format by this number, before reading anything):
+  1  ids hashed with HMAC-SHA256; every store value sealed
+  2  ids hashed with keyed BLAKE2b; an item with neither contents nor metadata stored bare
+     (its location alone: disk/item_values.py)"""
+FORMATS = {1: "hmac-sha256", 2: "blake2b"}
+"""Each readable format's id hash (crypto.ID_HASHES)."""
+
+
+def bare_values(format_version: int) -> bool:
+    """Whether an index of this format stores items without contents and metadata bare."""
+    return format_version >= 2
+
+
+def cipher_of(index_key: bytes, config: "IndexConfig") -> IndexCipher:
+    """The index's key material, its id hash that of its format."""
+    return IndexCipher(index_key, config.uuid_bytes, FORMATS[config.format])
 CONFIG_NAME = filenames.CONFIG
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 
@@ -82,10 +99,11 @@ def read_config(folder: Path, index_key: bytes) -> tuple[IndexConfig, IndexCiphe
         raise CorruptionError(f"index config unreadable ({exc.__class__.__name__})", path) from None
     if not hmac.compare_digest(key_check_value(index_key, uid), stored_check):
         raise WrongKeyError(f"wrong index_key for index {config.name!r}: the key does not open it")
-    cipher = IndexCipher(index_key, uid)
+    # (an unknown format is refused below, once the MAC says the number is not an edit)
+    cipher = IndexCipher(index_key, uid, FORMATS.get(config.format, FORMATS[FORMAT_VERSION]))
     if not hmac.compare_digest(cipher.config_mac(config.canonical()), mac):
         raise CorruptionError("index config fails its authentication (edited or damaged)", path)
-    if config.format != FORMAT_VERSION or config.metric not in METRICS:
+    if config.format not in FORMATS or config.metric not in METRICS:
         raise CorruptionError(f"index config has unknown format {config.format} / metric", path)
     return config, cipher
 

@@ -4,10 +4,8 @@ b"terms/<seg>"). What those values mean -- the manifest, dead-row sets, term ind
 database's business (engine/db/version.py); this module only seals, opens and stores them
 (a big meta value in leaf-sized pieces: engine/disk/meta_values.py).
 
-Keys never reveal ids: an item's key is a keyed hash of its id. A value is
-``segment u32 | row u32 | sealed msgpack [id, contents, metadata]``; the location is left in the
-clear (it says nothing of the data) so the write path can find a superseded row without a
-decryption, and it is bound into the seal's associated data, so a moved value fails to open.
+Keys never reveal ids: an item's key is a keyed hash of its id; what an item's value holds
+(its location, and its sealed body unless it is bare) is engine/disk/item_values.py's format.
 
 Every state change is one write transaction (Store.commit, driven by version.install): items,
 meta values and the manifest change together or not at all. MapFullError is handled here, in one
@@ -18,51 +16,34 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-from operator import itemgetter
 import logging
 import os
-import struct
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import lmdb
-import msgpack
 
 from lsmvec.wal import failpoints, fsio
 
 from lsmvec.disk import store_walk
 from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.filenames import DATA_FILE, STORE_DIR
-from lsmvec.disk.meta_values import MetaValues, unpack as _unpack
+from lsmvec.disk.item_values import LOCATION, ItemValues, StoredItem
+from lsmvec.disk.meta_values import MetaValues
 from lsmvec.errors import (CorruptionError, ReadOnlyError, StorageError, StorageFullError,
                            storage_error_from)
 
 log = logging.getLogger(__name__)
-
-_LOC = struct.Struct("<II")
 
 _INITIAL_MAP = 64 << 20
 _READER_MAP = 1 << 40
 """A reader maps this much address space (not memory): LMDB refuses a read transaction once the
 writer's map outgrows the reader's (MDB_MAP_RESIZED), and growing it needs every transaction of
 the process closed. The writer's map starts at 64 MiB and doubles; 1 TiB is never reached."""
-_PREPARE_BLOCK = 1024
-"""Items hashed and sealed between two voluntary GIL releases in a flush (~2-3 ms of work)."""
 _FULL_DISK_BYTES = 64 << 20
 """Below this much free space, an LMDB write failing with EIO is taken for a full disk."""
 _MIN_PAGE = 4096  # LMDB's two meta pages come first in every data file
-
-
-@dataclass
-class StoredItem:
-    id: str
-    segment: int
-    row: int
-    contents: bytes | None
-    metadata: dict | None
 
 
 class Store:
@@ -85,6 +66,7 @@ class Store:
         self._data = str(self.path / DATA_FILE)
         self._cipher = cipher
         self._metas = MetaValues(cipher, self._data)
+        self.values = ItemValues(cipher, self._data)
         try:
             if create:
                 self.path.mkdir(mode=0o700)
@@ -163,51 +145,6 @@ class Store:
             return False
         return st.f_bavail * st.f_frsize < _FULL_DISK_BYTES
 
-    # -- sealing ------------------------------------------------------------------------------
-
-    def _aad(self, key: bytes, segment: int, row: int) -> bytes:
-        return b"%s|item|%s|%d|%d" % (self._cipher.uuid, key, segment, row)
-
-    def _seal_item(self, key: bytes, item_id: str, segment: int, row: int, contents, metadata) -> bytes:
-        body = msgpack.packb([item_id, contents, metadata], use_bin_type=True)
-        return _LOC.pack(segment, row) + self._cipher.store.seal(body, self._aad(key, segment, row))
-
-    def _open_item(self, key: bytes, value: bytes) -> StoredItem:
-        segment, row, body = self._open_body(key, value)
-        item_id, contents, metadata = self.decode_body(body)
-        return StoredItem(item_id, segment, row, contents, metadata)
-
-    def _open_body(self, key: bytes, value: bytes) -> tuple[int, int, bytes]:
-        """(segment, row, plaintext msgpack body) of a stored item value: one AES-GCM open."""
-        if len(value) < _LOC.size:
-            raise CorruptionError("store item value too short", self._data)
-        segment, row = _LOC.unpack_from(value)
-        return segment, row, self._cipher.store.open(value[_LOC.size:], self._aad(key, segment, row),
-                                                     self._data)
-
-    def decode_bodies(self, bodies: list[bytes]) -> list[list]:
-        """decode_body of each body, in ONE msgpack call: the bodies joined behind an array
-        header (one unpacker set-up for a query's hits instead of one per hit)."""
-        n = len(bodies)
-        head = (bytes((0x90 | n,)) if n < 16 else
-                b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
-        items = _unpack(head + b"".join(bodies), self._data)
-        # every item's shape, without a Python-level loop over them (in this order, each map()
-        # meets only what the checks before it let through: no TypeError / IndexError)
-        if not (type(items) is list and len(items) == n and set(map(type, items)) <= {list}
-                and set(map(len, items)) <= {3}
-                and set(map(type, map(itemgetter(0), items))) <= {str}):
-            raise CorruptionError("malformed store item", self._data)
-        return items
-
-    def decode_body(self, body: bytes) -> list:
-        """[id, contents, metadata] of a plaintext item body, as fresh objects (a private copy
-        for each caller). Raises CorruptionError when it does not decode to that shape."""
-        item = _unpack(body, self._data)
-        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
-            raise CorruptionError("malformed store item", self._data)
-        return item
-
     # -- reads --------------------------------------------------------------------------------
 
     def location(self, item_id: str, txn: lmdb.Transaction | None = None,
@@ -223,41 +160,14 @@ class Store:
                 value = txn.get(key, db=self._items)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
-        if value is None:
-            return None
-        if len(value) < _LOC.size:
-            raise CorruptionError("store item value too short", self._data)
-        return _LOC.unpack_from(value)
+        return None if value is None else self.values.location(value)
 
-    def prepare_items(self, ids: list[str], segment: int, contents: list, metadata: list
-                      ) -> tuple[list[bytes], list[bytes]]:
-        """(keys, sealed values) of the items as rows 0.. of `segment`: the per-item hashing
-        and sealing a flush does before it takes any lock (the transaction then only puts).
-        Two flat lists of bytes, no per-item tuples: tens of thousands of new container
-        objects would set off a full garbage collection, a GIL pause other threads feel."""
-        id_hash, aad, seal_many = self._cipher.id_hash, self._aad, self._cipher.store.seal_many
-        # one Packer for the call (packb makes one per value: 1.1 -> 0.2 us; not shared
-        # between threads), the same bytes as _seal_item's
-        pack = msgpack.Packer(use_bin_type=True).pack
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for start in range(0, len(ids), _PREPARE_BLOCK):
-            block = ids[start:start + _PREPARE_BLOCK]
-            rows = range(start, start + len(block))
-            hashed = [id_hash(item_id) for item_id in block]
-            sealed = seal_many([pack([item_id, contents[row], metadata[row]])
-                                for row, item_id in zip(rows, block)],
-                               [aad(key, segment, row) for row, key in zip(rows, hashed)])
-            values.extend([_LOC.pack(segment, row) + value for row, value in zip(rows, sealed)])
-            keys.extend(hashed)
-            time.sleep(0)  # let waiting threads (an event loop) have the GIL between blocks
-        return keys, values
-
-    def get_bodies(self, ids: Iterable[str]) -> list[tuple[int, int, bytes] | None]:
-        """Each id's (segment, row, plaintext body) -- decode_body decodes it -- or None; all
-        in one read transaction, one id hash and one AES-GCM open per item, nothing decoded
-        (a query's hits are read this way, then cached: db/item_cache.py)."""
-        id_hash, open_body = self._cipher.id_hash, self._open_body
+    def get_bodies(self, ids: Iterable[str]) -> list[tuple[int, int, bytes | None] | None]:
+        """Each id's (segment, row, plaintext body: None for a bare value) -- values.decode_body
+        decodes it -- or None; all in one read transaction, one id hash and one AES-GCM open
+        per item, nothing decoded (a query's hits are read this way, then cached:
+        db/item_cache.py)."""
+        id_hash, open_body = self._cipher.id_hash, self.values.open_body
         out: list[tuple[int, int, bytes] | None] = []
         try:
             with self._reading() as txn:
@@ -281,7 +191,7 @@ class Store:
         try:
             with self._reading() as txn:
                 for key, value in txn.cursor(db=self._items):
-                    yield self._open_item(key, value)
+                    yield self.values.open_item(key, value)
         except lmdb.Error as exc:
             raise self._wrap(exc, "read") from None
 
@@ -456,9 +366,12 @@ class StoreTxn:
     def location(self, item_id: str, key: bytes | None = None) -> tuple[int, int] | None:
         return self._s.location(item_id, self.txn, key)
 
-    def put_prepared(self, key: bytes, value: bytes) -> None:
-        """Put a (key, value) pair from Store.prepare_items."""
-        self.txn.put(key, value, db=self._s._items)
+    def replace_prepared(self, key: bytes, value: bytes) -> tuple[int, int] | None:
+        """Put a (key, value) pair from ItemValues.prepare; return the location the key held
+        before (None: none). One LMDB call for the lookup and the put (a get, then a put:
+        ~0.8 us a row more in a flush)."""
+        old = self.txn.replace(key, value, db=self._s._items)
+        return None if old is None else self._s.values.location(old)
 
     def delete_item(self, item_id: str) -> None:
         self.txn.delete(self._s._cipher.id_hash(item_id), db=self._s._items)
@@ -485,13 +398,11 @@ class StoreTxn:
         place -- and return True; else (superseded or deleted meanwhile) False, changing
         nothing. One id hash, one get, one AES-GCM open and seal, no msgpack round trip: 10 us
         of CPU an item instead of 16 (a location lookup, then an open, decode, encode and
-        seal of the item), 100k-row merge."""
+        seal of the item), 100k-row merge. A bare value is re-pointed, nothing sealed."""
         store = self._s
         key = store._cipher.id_hash(item_id)
         value = self.txn.get(key, db=store._items)
-        if value is None or len(value) < _LOC.size or _LOC.unpack_from(value) != old:
+        if value is None or len(value) < LOCATION.size or LOCATION.unpack_from(value) != old:
             return False
-        _segment, _row, body = store._open_body(key, value)
-        self.txn.put(key, _LOC.pack(*new) + store._cipher.store.seal(body, store._aad(key, *new)),
-                     db=store._items)
+        self.txn.put(key, store.values.moved(key, value, new), db=store._items)
         return True

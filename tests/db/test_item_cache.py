@@ -337,8 +337,8 @@ def test_a_store_value_holding_another_id_is_refused_again_not_served_from_the_c
         (source,) = core.segments
         store, row = core.store, source.ids.index("8")
         forged_key = store._cipher.id_hash("8")  # damage: "8"'s value now holds item "9"
-        forged = store._seal_item(forged_key, "9", source.id, row, None, {"i": 9})
-        store.commit(lambda txn: txn.put_prepared(forged_key, forged))
+        forged = store.values.sealed(forged_key, "9", source.id, row, None, {"i": 9})
+        store.commit(lambda txn: txn.replace_prepared(forged_key, forged))
         for include, fltr in ((["metadata"], None), (["metadata"], None),
                               (["distance", "metadata"], None), (["metadata"], {"i": 8})):
             with pytest.raises(CorruptionError, match="holds another id"):

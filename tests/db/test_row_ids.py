@@ -86,6 +86,30 @@ def test_pack_round_trips_through_msgpack_and_refuses_damage():
         RowIds.unpack(raw, len(ids) + 1)  # another row count
 
 
+@settings(max_examples=100, deadline=None)
+@given(flags=st.lists(st.booleans(), max_size=70), data=st.data())
+def test_bare_flags_ride_with_the_ids_and_read_back(flags: list[bool], data) -> None:
+    ids = [str(i) for i in range(len(flags))]
+    row_ids = RowIds(ids, np.array(flags, bool))
+    back = RowIds.from_bytes(row_ids.to_bytes(), len(ids))
+    assert back == ids and back.any_bare == any(flags)
+    assert [back.is_bare(r) for r in range(len(ids))] == flags
+    rows = np.array(data.draw(st.lists(st.integers(0, max(len(ids) - 1, 0)), max_size=20)
+                              if ids else st.just([])), np.int64)
+    assert back.bare_of(rows).tolist() == [flags[r] for r in rows.tolist()]
+    if not any(flags):  # no flag set costs nothing and writes nothing
+        assert "bare" not in row_ids.pack()
+
+
+def test_bare_flags_that_do_not_fit_the_rows_are_refused() -> None:
+    raw = RowIds(["a", "b", "c"], np.array([True, False, True])).pack()
+    for bad in (b"", b"\x00\x00", 7):
+        with pytest.raises(ValueError):
+            RowIds.unpack({**raw, "bare": bad}, 3)
+    with pytest.raises(ValueError):
+        RowIds(["a", "b"], np.array([True]))
+
+
 def test_segments_keep_their_ids_in_a_sealed_file_and_older_forms_still_read(tmp_path,
                                                                             monkeypatch):
     """New segments keep their ids packed in their folder (ids.bin, sealed, authenticated like

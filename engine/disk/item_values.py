@@ -1,0 +1,166 @@
+"""The store's item values: one on-disk format, its writer and its reader side by side.
+
+An item's LMDB key is the keyed hash of its id (IndexCipher.id_hash). Its value is one of:
+
+  sealed  ``segment u32 | row u32 | AES-GCM(msgpack [id, contents, metadata])``
+  bare    ``segment u32 | row u32``  (8 bytes: an item with neither contents nor metadata)
+
+The location is in the clear (it says nothing of the data), so the write path finds the row a
+newer version supersedes without a decryption. A sealed body binds (index, key, segment, row)
+into its associated data: a value moved to another key or place fails to open.
+
+A bare value seals nothing, so a flush or a merge spends no msgpack and no AES-GCM on such an
+item (~2.5-3 us of the ~10 a flushed row cost here, the NumPy overload's rows). What it claims
+is checked elsewhere: the segment's ids.bin -- sealed -- holds the id of the row it names and
+marks that row bare (RowIds.is_bare). So readers take a bare value only for a row marked bare
+whose id is the one asked for (engine/db/reads.py, engine/db/segments.py), a sealed value
+stripped to its location is caught, and verify checks every bare key against its row's id
+hash (engine/db/verify.py). Sealed values are at least 8 + 12 + 16 bytes: the two forms never
+meet in length.
+"""
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from operator import itemgetter
+
+import msgpack
+import numpy as np
+
+from lsmvec.disk.crypto import IndexCipher
+from lsmvec.disk.meta_values import unpack as _unpack
+from lsmvec.errors import CorruptionError
+
+__all__ = ["ItemValues", "StoredItem", "LOCATION"]
+
+LOCATION = struct.Struct("<II")
+"""segment u32 | row u32: the head of every value, the whole of a bare one."""
+_PREPARE_BLOCK = 1024
+"""Items hashed and sealed between two voluntary GIL releases in a flush (~2-3 ms of work)."""
+
+
+@dataclass
+class StoredItem:
+    id: str | None
+    """None for a bare value: the id is its segment row's (check `key` against its hash)."""
+    segment: int
+    row: int
+    contents: bytes | None
+    metadata: dict | None
+    key: bytes = b""
+
+
+class ItemValues:
+    """Makes and reads item values under one index's keys. `path`: the store file, named in
+    the CorruptionErrors raised."""
+
+    def __init__(self, cipher: IndexCipher, path: str):
+        self._cipher = cipher
+        self._path = path
+
+    # -- writer ---------------------------------------------------------------------------------
+
+    def aad(self, key: bytes, segment: int, row: int) -> bytes:
+        return b"%s|item|%s|%d|%d" % (self._cipher.uuid, key, segment, row)
+
+    def sealed(self, key: bytes, item_id: str, segment: int, row: int, contents, metadata) -> bytes:
+        """The sealed value of one item at (segment, row)."""
+        body = msgpack.packb([item_id, contents, metadata], use_bin_type=True)
+        return LOCATION.pack(segment, row) + self._cipher.store.seal(body, self.aad(key, segment, row))
+
+    def prepare(self, ids: list[str], segment: int, contents: list, metadata: list,
+                bare: np.ndarray | None = None) -> tuple[list[bytes], list[bytes]]:
+        """(keys, values) of the items as rows 0.. of `segment`: the per-item hashing and
+        sealing a flush does before it takes any lock (the transaction then only puts). Rows
+        flagged in `bare` (their contents and metadata are None) get a bare value. Two flat
+        lists of bytes, no per-item tuples: tens of thousands of new container objects would
+        set off a full garbage collection, a GIL pause other threads feel."""
+        id_hash, aad, seal_many = self._cipher.id_hash, self.aad, self._cipher.store.seal_many
+        # one Packer for the call (packb makes one per value: 1.1 -> 0.2 us; not shared
+        # between threads), the same bytes as sealed()'s
+        pack = msgpack.Packer(use_bin_type=True).pack
+        loc = LOCATION.pack
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for start in range(0, len(ids), _PREPARE_BLOCK):
+            block = ids[start:start + _PREPARE_BLOCK]
+            hashed = [id_hash(item_id) for item_id in block]
+            keys.extend(hashed)
+            rows = range(start, start + len(block))
+            flags = None if bare is None else bare[start:start + len(block)]
+            if flags is not None and flags.all():
+                values.extend([loc(segment, row) for row in rows])
+            else:
+                flags = [False] * len(block) if flags is None else flags.tolist()
+                sealed = iter(seal_many(
+                    [pack([item_id, contents[row], metadata[row]])
+                     for row, item_id, flag in zip(rows, block, flags) if not flag],
+                    [aad(key, segment, row) for row, key, flag in zip(rows, hashed, flags)
+                     if not flag]))
+                values.extend([loc(segment, row) if flag else loc(segment, row) + next(sealed)
+                               for row, flag in zip(rows, flags)])
+            time.sleep(0)  # let waiting threads (an event loop) have the GIL between blocks
+        return keys, values
+
+    def moved(self, key: bytes, value: bytes, new: tuple[int, int]) -> bytes:
+        """`value` (read at `key`) re-pointed at `new`: a bare one re-pointed; a sealed one
+        opened and sealed again -- the same plaintext bytes, bound to the new place -- with no
+        msgpack round trip (a merge's carry)."""
+        if len(value) == LOCATION.size:
+            return LOCATION.pack(*new)
+        _segment, _row, body = self.open_body(key, value)
+        return LOCATION.pack(*new) + self._cipher.store.seal(body, self.aad(key, *new))
+
+    # -- reader ---------------------------------------------------------------------------------
+
+    def location(self, value: bytes) -> tuple[int, int]:
+        """(segment, row) of a value, without decrypting anything."""
+        if len(value) < LOCATION.size:
+            raise CorruptionError("store item value too short", self._path)
+        return LOCATION.unpack_from(value)
+
+    def open_body(self, key: bytes, value: bytes) -> tuple[int, int, bytes | None]:
+        """(segment, row, plaintext msgpack body -- None for a bare value) of a value read at
+        `key`: one AES-GCM open. CorruptionError when it fails to authenticate."""
+        segment, row = self.location(value)
+        if len(value) == LOCATION.size:
+            return segment, row, None
+        return segment, row, self._cipher.store.open(value[LOCATION.size:],
+                                                     self.aad(key, segment, row), self._path)
+
+    def open_item(self, key: bytes, value: bytes) -> StoredItem:
+        segment, row, body = self.open_body(key, value)
+        if body is None:
+            return StoredItem(None, segment, row, None, None, key)
+        item_id, contents, metadata = self.decode_body(body)
+        return StoredItem(item_id, segment, row, contents, metadata, key)
+
+    def decode_bodies(self, bodies: list[bytes]) -> list[list]:
+        """decode_body of each body, in ONE msgpack call: the bodies joined behind an array
+        header (one unpacker set-up for a query's hits instead of one per hit)."""
+        n = len(bodies)
+        head = (bytes((0x90 | n,)) if n < 16 else
+                b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
+        items = _unpack(head + b"".join(bodies), self._path)
+        # every item's shape, without a Python-level loop over them (in this order, each map()
+        # meets only what the checks before it let through: no TypeError / IndexError)
+        if not (type(items) is list and len(items) == n and set(map(type, items)) <= {list}
+                and set(map(len, items)) <= {3}
+                and set(map(type, map(itemgetter(0), items))) <= {str}):
+            raise CorruptionError("malformed store item", self._path)
+        return items
+
+    def decode_body(self, body: bytes) -> list:
+        """[id, contents, metadata] of a plaintext item body, as fresh objects (a private copy
+        for each caller). Raises CorruptionError when it does not decode to that shape."""
+        item = _unpack(body, self._path)
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            raise CorruptionError("malformed store item", self._path)
+        return item
+
+    @staticmethod
+    def bare_body(item_id: str) -> bytes:
+        """The body a bare value's item would have had ([id, None, None]): what readers cache
+        and decode in its place."""
+        return msgpack.packb([item_id, None, None], use_bin_type=True)
