@@ -318,7 +318,8 @@ def test_writes_slow_then_stop_while_merges_are_held_and_resume(tmp_path: Path,
         def writer() -> None:
             try:
                 for part, vectors in plan:
-                    index.upsert(ids=part, vectors=vectors)
+                    index.upsert([{"id": item_id, "vector": vector, "contents": "x" * 200}
+                                  for item_id, vector in zip(part, vectors)])
                     oracle.update(zip(part, vectors))
                     done.append(1)
             except BaseException as exc:  # reported by the main thread
@@ -446,9 +447,11 @@ def test_inserts_over_the_budget_are_never_stopped_forever(tmp_path: Path, monke
                                                            background: bool,
                                                            memtable_bytes: int) -> None:
     """space_amplification=1.01 and no SLACK: new items alone put the folder over the stop
-    fraction from the first write. Nothing can free space (no garbage; at most merges of
-    live segments), so a bounded loop of inserts (in a thread, joined with a deadline: a
-    write stopped forever fails the test instead of hanging it) completes, every item there."""
+    fraction from the first write (their contents make the log outweigh the live-data
+    estimate of rows no segment holds yet). Nothing can free space (no garbage; at most
+    merges of live segments), so a bounded loop of inserts (in a thread, joined with a
+    deadline: a write stopped forever fails the test instead of hanging it) completes, every
+    item there."""
     monkeypatch.setattr(space, "SLACK", 0)
     rng = np.random.default_rng(5)
     key = generate_key()
@@ -464,7 +467,8 @@ def test_inserts_over_the_budget_are_never_stopped_forever(tmp_path: Path, monke
         def writer() -> None:
             try:
                 for part, vectors in plan:
-                    index.upsert(ids=part, vectors=vectors)
+                    index.upsert([{"id": item_id, "vector": vector, "contents": "x" * 200}
+                                  for item_id, vector in zip(part, vectors)])
                     oracle.update(zip(part, vectors))
             except BaseException as exc:  # reported by the main thread
                 failure.append(exc)
