@@ -45,6 +45,7 @@ class Maintenance:
         self._store_used = self._store_row_bytes = 0
         self._inflight_lock = threading.Lock()
         self._inflight_rows = 0
+        self._merging_rows = 0  # of _inflight_rows, a merge's
         self._retiring: dict[int, int] = {}  # segment id -> bytes, of segments a merge replaces
         self._room = threading.Condition()
         self.refresh()
@@ -65,8 +66,9 @@ class Maintenance:
         with self._inflight_lock:
             gone = sum(size for seg_id, size in self._retiring.items()
                        if seg_id not in self._named)
-            building = self._inflight_rows
+            building, merging = self._inflight_rows, self._merging_rows
         return dataclasses.replace(base, live_items=self.core.live_count, building_rows=building,
+                                   merging_rows=merging,
                                    segment_bytes=base.segment_bytes + gone,
                                    log_bytes=base.log_bytes + self._logged_since)
 
@@ -125,24 +127,27 @@ class Maintenance:
         with self.core.rw.read():  # their files stay until merge_segments removes them
             retiring = {s.id: sum(int(f[1]) for f in s.files)
                         for s in self.core.manifest.segments if s.id in picked}
-        with self._building(sum(st.rows - st.dead for st in stats if st.id in picked), retiring):
+        with self._building(sum(st.rows - st.dead for st in stats if st.id in picked), retiring,
+                            merge=True):
             return merge_segments(self.core, picked)
 
     @contextlib.contextmanager
-    def _building(self, rows: int, retiring: dict[int, int] | None = None):
+    def _building(self, rows: int, retiring: dict[int, int] | None = None, merge: bool = False):
         """Count a segment being written (`rows` live rows) in the space until it is installed
         (or abandoned): its files sit beside the ones it replaces until then. `retiring`: the
         bytes of the segments it replaces, counted until their files are removed (after the
         install; a merge thread at nice 10 on a busy machine was seen holding 3.6 MB of them
-        past the install)."""
+        past the install). `merge`: a merge's segment (Space.merging_rows)."""
         with self._inflight_lock:
             self._inflight_rows += rows
+            self._merging_rows += rows if merge else 0
             self._retiring.update(retiring or {})
         try:
             yield
         finally:
             with self._inflight_lock:
                 self._inflight_rows -= rows
+                self._merging_rows -= rows if merge else 0
                 for seg_id in retiring or {}:
                     self._retiring.pop(seg_id, None)
 

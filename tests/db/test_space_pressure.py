@@ -206,6 +206,40 @@ def test_assess_budget_follows_amplification_and_live_data() -> None:
     assert assess(empty, 3.0, 1) == GO
 
 
+def test_the_merge_reserve_is_what_a_merge_could_still_rewrite() -> None:
+    """The write budget keeps free only what a merge could write beside its inputs: the
+    segments' live rows and the store (at most L), less a merge in flight's own new rows,
+    which used_bytes already counts."""
+    row = 100.0
+    # a bulk load's first flush: 1,000 live rows, none in a segment yet, 1,000 being flushed
+    loading = Space(segment_bytes=0, segment_rows=0, dead_rows=0, log_bytes=100_000,
+                    store_bytes=8192, store_used=4096, live_items=1000, row_bytes=row,
+                    building_rows=1000)
+    assert loading.merge_room == loading.merge_reserve == 4096
+    assert loading.write_budget(3.0) == 3 * loading.live_bytes + SLACK - 4096
+    # everything in segments, nothing merging: the whole L is kept, (A - 1) x L + SLACK left
+    settled = Space(segment_bytes=100_000, segment_rows=1000, dead_rows=0, log_bytes=0,
+                    store_bytes=8192, store_used=4096, live_items=1000, row_bytes=row)
+    assert settled.merge_room == settled.live_bytes
+    assert settled.write_budget(3.0) == 2 * settled.live_bytes + SLACK
+    # half of it being merged: that half of the room is in use, the rest still kept
+    merging = Space(segment_bytes=100_000, segment_rows=1000, dead_rows=0, log_bytes=0,
+                    store_bytes=8192, store_used=4096, live_items=1000, row_bytes=row,
+                    building_rows=500, merging_rows=500)
+    assert merging.merge_reserve == settled.merge_room - 50_000
+    assert merging.write_budget(3.0) == settled.write_budget(3.0) + 50_000
+    # a flush being written is no merge: it does not shrink the reserve
+    flushing = Space(segment_bytes=100_000, segment_rows=1000, dead_rows=0, log_bytes=0,
+                     store_bytes=8192, store_used=4096, live_items=1000, row_bytes=row,
+                     building_rows=500)
+    assert flushing.merge_reserve == settled.merge_reserve
+    # the reserve is never negative, the room never more than L
+    over = Space(segment_bytes=100_000, segment_rows=1000, dead_rows=900, log_bytes=0,
+                 store_bytes=8192, store_used=0, live_items=100, row_bytes=row,
+                 building_rows=5000, merging_rows=5000)
+    assert over.merge_reserve == 0 and over.merge_room <= over.live_bytes
+
+
 def test_space_counts_every_part_of_the_folder() -> None:
     s = Space(segment_bytes=1000, segment_rows=10, dead_rows=4, log_bytes=300, store_bytes=8192,
               store_used=4096, live_items=6, row_bytes=100.0, building_rows=3,
