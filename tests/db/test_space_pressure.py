@@ -323,6 +323,39 @@ def test_overwrites_without_background_work_stay_within_the_bound(tmp_path: Path
         assert folder_bytes(folder) <= limit
 
 
+def test_an_early_flush_waits_for_a_memtable_worth_a_segment(tmp_path: Path, monkeypatch) -> None:
+    """Past space.FLUSH_AT (forced here: assess always asks for a flush), a memtable holding
+    garbage is frozen early only once it holds maintenance.EARLY_FLUSH_SHARE of the headroom
+    (A - 1) x L: small overwrites gather into segments of that size, not one segment each
+    (a mixed load froze at most of its writes: 34 small segments at once)."""
+    rng = np.random.default_rng(9)
+    with Client(tmp_path) as client:
+        index = client.create_index("x", generate_key(), dimension=DIM,
+                                    background_compaction=False)
+        oracle = {}
+        ids = [f"id-{i}" for i in range(2000)]
+        vectors = rng.standard_normal((2000, DIM)).astype(np.float32)
+        index.upsert(ids=ids, vectors=vectors)
+        oracle.update(zip(ids, vectors))
+        index.flush()
+        live = index.stats()["write_pressure"]["space"]["live_bytes_estimate"]
+        floor = 1 / 8 * 2.0 * live  # A = 3 (the default)
+        real = space.assess
+        monkeypatch.setattr(space, "assess", lambda *args: dataclasses.replace(
+            real(*args), flush=True))
+        batch, writes = 50, 40
+        for w in range(writes):  # overwrites: every memtable holds garbage (newer versions)
+            part = ids[(w * batch) % 2000:(w * batch) % 2000 + batch]
+            fresh = rng.standard_normal((batch, DIM)).astype(np.float32)
+            index.upsert(ids=part, vectors=fresh)
+            oracle.update(zip(part, fresh))
+        pressure = index.stats()["write_pressure"]
+        written = writes * batch * (DIM * 4 + 64)  # Memtable.payload_bytes of the writes
+        assert maintenance.EARLY_FLUSH_SHARE == 1 / 8  # docs/tuning.md says so
+        assert 1 <= pressure["early_flushes"] <= written // floor, (pressure, written, floor)
+        assert_matches(index, oracle)
+
+
 # -- b. merges held back: slowed, then stopped, then released ---------------------------------
 
 def test_writes_slow_then_stop_while_merges_are_held_and_resume(tmp_path: Path,
