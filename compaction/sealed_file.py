@@ -142,10 +142,8 @@ def write_sealed(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
     ``wal.fsio.FS`` (fault-injection and power-loss tests replace it).
 
     ``data`` may be any C-contiguous buffer (bytes, numpy array); it is read in place, chunk by
-    chunk, never concatenated. No SHA-256 of the file is made (``sha256`` is ""): the salt the
-    caller records pins the file, and GCM authenticates every byte under the key it derives, so
-    the digest only cost time -- ~1 us per 1.5 KB row (1.46 GB/s here) of every flush and merge.
-    (Manifests of older builds name files by SHA-256; readers still check those.) Raises InvalidKeyError for a key that is not 32 bytes,
+    chunk, never concatenated. No SHA-256 is made (``sha256`` ""): the recorded salt pins the
+    file and GCM authenticates every byte (the digest cost ~1 us a 1.5 KB row of every flush). Raises InvalidKeyError for a key that is not 32 bytes,
     ValueError for a bad chunk size, StorageError when the file system fails (the partial file
     is removed), FileExistsError-as-StorageError when ``path`` exists (files are never
     overwritten).
