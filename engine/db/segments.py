@@ -307,9 +307,9 @@ class SegmentSource:
 
 def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSource, int]],
             keys: list[int]) -> tuple[list[bytes], list[int]]:
-    """The plaintext store body ([id, contents, metadata]: ItemValues.decode_body) of each (segment
-    source, live row): from the cache; a bare row's ([id, None, None]: its id is the row's)
-    made here, with no store read; the rest in one store read transaction (one AES-GCM
+    """The plaintext store body ([id, contents, metadata]: ItemValues.decode_body) of each
+    (segment source, live row): from the cache; a bare row's ([id, None, None]: its id is the
+    row's) made here, with no store read; the rest in one store read transaction (one AES-GCM
     open each); and the positions read from the store, which the caller checks and then
     caches. Raises CorruptionError when the store has no value for the row's item,
     places it elsewhere, or holds it bare where the segment says it has a body (store and
