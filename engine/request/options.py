@@ -78,8 +78,8 @@ class IndexOptions:
     space_amplification: float = _option(
         DEFAULT_SPACE_AMPLIFICATION, "bound of the index folder as a multiple of its live data "
         "(plus 2 MiB): memtables holding garbage are flushed early and dead segment rows merged "
-        "away to stay under it; writes slow down from 70% and wait at 90% of (A - 1) x the live "
-        "data + 2 MiB, the last live data's worth kept for a merge (docs/tuning.md)",
+        "away to stay under it; writes slow down from 70% and wait at 90% of A x the live data "
+        "+ 2 MiB less the room a merge could need (at most the live data: docs/tuning.md)",
         low=1.0, high=1000.0, open_low=True)
 
     storage_precision: str = field(default="float32", metadata={
