@@ -143,10 +143,10 @@ def write_sealed(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
 
     ``data`` may be any C-contiguous buffer (bytes, numpy array); it is read in place, chunk by
     chunk, never concatenated. No SHA-256 is made (``sha256`` ""): the recorded salt pins the
-    file and GCM authenticates every byte (the digest cost ~1 us a 1.5 KB row of every flush). Raises InvalidKeyError for a key that is not 32 bytes,
-    ValueError for a bad chunk size, StorageError when the file system fails (the partial file
-    is removed), FileExistsError-as-StorageError when ``path`` exists (files are never
-    overwritten).
+    file, GCM authenticates every byte (the digest cost ~1 us a 1.5 KB row of every flush).
+    Raises InvalidKeyError for a key that is not 32 bytes, ValueError for a bad chunk size,
+    StorageError when the file system fails (the partial file is removed),
+    FileExistsError-as-StorageError when ``path`` exists (files are never overwritten).
     """
     key = _check_key(key)
     if not 1 <= chunk_size <= CHUNK_SIZE:

@@ -23,6 +23,7 @@ from lsmvec.compaction.segment import build_and_open_segment
 from lsmvec.wal import failpoints, fsio
 from lsmvec.wal.errors import storage_error_from
 from lsmvec.disk.config import bare_values
+from lsmvec.disk.item_values import ItemValues
 
 from lsmvec.db.row_ids import RowIds
 from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
@@ -97,10 +98,6 @@ def _new_source(core: "IndexCore", seg_id: int, built, ids: list[str], row_ids: 
     return source
 
 
-def _is_bare(contents: object, metadata: object) -> bool:
-    return contents is None and metadata is None
-
-
 def flush_oldest(core: "IndexCore") -> bool:
     """Write the oldest frozen memtable as a segment and advance the WAL checkpoint."""
     with core.flush_lock:
@@ -118,7 +115,7 @@ def flush_oldest(core: "IndexCore") -> bool:
         text = build_text(metadata, len(ids), core.config.options.metadata_schema.full_text)
         # an item with neither contents nor metadata is stored bare (disk/item_values.py; from
         # format 2 on): its row says so, sealed with its id
-        bare = (np.fromiter(map(_is_bare, contents, metadata), bool, len(ids))
+        bare = (ItemValues.bare_flags(contents, metadata)
                 if bare_values(core.config.format) else None)
         row_ids = RowIds(ids, bare)
         built = (build_segment_folder(core, seg_id, vectors, row_ids, kind="brute", text=text,

@@ -321,7 +321,7 @@ def _bodies(store: Store, cache: ItemCache | None, wanted: list[tuple[SegmentSou
     first: dict[int, int] = {}  # a row twice in a batch is read once
     for i in missing:
         source, row = wanted[i]
-        if source.ids.any_bare and source.ids.is_bare(row):
+        if source.ids.is_bare(row):
             bodies[i] = ItemValues.bare_body(source.ids[row])
         else:
             first.setdefault(keys[i], i)

@@ -233,14 +233,13 @@ class FlushItems:
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         dead: dict[int, list[int]] = {}
-        replace, keys, values = txn.replace_prepared, self.keys, self.values
-        for start in range(0, len(keys), YIELD_EVERY):
-            for key, value in zip(keys[start:start + YIELD_EVERY],
-                                  values[start:start + YIELD_EVERY]):
-                loc = replace(key, value)
-                if loc is not None:
-                    dead.setdefault(loc[0], []).append(loc[1])
-            time.sleep(0)
+        replace = txn.replace_prepared
+        for i, (key, value) in enumerate(zip(self.keys, self.values)):
+            loc = replace(key, value)
+            if loc is not None:
+                dead.setdefault(loc[0], []).append(loc[1])
+            if i % YIELD_EVERY == 0:
+                time.sleep(0)
         for item_id in self.tombstones:
             loc = txn.location(item_id)
             if loc is not None:

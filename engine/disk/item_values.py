@@ -41,6 +41,10 @@ _PREPARE_BLOCK = 256
 work: a writer waiting for the GIL waits that long, not the 5 ms switch interval)."""
 
 
+def _no_body(contents: object, metadata: object) -> bool:
+    return contents is None and metadata is None
+
+
 @dataclass
 class StoredItem:
     id: str | None
@@ -159,6 +163,11 @@ class ItemValues:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
             raise CorruptionError("malformed store item", self._path)
         return item
+
+    @staticmethod
+    def bare_flags(contents: list, metadata: list) -> np.ndarray:
+        """Per item, whether it is stored bare: neither contents nor metadata."""
+        return np.fromiter(map(_no_body, contents, metadata), bool, len(contents))
 
     @staticmethod
     def bare_body(item_id: str) -> bytes:
