@@ -225,21 +225,23 @@ while a flush ran its loops (a 100k x 384 ingest: 87-145k rows/s, against 126-18
 @dataclass
 class FlushItems:
     """A flush: the memtable's items become rows 0.. of the new segment (keys and sealed values
-    from ItemValues.prepare); its tombstones delete. The rows they supersede die."""
+    from ItemValues.prepare, `order`: their key_order); its tombstones delete. The rows they
+    supersede die."""
     ids: list[str]
     keys: list[bytes]
     values: list[bytes]
+    order: np.ndarray
     tombstones: list[str]
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         dead: dict[int, list[int]] = {}
-        replace = txn.replace_prepared
-        for i, (key, value) in enumerate(zip(self.keys, self.values)):
-            loc = replace(key, value)
-            if loc is not None:
-                dead.setdefault(loc[0], []).append(loc[1])
-            if i % YIELD_EVERY == 0:
-                time.sleep(0)
+        for start in range(0, len(self.order), YIELD_EVERY):
+            block = self.order[start:start + YIELD_EVERY].tolist()
+            segments, rows, held = txn.replace_many([self.keys[i] for i in block],
+                                                    [self.values[i] for i in block])
+            if held.any():
+                _add_dead(dead, segments[held], rows[held])
+            time.sleep(0)
         for item_id in self.tombstones:
             loc = txn.location(item_id)
             if loc is not None:
@@ -248,26 +250,32 @@ class FlushItems:
         return ItemChanges(dead)
 
 
+def _add_dead(dead: dict[int, list[int]], segments: np.ndarray, rows: np.ndarray) -> None:
+    for segment in np.unique(segments).tolist():
+        dead.setdefault(segment, []).extend(rows[segments == segment].tolist())
+
+
 @dataclass
 class CarryItems:
-    """A merge: row i of segment `new_id` carries `ids[i]` from (origin_seg[i], origin_row[i]).
-    An item still stored there is re-pointed (re-sealed); one a flush superseded or deleted
-    meanwhile leaves its new row born dead."""
-    ids: list[str]
+    """A merge: row i of segment `new_id` carries the item whose LMDB key (id hash) is
+    `keys[i]` (`order`: the rows in key_order) from (origin_seg[i], origin_row[i]). An item
+    still stored there is re-pointed (re-sealed); one a flush superseded or deleted meanwhile
+    leaves its new row born dead."""
+    keys: list[bytes]
+    order: np.ndarray
     origin_seg: np.ndarray
     origin_row: np.ndarray
     new_id: int | None
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
-        born = np.zeros(len(self.ids), bool)
-        carry, new_id = txn.carry_item, self.new_id
-        for row, (item_id, seg, old_row) in enumerate(
-                zip(self.ids, self.origin_seg.tolist(), self.origin_row.tolist())):
-            if not carry(item_id, (seg, old_row), (new_id, row)):
-                born[row] = True
-            if row % YIELD_EVERY == 0:
-                time.sleep(0)
-        return ItemChanges(born_dead=born)
+        carried = np.zeros(len(self.keys), bool)
+        for start in range(0, len(self.order), YIELD_EVERY):
+            rows = self.order[start:start + YIELD_EVERY]
+            carried[rows] = txn.carry_items([self.keys[i] for i in rows.tolist()],
+                                            self.origin_seg[rows], self.origin_row[rows],
+                                            self.new_id, rows)
+            time.sleep(0)
+        return ItemChanges(born_dead=~carried)
 
 
 @dataclass

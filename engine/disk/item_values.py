@@ -32,7 +32,7 @@ from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.meta_values import unpack as _unpack
 from lsmvec.errors import CorruptionError
 
-__all__ = ["ItemValues", "StoredItem", "LOCATION"]
+__all__ = ["ItemValues", "StoredItem", "LOCATION", "key_order"]
 
 LOCATION = struct.Struct("<II")
 """segment u32 | row u32: the head of every value, the whole of a bare one."""
@@ -43,6 +43,23 @@ work: a writer waiting for the GIL waits that long, not the 5 ms switch interval
 
 def _no_body(contents: object, metadata: object) -> bool:
     return contents is None and metadata is None
+
+
+_NO_LOCATION = bytes(LOCATION.size)
+
+
+def key_order(keys: list[bytes]) -> np.ndarray:
+    """Positions of `keys` (id hashes, all ID_HASH_BYTES long) in LMDB's order, bytewise: a
+    batch read or written in this order walks the B-tree's leaves in sequence instead of one
+    random leaf per item (1M items, 3-level tree: a get 0.7 us instead of 1.2, a put 0.5-0.9
+    instead of 1.5)."""
+    if not keys:
+        return np.zeros(0, np.int64)
+    width = len(keys[0])
+    joined = b"".join(keys)
+    if len(joined) != width * len(keys):
+        raise ValueError("keys of unequal length")
+    return np.argsort(np.frombuffer(joined, f"S{width}"), kind="stable")
 
 
 @dataclass
@@ -108,6 +125,31 @@ class ItemValues:
             time.sleep(0)  # let waiting threads (an event loop) have the GIL between blocks
         return keys, values
 
+    def keys(self, ids: list[str]) -> list[bytes]:
+        """The LMDB keys (id hashes) of `ids`, letting other threads have the GIL between
+        blocks (~0.5 us an id)."""
+        id_hash = self._cipher.id_hash
+        keys: list[bytes] = []
+        for start in range(0, len(ids), _PREPARE_BLOCK * 4):
+            keys.extend([id_hash(item_id) for item_id in ids[start:start + _PREPARE_BLOCK * 4]])
+            time.sleep(0)
+        return keys
+
+    def moved_many(self, keys: list[bytes], values: list[bytes], segment: int,
+                   rows: np.ndarray) -> list[bytes]:
+        """moved() of each (key, value) to (segment, rows[i]): the bare ones' new locations
+        packed in one numpy pass (a 1M-row merge of bare items re-points them all)."""
+        heads = np.empty((len(keys), 2), "<u4")
+        heads[:, 0] = segment
+        heads[:, 1] = rows
+        packed = heads.tobytes()
+        size = LOCATION.size
+        out = [packed[at:at + size] for at in range(0, len(packed), size)]
+        for i, value in enumerate(values):
+            if len(value) != size:
+                out[i] = self.moved(keys[i], value, (segment, int(rows[i])))
+        return out
+
     def moved(self, key: bytes, value: bytes, new: tuple[int, int]) -> bytes:
         """`value` (read at `key`) re-pointed at `new`: a bare one re-pointed; a sealed one
         opened and sealed again -- the same plaintext bytes, bound to the new place -- with no
@@ -124,6 +166,25 @@ class ItemValues:
         if len(value) < LOCATION.size:
             raise CorruptionError("store item value too short", self._path)
         return LOCATION.unpack_from(value)
+
+    def locations_of(self, values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+        """(segments, rows, held) of a batch of values read from the store -- None where a
+        key held nothing, so held[i] is False -- in one pass over their heads, nothing
+        decrypted. CorruptionError for a value too short to hold a location."""
+        size, n = LOCATION.size, len(values)
+        held = np.ones(n, bool)
+        missing = values.count(None)  # C-speed: a flush of new ids finds no key held
+        if missing == n:
+            return np.zeros(n, np.uint32), np.zeros(n, np.uint32), ~held
+        if missing:
+            held = np.fromiter((v is not None for v in values), bool, n)
+            values = [v if v is not None else _NO_LOCATION for v in values]
+        heads = b"".join([v[:size] for v in values])
+        if len(heads) != size * len(values):
+            raise CorruptionError("store item value too short", self._path)
+        locations = np.frombuffer(heads, "<u4").reshape(-1, 2)
+        return locations[:, 0], locations[:, 1], held
 
     def open_body(self, key: bytes, value: bytes) -> tuple[int, int, bytes | None]:
         """(segment, row, plaintext msgpack body -- None for a bare value) of a value read at

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import lmdb
+import numpy as np
 
 from lsmvec.wal import failpoints, fsio
 
 from lsmvec.disk import store_walk
 from lsmvec.disk.crypto import IndexCipher
 from lsmvec.disk.filenames import DATA_FILE, STORE_DIR
-from lsmvec.disk.item_values import LOCATION, ItemValues, StoredItem
+from lsmvec.disk.item_values import ItemValues, StoredItem
 from lsmvec.disk.meta_values import MetaValues
 from lsmvec.errors import (CorruptionError, ReadOnlyError, StorageError, StorageFullError,
                            storage_error_from)
@@ -366,13 +367,6 @@ class StoreTxn:
     def location(self, item_id: str, key: bytes | None = None) -> tuple[int, int] | None:
         return self._s.location(item_id, self.txn, key)
 
-    def replace_prepared(self, key: bytes, value: bytes) -> tuple[int, int] | None:
-        """Put a (key, value) pair from ItemValues.prepare; return the location the key held
-        before (None: none). One LMDB call for the lookup and the put (a get, then a put:
-        ~0.8 us a row more in a flush)."""
-        old = self.txn.replace(key, value, db=self._s._items)
-        return None if old is None else self._s.values.location(old)
-
     def delete_item(self, item_id: str) -> None:
         self.txn.delete(self._s._cipher.id_hash(item_id), db=self._s._items)
 
@@ -392,17 +386,43 @@ class StoreTxn:
         MetaValues.drop_pieces(self.txn, self._s._meta, name)
         self.txn.delete(name, db=self._s._meta)
 
-    def carry_item(self, item_id: str, old: tuple[int, int], new: tuple[int, int]) -> bool:
-        """A merge moves an item from (segment, row) ``old`` to ``new``: when the store still
-        points it at ``old``, re-seal its body -- the same plaintext bytes, bound to the new
-        place -- and return True; else (superseded or deleted meanwhile) False, changing
-        nothing. One id hash, one get, one AES-GCM open and seal, no msgpack round trip: 10 us
-        of CPU an item instead of 16 (a location lookup, then an open, decode, encode and
-        seal of the item), 100k-row merge. A bare value is re-pointed, nothing sealed."""
-        store = self._s
-        key = store._cipher.id_hash(item_id)
-        value = self.txn.get(key, db=store._items)
-        if value is None or len(value) < LOCATION.size or LOCATION.unpack_from(value) != old:
-            return False
-        self.txn.put(key, store.values.moved(key, value, new), db=store._items)
-        return True
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """The item values at `keys` (None where a key holds none), in one LMDB call; best
+        in key_order (item_values)."""
+        found = self.txn.cursor(db=self._s._items).getmulti(keys)
+        if len(found) == len(keys):
+            return [value for _key, value in found]
+        held = dict(found)
+        return [held.get(key) for key in keys]
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Put each (key, value) pair, in one LMDB call; best in key_order (item_values)."""
+        self.txn.cursor(db=self._s._items).putmulti(list(zip(keys, values)))
+
+    def replace_many(self, keys: list[bytes], values: list[bytes]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Put (key, value) pairs from ItemValues.prepare; return the (segments, rows, held)
+        locations the keys held before (ItemValues.locations_of). Keys in key_order: a get
+        and a put ~1.2 us an item at 1M items, against ~2.7 for replace()s in hash order."""
+        old = self._s.values.locations_of(self.get_many(keys))
+        self.put_many(keys, values)
+        return old
+
+    def carry_items(self, keys: list[bytes], old_segments: np.ndarray, old_rows: np.ndarray,
+                    new_segment: int, new_rows: np.ndarray) -> np.ndarray:
+        """A merge moves items (`keys`: their id hashes, best in key_order) from
+        (old_segments[i], old_rows[i]) to (new_segment, new_rows[i]). Those the store still
+        points at their old place are re-pointed: a bare value rewritten, a sealed one's body
+        -- the same plaintext bytes -- sealed again bound to the new place (no msgpack round
+        trip). Returns which were carried; the others (superseded or deleted meanwhile) are
+        left as they are. One batched get and put: a 1M-item merge of bare items spent 4.8 s
+        here in a get and a put per item in hash order."""
+        values = self.get_many(keys)
+        segments, rows, held = self._s.values.locations_of(values)
+        carried = held & (segments == old_segments) & (rows == old_rows)
+        picked = np.flatnonzero(carried).tolist()
+        if picked:
+            moved_keys = [keys[i] for i in picked]
+            self.put_many(moved_keys, self._s.values.moved_many(
+                moved_keys, [values[i] for i in picked], new_segment, new_rows[carried]))
+        return carried

@@ -318,8 +318,9 @@ def test_a_store_that_lost_or_moved_a_live_item_is_corruption_not_an_answer(tmp_
             index.query(vectors[7], top_k=3, include=["metadata"])
         assert index.query(vectors[7], top_k=3)[0]["id"] == "7"  # ids alone need no store read
         row = source.ids.index("8")  # damage: "8"'s entry now says it lives at row 0
-        core.store.commit(lambda txn: txn.carry_item("8", (source.id, row),
-                                                     (source.id, 0 if row else 1)))
+        core.store.commit(lambda txn: txn.carry_items(
+            [core.store._cipher.id_hash("8")], np.array([source.id]), np.array([row]),
+            source.id, np.array([0 if row else 1])))
         with pytest.raises(CorruptionError, match="places its item at"):
             index.query(vectors[8], top_k=1, include=["metadata"])
 
@@ -338,7 +339,7 @@ def test_a_store_value_holding_another_id_is_refused_again_not_served_from_the_c
         store, row = core.store, source.ids.index("8")
         forged_key = store._cipher.id_hash("8")  # damage: "8"'s value now holds item "9"
         forged = store.values.sealed(forged_key, "9", source.id, row, None, {"i": 9})
-        store.commit(lambda txn: txn.replace_prepared(forged_key, forged))
+        store.commit(lambda txn: txn.replace_many([forged_key], [forged]))
         for include, fltr in ((["metadata"], None), (["metadata"], None),
                               (["distance", "metadata"], None), (["metadata"], {"i": 8})):
             with pytest.raises(CorruptionError, match="holds another id"):

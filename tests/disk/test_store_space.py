@@ -107,8 +107,7 @@ def test_rewrites_reuse_the_pages_they_free(store: Store, settle: bool) -> None:
 
     def put_all(part: list[bytes], step: int):
         def edit(txn) -> None:
-            for key in part:
-                txn.replace_prepared(key, os.urandom(60))
+            txn.replace_many(part, [os.urandom(60) for _key in part])
             txn.put_meta(b"rows/%d" % step, [f"item-{i:08d}" for i in range(len(part))])
             txn.delete_meta(b"rows/%d" % (step - 4))
         return edit
