@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 
 from lsmvec.compaction.exact import search_exact
-from lsmvec.compaction.row_gather import gather_rows
+from lsmvec.compaction.row_gather import fresh_rows, gather_rows
 
 _MIN_CAPACITY = 256
 TOMBSTONE = -1
@@ -78,7 +78,7 @@ class Memtable:
             return
         used = self.n_rows + self._staged_rows
         new_cap = max(_MIN_CAPACITY, cap * 2, need, self._expected_rows + need if cap == 0 else 0)
-        vecs = np.empty((new_cap, self.dimension), np.float32)
+        vecs = fresh_rows(new_cap, self.dimension)  # plain pages: each ~2 MB huge page faulted
         vecs[:used] = self._vectors[:used]
         norms = np.empty(new_cap, np.float32)
         norms[:used] = self._sqnorms[:used]
