@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,40 @@ def run_in_background_thread(fn: Callable[[], T], name: str = "lsmvec-maintenanc
     if not ok:
         raise value
     return value
+
+
+class Helper(Generic[T]):
+    """``fn()`` run by a helper thread (``in_background``) or right here, for a build to do
+    two things at once. ``result()`` waits for it and returns its value or raises its error;
+    ``wait()`` only waits. The helper inherits the calling thread's CPU priority (nice is per
+    thread on Linux)."""
+
+    def __init__(self, fn: Callable[[], T], name: str, *, in_background: bool = True) -> None:
+        self._fn = fn
+        self._outcome: list = []
+        self._thread = None
+        if in_background:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._outcome.append((True, self._fn()))
+        except BaseException as exc:  # re-raised by result()
+            self._outcome.append((False, exc))
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> T:
+        self.wait()
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return value
 
 
 class Compactor:

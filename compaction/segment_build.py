@@ -9,9 +9,9 @@ A trained build overlaps its independent steps, since the caller of ``train()`` 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from lsmvec.compaction.calibrate import DEFAULT_TARGET_RECALL, calibrate, check_target_recall
-from lsmvec.compaction.compactor import BACKGROUND, BuildBudget
+from lsmvec.compaction.compactor import BACKGROUND, BuildBudget, Helper
 from lsmvec.compaction.filenames import SEGMENT_META_FILE, SIDECAR_FILES, VECTORS_FILE
 from lsmvec.compaction.scann_assets import file_context, seal_searcher, train_searcher
 from lsmvec.compaction.scann_params import KIND_BRUTE, KIND_TREE_AH, SearchParams, choose_params
@@ -118,9 +118,9 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     _prepare_directory(directory)
     report = progress or (lambda stage: None)
     report("vectors")
-    rows_file = _Sealing(directory / VECTORS_FILE, vectors, key,
-                         file_context(context, VECTORS_FILE),
-                         in_background=params.kind == KIND_TREE_AH)
+    rows_file = Helper(functools.partial(write_sealed, directory / VECTORS_FILE, vectors, key,
+                                         file_context(context, VECTORS_FILE)),
+                       "lsmvec-seal-rows", in_background=params.kind == KIND_TREE_AH)
     sealed: dict[str, SealedFileInfo] = {}
     searcher = None
     dataset_stored = False
@@ -186,41 +186,6 @@ def _build(directory: Path, vectors: np.ndarray, metric: str, key: bytes, contex
     if copied:
         vectors.setflags(write=False)
     return files, params, vectors, searcher
-
-
-class _Sealing:
-    """``write_sealed`` of one file, in a helper thread (``in_background``) or right here.
-    ``result()`` waits for it and returns its SealedFileInfo, or raises its error. The helper
-    inherits the calling thread's CPU priority (nice is per thread on Linux)."""
-
-    def __init__(self, path: Path, data: np.ndarray, key: bytes, context: bytes, *,
-                 in_background: bool) -> None:
-        self._outcome: list = []
-        self._args = (path, data, key, context)
-        self._thread = None
-        if in_background:
-            self._thread = threading.Thread(target=self._run, name="lsmvec-seal-rows",
-                                            daemon=True)
-            self._thread.start()
-        else:
-            self._run()
-
-    def _run(self) -> None:
-        try:
-            self._outcome.append((True, write_sealed(*self._args)))
-        except BaseException as exc:  # re-raised by result()
-            self._outcome.append((False, exc))
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> SealedFileInfo:
-        self.wait()
-        ok, value = self._outcome[0]
-        if not ok:
-            raise value
-        return value
 
 
 def _checked_vectors(vectors: np.ndarray) -> np.ndarray:

@@ -49,17 +49,19 @@ _NO_LOCATION = bytes(LOCATION.size)
 
 
 def key_order(keys: list[bytes]) -> np.ndarray:
-    """Positions of `keys` (id hashes, all ID_HASH_BYTES long) in LMDB's order, bytewise: a
-    batch read or written in this order walks the B-tree's leaves in sequence instead of one
-    random leaf per item (1M items, 3-level tree: a get 0.7 us instead of 1.2, a put 0.5-0.9
-    instead of 1.5)."""
+    """Positions of `keys` (id hashes: uniformly random bytes) in LMDB's bytewise order, by
+    their first 8 bytes (a tie, 1 in 2^64 a pair, only costs locality): a batch read or
+    written in this order walks the B-tree's leaves in sequence instead of one random leaf per
+    item (1M items, 3-level tree: a get 0.7 us instead of 1.2, a put 0.5-0.9 instead of 1.5).
+    0.15 s at 1M keys, against 0.3-0.4 s for a sort of the whole keys."""
     if not keys:
         return np.zeros(0, np.int64)
     width = len(keys[0])
     joined = b"".join(keys)
-    if len(joined) != width * len(keys):
-        raise ValueError("keys of unequal length")
-    return np.argsort(np.frombuffer(joined, f"S{width}"), kind="stable")
+    if width % 8 or len(joined) != width * len(keys):
+        raise ValueError("keys must all be one length, a multiple of 8 bytes")
+    prefixes = np.frombuffer(joined, ">u8").reshape(len(keys), width // 8)[:, 0]
+    return np.argsort(prefixes.astype(np.uint64))
 
 
 @dataclass
