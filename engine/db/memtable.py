@@ -78,7 +78,9 @@ class Memtable:
             return
         used = self.n_rows + self._staged_rows
         new_cap = max(_MIN_CAPACITY, cap * 2, need, self._expected_rows + need if cap == 0 else 0)
-        vecs = fresh_rows(new_cap, self.dimension)  # plain pages: each ~2 MB huge page faulted
+        # plain pages (row_gather.fresh_rows): with NumPy's huge-page advice, 100k x 384 durable
+        # ingest ran at 107k rows/s against 162k (median of 8, one process, alternating)
+        vecs = fresh_rows(new_cap, self.dimension)
         vecs[:used] = self._vectors[:used]
         norms = np.empty(new_cap, np.float32)
         norms[:used] = self._sqnorms[:used]
