@@ -215,11 +215,15 @@ Must be rerunnable from scratch (a full map aborts the transaction and runs it a
 
 
 YIELD_EVERY = 256
-"""Items a flush's or merge's store edit handles between two voluntary GIL releases
-(time.sleep(0), ~0.3 ms of work): the writer thread, back from an fdatasync, waits for the GIL
-until the holder lets go -- up to the 5 ms switch interval, several times per 1,000-row call
-while a flush ran its loops (a 100k x 384 ingest: 87-145k rows/s, against 126-186k with a
-0.5 ms interval, five pairs)."""
+"""Items a flush's store edit handles between two voluntary GIL releases (time.sleep(0), ~0.3
+ms of work): the writer thread, back from an fdatasync, waits for the GIL until the holder
+lets go -- up to the 5 ms switch interval, several times per 1,000-row call while a flush ran
+its loops (a 100k x 384 ingest: 87-145k rows/s, against 126-186k with a 0.5 ms interval, five
+pairs)."""
+CARRY_YIELD_EVERY = 1024
+"""The same for a merge's carry, whose batched items cost ~1.2 us each (1M bare items): about
+the GIL hold of 256 items before it was batched. A sleep(0) costs ~0.1 ms here (a 1M-item
+carry spent 0.4 s in them at 256)."""
 
 
 @dataclass
@@ -269,8 +273,8 @@ class CarryItems:
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         carried = np.zeros(len(self.keys), bool)
-        for start in range(0, len(self.order), YIELD_EVERY):
-            rows = self.order[start:start + YIELD_EVERY]
+        for start in range(0, len(self.order), CARRY_YIELD_EVERY):
+            rows = self.order[start:start + CARRY_YIELD_EVERY]
             carried[rows] = txn.carry_items([self.keys[i] for i in rows.tolist()],
                                             self.origin_seg[rows], self.origin_row[rows],
                                             self.new_id, rows)
