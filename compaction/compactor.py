@@ -123,10 +123,13 @@ class Helper(Generic[T]):
     """``fn()`` run by a helper thread (``in_background``) or right here, for a build to do
     two things at once. ``result()`` waits for it and returns its value or raises its error;
     ``wait()`` only waits. The helper inherits the calling thread's CPU priority (nice is per
-    thread on Linux)."""
+    thread on Linux); ``idle``: it runs under SCHED_IDLE instead, on CPU time nothing else
+    wants (Linux; elsewhere as it is)."""
 
-    def __init__(self, fn: Callable[[], T], name: str, *, in_background: bool = True) -> None:
+    def __init__(self, fn: Callable[[], T], name: str, *, in_background: bool = True,
+                 idle: bool = False) -> None:
         self._fn = fn
+        self._idle = idle and in_background
         self._outcome: list = []
         self._thread = None
         if in_background:
@@ -136,6 +139,12 @@ class Helper(Generic[T]):
             self._run()
 
     def _run(self) -> None:
+        if self._idle and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE,
+                                      os.sched_param(0))
+            except OSError as exc:
+                log.debug("cannot make a helper thread idle: %s", exc)
         try:
             self._outcome.append((True, self._fn()))
         except BaseException as exc:  # re-raised by result()

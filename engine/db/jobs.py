@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lsmvec.compaction.compactor import BACKGROUND, BuildBudget
+from lsmvec.compaction.compactor import BACKGROUND, BuildBudget, Helper
 from lsmvec.compaction.filenames import ROW_IDS_FILE, TEXT_INDEX_FILE, temp_segment_dir_name
 from lsmvec.compaction.row_gather import concat_rows
 from lsmvec.compaction.segment import build_and_open_segment
@@ -140,6 +140,11 @@ def flush_oldest(core: "IndexCore") -> bool:
         return True
 
 
+def _keys_in_order(core: "IndexCore", ids: list[str]) -> tuple[list[bytes], np.ndarray]:
+    keys = core.store.values.keys(ids)
+    return keys, key_order(keys)
+
+
 def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
                    n_lists: int | None = None, budget: BuildBudget = BACKGROUND) -> bool:
     """Rewrite the live rows of `seg_ids` (None: every segment at the time the merge lock is
@@ -179,10 +184,15 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
         new_id = core.reserve_segment_id() if ids else None
         # a carried item keeps its store value's form: bare rows stay bare
         row_ids = RowIds(ids, np.concatenate([src.ids.bare_of(rows) for src, rows in picked]))
-        keys = core.store.values.keys(ids)  # hashed here: the transaction only gets and puts
-        order = key_order(keys)
-        built = (build_segment_folder(core, new_id, vectors, row_ids, n_lists=n_lists,
-                                      budget=budget, text=text) if ids else None)
+        # The ids' LMDB keys, hashed and ordered by an idle helper while the segment builds
+        # (on CPU time ScaNN's training leaves): the transaction then only gets and puts.
+        keying = Helper(lambda: _keys_in_order(core, ids), "lsmvec-merge-keys", idle=True)
+        try:
+            built = (build_segment_folder(core, new_id, vectors, row_ids, n_lists=n_lists,
+                                          budget=budget, text=text) if ids else None)
+        finally:
+            keying.wait()
+        keys, order = keying.result()
         source = (_new_source(core, new_id, built, ids, row_ids, terms, text)
                   if built is not None else None)
         _failpoint("merge.before_commit")
