@@ -346,7 +346,7 @@ def install(core: "IndexCore", edit: VersionEdit, *, wait: bool = True) -> Manif
        returns the current manifest here, committing nothing.
     2. Failpoint store.commit, then begin ONE LMDB write transaction. No index lock is held:
        upserts and queries go on, readers see the previous snapshot (the long part of a big
-       merge, re-sealing every carried item, runs here).
+       merge, carrying every item to its new row, runs here).
     3. Inside it: the edit's item decisions against the committed id map (puts, deletes,
        reseals); the new dead-row sets of surviving segments (their in-memory persisted sets +
        the rows that died); the removed segments' meta dropped; the added segment's row ids,
