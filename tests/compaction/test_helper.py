@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 
 import pytest
@@ -39,7 +38,6 @@ def test_an_error_is_raised_by_result_not_lost() -> None:
         helper.result()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
 def test_an_idle_helper_runs_under_sched_idle_and_the_caller_keeps_its_policy() -> None:
     before = os.sched_getscheduler(threading.get_native_id())
     _tid, policy = Helper(_where, "test-helper", idle=True).result()
