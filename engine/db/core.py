@@ -25,7 +25,7 @@ from lsmvec.db.item_cache import ItemCache
 from lsmvec.db.reads import find_live, hits_of, live_ids, one_segment, run_query
 from lsmvec.db.recovery import check_store_is_current, opened_edit, replay_log
 from lsmvec.db.rwlock import RWLock
-from lsmvec.db.segments import SegmentSource, collect_orphans, open_segment
+from lsmvec.db.segments import SegmentSource, collect_orphans, id_index_of, open_segment
 from lsmvec.db.text_search import check_analyzer
 from lsmvec.db.version import Manifest, VersionEdit, install, read_manifest
 from lsmvec.db.write import WriteQueue, payload_bytes, sealer, wal_aad
@@ -208,8 +208,9 @@ class IndexCore:
             wanted -= deleted
         if wanted and self.segments:
             rest = list(wanted)
+            probe = id_index_of(rest)  # hashed and sorted once for every segment
             for source in self.segments:
-                rows = source.live_rows_of(rest)
+                rows = source.live_rows_of(rest, probe)
                 live += len(rows)
                 for row in rows:
                     source.kill(row)

@@ -148,18 +148,22 @@ class SegmentSource:
             index = self._by_hash = id_index_of(self.ids)
         return index
 
-    def rows_of(self, ids: Sequence[str]) -> list[int]:
-        """The rows holding any of `ids` (live or dead; ids are unique within a segment).
-        Vectorised hash probes, no store access."""
+    def rows_of(self, ids: Sequence[str],
+                probe: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
+        """The rows holding any of `ids` (live or dead; ids are unique within a segment), in
+        no particular order. Vectorised hash probes, no store access. `probe`:
+        id_index_of(ids), for a caller probing several segments with the same ids -- hashed
+        and sorted once, and sorted probes search faster (1,000 new ids against a 120k-row
+        segment: 53 us instead of 98)."""
         hashes, order = self.id_index()
         if not len(hashes) or not ids:
             return []
-        wanted = np.fromiter(map(hash, ids), np.int64, len(ids))
+        wanted, wanted_at = probe if probe is not None else id_index_of(ids)
         pos = np.searchsorted(hashes, wanted)
         hit = np.flatnonzero(hashes[np.minimum(pos, len(hashes) - 1)] == wanted)
         out = []
         for i in hit.tolist():
-            j, item_id, h = int(pos[i]), ids[i], wanted[i]
+            j, item_id, h = int(pos[i]), ids[int(wanted_at[i])], wanted[i]
             while j < len(hashes) and hashes[j] == h:
                 row = int(order[j])
                 if self.ids[row] == item_id:
@@ -168,10 +172,11 @@ class SegmentSource:
                 j += 1
         return out
 
-    def live_rows_of(self, ids: Sequence[str]) -> list[int]:
+    def live_rows_of(self, ids: Sequence[str],
+                     probe: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
         """Rows holding one of `ids` that the store still points at (not persisted dead): what a
-        newer write of those ids supersedes here."""
-        return [row for row in self.rows_of(ids) if not self.persisted[row]]
+        newer write of those ids supersedes here. `probe`: as rows_of's."""
+        return [row for row in self.rows_of(ids, probe) if not self.persisted[row]]
 
     def check_unstored(self, item_id: str) -> None:
         """Raise CorruptionError when the store has no entry for `item_id` but this segment
