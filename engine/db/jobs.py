@@ -23,7 +23,7 @@ from lsmvec.compaction.segment import build_and_open_segment
 from lsmvec.wal import failpoints, fsio
 from lsmvec.wal.errors import storage_error_from
 from lsmvec.disk.config import bare_values
-from lsmvec.disk.item_values import ItemValues, key_order
+from lsmvec.disk.item_values import ItemValues
 
 from lsmvec.db.row_ids import RowIds
 from lsmvec.db.segments import SEGMENTS_DIR, SegmentSource, id_index_of, segment_folder
@@ -125,12 +125,11 @@ def flush_oldest(core: "IndexCore") -> bool:
         # and puts.
         keys, values = (core.store.values.prepare(ids, seg_id, contents, metadata, bare)
                         if ids else ([], []))
-        order = key_order(keys)
         source = (_new_source(core, seg_id, built, ids, row_ids, terms, text)
                   if built is not None else None)
         _failpoint("flush.before_commit")
         manifest = install(core, VersionEdit(
-            add=source, items=FlushItems(ids, keys, values, order, tombstones),
+            add=source, items=FlushItems(keys, values, tombstones),
             checkpoint_lsn=table.last_lsn, log_head=core.wal.active_first_lsn,
             next_segment_id=core.next_segment_id, flushed=table, after_commit="flush.after_commit"))
         failpoints.hit("flush.before_wal_truncate")
@@ -138,11 +137,6 @@ def flush_oldest(core: "IndexCore") -> bool:
         log.info("flushed %d rows and %d deletes into segment %s in %.2fs", len(ids),
                  len(tombstones), seg_id, time.monotonic() - started)
         return True
-
-
-def _keys_in_order(core: "IndexCore", ids: list[str]) -> tuple[list[bytes], np.ndarray]:
-    keys = core.store.values.keys(ids)
-    return keys, key_order(keys)
 
 
 def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
@@ -184,15 +178,15 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
         new_id = core.reserve_segment_id() if ids else None
         # a carried item keeps its store value's form: bare rows stay bare
         row_ids = RowIds(ids, np.concatenate([src.ids.bare_of(rows) for src, rows in picked]))
-        # The ids' LMDB keys, hashed and ordered by an idle helper while the segment builds
-        # (on CPU time ScaNN's training leaves): the transaction then only gets and puts.
-        keying = Helper(lambda: _keys_in_order(core, ids), "lsmvec-merge-keys", idle=True)
+        # The ids' LMDB keys, hashed by an idle helper while the segment builds (on CPU time
+        # ScaNN's training leaves): the transaction then only gets and puts.
+        keying = Helper(lambda: core.store.values.keys(ids), "lsmvec-merge-keys", idle=True)
         try:
             built = (build_segment_folder(core, new_id, vectors, row_ids, n_lists=n_lists,
                                           budget=budget, text=text) if ids else None)
         finally:
             keying.wait()
-        keys, order = keying.result()
+        keys = keying.result()
         source = (_new_source(core, new_id, built, ids, row_ids, terms, text)
                   if built is not None else None)
         _failpoint("merge.before_commit")
@@ -201,7 +195,7 @@ def merge_segments(core: "IndexCore", seg_ids: list[int] | None, *,
         # the write lock; only the commit + switch hold it.
         install(core, VersionEdit(
             add=source, remove=[src.id for src in sources],
-            items=CarryItems(keys, order, origin_seg, origin_row, new_id),
+            items=CarryItems(keys, origin_seg, origin_row, new_id),
             next_segment_id=core.next_segment_id, after_commit="merge.after_commit"))
         for src in sources:  # queries hold the read lock: none can still be searching them
             src.segment.close()

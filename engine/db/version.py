@@ -27,6 +27,7 @@ import numpy as np
 from lsmvec.wal import failpoints
 
 from lsmvec.disk.crypto import IndexCipher
+from lsmvec.disk.item_values import key_order
 from lsmvec.disk.store import Store, StoreTxn
 from lsmvec.errors import CorruptionError
 from lsmvec.db.row_ids import RowIds
@@ -229,13 +230,15 @@ carry spent 0.4 s in them at 256)."""
 @dataclass
 class FlushItems:
     """A flush: the memtable's items become rows 0.. of the new segment (keys and sealed values
-    from ItemValues.prepare, `order`: their key_order); its tombstones delete. The rows they
-    supersede die."""
-    ids: list[str]
+    from ItemValues.prepare, put in key_order); its tombstones delete. The rows they supersede
+    die."""
     keys: list[bytes]
     values: list[bytes]
-    order: np.ndarray
     tombstones: list[str]
+    order: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.order = key_order(self.keys)  # before the transaction
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         dead: dict[int, list[int]] = {}
@@ -262,14 +265,17 @@ def _add_dead(dead: dict[int, list[int]], segments: np.ndarray, rows: np.ndarray
 @dataclass
 class CarryItems:
     """A merge: row i of segment `new_id` carries the item whose LMDB key (id hash) is
-    `keys[i]` (`order`: the rows in key_order) from (origin_seg[i], origin_row[i]). An item
-    still stored there is re-pointed (re-sealed); one a flush superseded or deleted meanwhile
-    leaves its new row born dead."""
+    `keys[i]` from (origin_seg[i], origin_row[i]), the rows taken in key_order. An item still
+    stored there is re-pointed (re-sealed); one a flush superseded or deleted meanwhile leaves
+    its new row born dead."""
     keys: list[bytes]
-    order: np.ndarray
     origin_seg: np.ndarray
     origin_row: np.ndarray
     new_id: int | None
+    order: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.order = key_order(self.keys)  # before the transaction
 
     def __call__(self, txn: StoreTxn) -> ItemChanges:
         carried = np.zeros(len(self.keys), bool)
